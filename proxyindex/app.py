@@ -1,0 +1,128 @@
+"""``create_app(config)``: the aiohttp application, its resources, middleware and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from proxyindex import appkeys, views
+from proxyindex.cache import BlobStore, PageCache
+from proxyindex.config import Config
+from proxyindex.downloads import Downloader
+from proxyindex.errors import AuthRequired, ProxyIndexError, UpstreamError
+from proxyindex.index import ProjectIndex
+from proxyindex.rootindex import RootIndex
+from proxyindex.storage import PrivateStorage
+from proxyindex.upstream import UpstreamClient
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_SCAN_INTERVAL = 1.0  # seconds: a dropped file shows within ~1 s (the promise is 2 s)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _reason(message: str) -> str:
+    """A reason phrase must be one Latin-1 line (U-07)."""
+    line = " ".join(message.split())[:300]
+    return line.encode("latin-1", "replace").decode("latin-1")
+
+
+def error_response(status: int, message: str, realm: str | None = None) -> web.Response:
+    headers = {hdrs.CACHE_CONTROL: "no-store"}
+    if realm is not None:
+        headers[hdrs.WWW_AUTHENTICATE] = f'Basic realm="{realm}"'
+    if status in (502, 503, 504):
+        headers[hdrs.RETRY_AFTER] = "30"
+    return web.Response(
+        status=status, reason=_reason(message), text=message + "\n", headers=headers
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map our exceptions to statuses, in one place (STYLE §6)."""
+    try:
+        return await handler(request)
+    except AuthRequired as exc:
+        return error_response(exc.status, str(exc), request.app[appkeys.CONFIG].auth.realm)
+    except UpstreamError as exc:
+        log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+        return error_response(exc.status, str(exc))
+    except ProxyIndexError as exc:
+        return error_response(exc.status, str(exc))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            exc.headers[hdrs.CACHE_CONTROL] = "no-store"
+        raise
+
+
+async def _scan_forever(storage: PrivateStorage) -> None:
+    while True:
+        await asyncio.sleep(_SCAN_INTERVAL)
+        try:
+            await asyncio.to_thread(storage.rescan)
+        except Exception:
+            log.exception("scanning %s failed", storage.root)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """Everything with a lifetime: created before the ``yield``, closed after it."""
+    config = app[appkeys.CONFIG]
+    cache_dir = config.storage.cache_dir
+    packages_dir = config.storage.packages_dir
+    await asyncio.to_thread(packages_dir.mkdir, parents=True, exist_ok=True)
+    storage = PrivateStorage(packages_dir, cache_dir / "private-meta")
+    await asyncio.to_thread(storage.rescan)
+    pages = PageCache(cache_dir / "pages")
+    blobs = BlobStore(cache_dir / "files")
+    session = UpstreamClient.make_session()
+    upstream = UpstreamClient(config.upstream, session)
+    downloader = Downloader(blobs, pages, upstream)
+    index = ProjectIndex(config, storage, pages, upstream)
+    root = RootIndex(cache_dir / "root", storage, upstream)
+    app[appkeys.STORAGE] = storage
+    app[appkeys.PAGES] = pages
+    app[appkeys.BLOBS] = blobs
+    app[appkeys.DOWNLOADER] = downloader
+    app[appkeys.INDEX] = index
+    app[appkeys.ROOT] = root
+    scanner = asyncio.create_task(_scan_forever(storage))
+    warm = asyncio.create_task(asyncio.to_thread(storage.warm))
+    try:
+        yield
+    finally:
+        scanner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scanner
+        await warm
+        await root.close()
+        await index.close()
+        await downloader.close()
+        await session.close()
+        pages.close()
+        storage.close()
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[appkeys.CONFIG] = config
+    app.cleanup_ctx.append(_resources)
+    app.router.add_get("/", views.home)
+    app.router.add_get("/health", views.health)
+    app.router.add_get("/simple/", views.root_page)
+    app.router.add_get("/simple", lambda _r: _redirect("/simple/"))
+    app.router.add_get("/simple/{name}/", views.project_page)
+    app.router.add_get("/simple/{name}", views.project_redirect)
+    app.router.add_get("/packages/{name}/{filename}", views.dist_file)
+    return app
+
+
+async def _redirect(location: str) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently(location)

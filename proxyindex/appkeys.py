@@ -1,0 +1,22 @@
+"""Typed keys for the application's state (aiohttp ``AppKey``): no module-level singletons."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxyindex.cache import BlobStore, PageCache
+from proxyindex.config import Config
+from proxyindex.downloads import Downloader
+from proxyindex.index import ProjectIndex
+from proxyindex.rootindex import RootIndex
+from proxyindex.storage import PrivateStorage
+
+__all__ = ["BLOBS", "CONFIG", "DOWNLOADER", "INDEX", "PAGES", "ROOT", "STORAGE"]
+
+CONFIG = web.AppKey("config", Config)
+STORAGE = web.AppKey("storage", PrivateStorage)
+PAGES = web.AppKey("pages", PageCache)
+BLOBS = web.AppKey("blobs", BlobStore)
+INDEX = web.AppKey("index", ProjectIndex)
+DOWNLOADER = web.AppKey("downloader", Downloader)
+ROOT = web.AppKey("root", RootIndex)

@@ -1,0 +1,163 @@
+"""The ``proxyindex`` command: ``serve`` runs the server, ``user add`` manages htpasswd users."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxyindex import __version__, fsutil
+from proxyindex.app import create_app
+from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.upstream import mask_url
+
+__all__ = ["main"]
+
+log = logging.getLogger("proxyindex")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proxyindex", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"proxyindex {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the index server")
+    serve.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
+    serve.add_argument("--host", help="address to listen on")
+    serve.add_argument("--port", type=int, help="port to listen on (0: any free port)")
+    serve.add_argument("--packages-dir", type=Path, help="folder of private packages")
+    serve.add_argument("--cache-dir", type=Path, help="folder for the upstream cache")
+    serve.add_argument("--upstream", help="upstream simple index URL")
+    serve.add_argument("--htpasswd", type=Path, help="htpasswd file enabling authentication")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port and cache")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    pairs = [
+        ("server", "host", args.host),
+        ("server", "port", args.port),
+        ("server", "workers", args.workers),
+        ("storage", "packages_dir", args.packages_dir),
+        ("storage", "cache_dir", args.cache_dir),
+        ("upstream", "url", args.upstream),
+        ("auth", "htpasswd", args.htpasswd),
+    ]
+    for section, key, value in pairs:
+        if value is not None:
+            out.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None and Path("config.toml").is_file():
+        path = Path("config.toml")
+    return load_config(path, environ=os.environ, overrides=_overrides(args))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(config: Config, sock: socket.socket) -> None:
+    """Run one server process on an already bound socket until SIGTERM/SIGINT."""
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _run_workers(config: Config, sock: socket.socket) -> int:
+    """Pre-fork ``workers`` processes that accept on one socket and share the cache folder."""
+    children: list[int] = []
+    for _ in range(config.server.workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                asyncio.run(_serve(config, sock))
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _pid, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    removed = fsutil.remove_stale_temp_files(config.storage.packages_dir)
+    removed += fsutil.remove_stale_temp_files(config.storage.cache_dir)
+    if removed:
+        log.info("removed %d temp files left by an earlier crash", removed)
+    try:
+        sock = _bind(config.server.host, config.server.port)
+    except OSError as exc:
+        print(
+            f"proxyindex: cannot listen on {config.server.host}:{config.server.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"proxyindex: listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+    log.info(
+        "upstream %s, packages %s, cache %s",
+        mask_url(config.upstream.url),
+        config.storage.packages_dir,
+        config.storage.cache_dir,
+    )
+    if config.server.workers > 1:
+        return _run_workers(config, sock)
+    asyncio.run(_serve(config, sock))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+    except ConfigError as exc:
+        print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,176 @@
+"""Single-flight, verified downloads of upstream files into the blob store.
+
+However many clients ask for a file that is not cached yet, one upstream download runs. It
+writes to a temp file, hashing as it goes; every client streams from that temp file as it grows.
+Only when the length and sha256 match the index is the temp file renamed into the blob store;
+otherwise it is deleted and every client's transfer is broken off, so a corrupt or short file is
+never cached and never served whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from proxyindex import fsutil
+from proxyindex.cache import BlobStore, PageCache
+from proxyindex.errors import IntegrityError, UpstreamError, UpstreamUnavailable
+from proxyindex.models import DistFile
+from proxyindex.upstream import UpstreamClient, mask_url
+
+__all__ = ["Download", "Downloader"]
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK = 256 * 1024
+
+
+class Download:
+    """One upstream transfer in progress; readers follow it with :meth:`stream`."""
+
+    def __init__(self, dist: DistFile) -> None:
+        self.dist = dist
+        self.temp: Path | None = None
+        self.written = 0
+        self.length: int | None = dist.size
+        self.result: Path | None = None
+        self.error: UpstreamError | None = None
+        self.started = asyncio.Event()  # headers known (length) or failed
+        self._progress = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait(self) -> Path:
+        """The committed blob; raises the download's error."""
+        await self.finished.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+    async def _open(self) -> BinaryIO:
+        """Open the temp file, or the blob it became; a handle survives the later rename."""
+        assert self.temp is not None
+        try:
+            return await asyncio.to_thread(self.temp.open, "rb")
+        except FileNotFoundError:
+            return await asyncio.to_thread((await self.wait()).open, "rb")
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The file's bytes as they arrive; raises if the download fails at any point."""
+        await self.started.wait()
+        if self.error is not None:
+            raise self.error
+        fh = await self._open()
+        try:
+            sent = 0
+            while True:
+                progress = self._progress
+                available = self.written - sent
+                if available > 0:
+                    chunk = await asyncio.to_thread(fh.read, min(available, _READ_CHUNK))
+                    sent += len(chunk)
+                    yield chunk
+                    continue
+                if self.finished.is_set():
+                    if self.error is not None:
+                        raise self.error
+                    if sent == self.written:
+                        return
+                    continue
+                await progress.wait()
+        finally:
+            await asyncio.to_thread(fh.close)
+
+
+class Downloader:
+    def __init__(self, blobs: BlobStore, pages: PageCache, upstream: UpstreamClient) -> None:
+        self._blobs = blobs
+        self._pages = pages
+        self._upstream = upstream
+        self._active: dict[str, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, dist: DistFile) -> Download:
+        """Join the running download of ``dist`` or start one."""
+        key = dist.sha256 or dist.url
+        download = self._active.get(key)
+        if download is None:
+            download = Download(dist)
+            self._active[key] = download
+            task = asyncio.create_task(self._run(download, key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return download
+
+    async def fetch(self, dist: DistFile) -> Path:
+        """The cached blob of ``dist``, downloading it first if needed."""
+        return await self.start(dist).wait()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, download: Download, key: str) -> None:
+        try:
+            download.result = await self._transfer(download)
+        except UpstreamError as exc:
+            download.error = exc
+            log.warning("download failed: %s", exc)
+        except Exception as exc:
+            log.exception("download of %s failed", mask_url(download.dist.url))
+            download.error = UpstreamUnavailable(f"download failed: {exc.__class__.__name__}")
+        finally:
+            download.started.set()
+            download.finished.set()
+            download._notify()
+            self._active.pop(key, None)
+            if download.result is None and download.temp is not None:
+                await asyncio.to_thread(download.temp.unlink, True)
+
+    async def _transfer(self, download: Download) -> Path:
+        dist = download.dist
+        fh, temp = await asyncio.to_thread(fsutil.open_temp, self._blobs.temp_dir)
+        download.temp = temp
+        digest = hashlib.sha256()
+        try:
+            async with self._upstream.open_file(dist.url) as upstream:
+                if upstream.length is not None:
+                    if dist.size is not None and dist.size != upstream.length:
+                        raise IntegrityError(
+                            f"{dist.filename}: upstream sends {upstream.length} bytes, "
+                            f"the index says {dist.size}"
+                        )
+                    download.length = upstream.length
+                download.started.set()
+                async for chunk in upstream.chunks:
+                    digest.update(chunk)
+                    await asyncio.to_thread(_write_flush, fh, chunk)
+                    download.written += len(chunk)
+                    download._notify()
+        finally:
+            await asyncio.to_thread(fh.close)
+        if download.length is not None and download.written != download.length:
+            raise IntegrityError(
+                f"{dist.filename}: got {download.written} of {download.length} bytes"
+            )
+        actual = digest.hexdigest()
+        if dist.sha256 is not None and actual != dist.sha256:
+            raise IntegrityError(f"{dist.filename}: sha256 {actual} does not match the index")
+        blob = await asyncio.to_thread(self._blobs.commit, temp, actual)
+        if dist.sha256 is None:
+            await asyncio.to_thread(self._pages.remember_blob, dist.url, actual)
+        return blob
+
+
+def _write_flush(fh: BinaryIO, chunk: bytes) -> None:
+    fh.write(chunk)
+    fh.flush()

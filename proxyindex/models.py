@@ -1,0 +1,80 @@
+"""Value types shared by every path: one model, rendered as HTML or JSON by ``simple``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from packaging.utils import NormalizedName, canonicalize_name
+
+__all__ = [
+    "DistFile",
+    "Origin",
+    "ProjectPage",
+    "is_valid_name",
+    "normalize",
+]
+
+# PEP 508 / name-normalization spec; anchored with \Z so "foo\n" is refused (N-02).
+_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE)
+_MAX_NAME_LENGTH = 200
+
+
+def is_valid_name(name: str) -> bool:
+    return len(name) <= _MAX_NAME_LENGTH and _VALID_NAME.match(name) is not None
+
+
+def normalize(name: str) -> NormalizedName:
+    """PEP 503 normalisation (N-01); callers validate first with :func:`is_valid_name`."""
+    return canonicalize_name(name)
+
+
+class Origin(Enum):
+    PRIVATE = "private"
+    UPSTREAM = "upstream"
+
+
+@dataclass(frozen=True, slots=True)
+class DistFile:
+    """One distribution file as listed on a project page.
+
+    ``url`` is where *we* fetch it from: a path in the packages dir for private files, the
+    upstream's absolute URL for upstream files. Renderers never show it: clients always get
+    this server's ``/packages/<project>/<filename>``.
+    """
+
+    filename: str
+    url: str
+    origin: Origin
+    hashes: dict[str, str] = field(default_factory=dict)
+    requires_python: str | None = None
+    size: int | None = None
+    upload_time: str | None = None
+    yanked: bool | str = False
+    core_metadata: dict[str, str] | bool = False
+
+    @property
+    def sha256(self) -> str | None:
+        return self.hashes.get("sha256")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectPage:
+    """A project's files and versions, whichever source they came from."""
+
+    name: NormalizedName
+    files: tuple[DistFile, ...]
+    versions: frozenset[str] = frozenset()
+    serial: int | None = None
+    status: str | None = None
+
+    @property
+    def has_private_files(self) -> bool:
+        return any(f.origin is Origin.PRIVATE for f in self.files)
+
+    def file(self, filename: str) -> DistFile | None:
+        for dist in self.files:
+            if dist.filename == filename:
+                return dist
+        return None

@@ -1,0 +1,186 @@
+"""The root list ``/simple/``: private names merged with the upstream's (~930k names, 40 MB).
+
+The upstream root is fetched rarely (``upstream.root_ttl``), in the background, streamed to a
+names file on disk; the merged HTML and JSON (plain and gzip) are rebuilt from it in a thread
+whenever it or the private names change, and served as files. Nothing here holds the whole
+list in memory, and no request ever builds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import NormalizedName
+
+from proxyindex import fsutil
+from proxyindex.errors import UpstreamError
+from proxyindex.models import is_valid_name, normalize
+from proxyindex.simple import (
+    SimpleFormat,
+    parse_root_names,
+    render_root_entry,
+    render_root_footer,
+    render_root_header,
+)
+from proxyindex.storage import PrivateStorage
+from proxyindex.upstream import UpstreamClient
+
+__all__ = ["RootIndex"]
+
+log = logging.getLogger(__name__)
+
+_FORMATS = {SimpleFormat.JSON: "root.json", SimpleFormat.HTML: "root.html"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    private_generation: int
+    names_mtime: float
+
+
+def _split_entries(text: str, is_json: bool) -> tuple[str, str]:
+    """Cut a streamed chunk after its last complete entry; returns (complete, remainder)."""
+    marker = "}" if is_json else "</a>"
+    cut = text.rfind(marker)
+    if cut == -1:
+        return "", text
+    cut += len(marker)
+    return text[:cut], text[cut:]
+
+
+def _write_all(directory: Path, private: Iterable[NormalizedName], names_file: Path) -> None:
+    """Render root.{html,json} and their .gz siblings from private names + the names file."""
+    private_set = sorted(set(private))
+    outputs = []
+    for fmt, filename in _FORMATS.items():
+        plain, plain_tmp = fsutil.open_temp(directory)
+        packed_fh, packed_tmp = fsutil.open_temp(directory)
+        packed = gzip.GzipFile(fileobj=packed_fh, mode="wb", compresslevel=6, mtime=0)
+        outputs.append((fmt, filename, plain, plain_tmp, packed, packed_fh, packed_tmp))
+
+    def emit(data: bytes, fmt: SimpleFormat) -> None:
+        for out_fmt, _name, plain, _pt, packed, _pf, _pkt in outputs:
+            if out_fmt is fmt:
+                plain.write(data)
+                packed.write(data)
+
+    def names() -> Iterator[NormalizedName]:
+        yield from private_set
+        taken = set(private_set)
+        if names_file.exists():
+            with names_file.open(encoding="utf-8") as fh:
+                for line in fh:
+                    name = NormalizedName(line.rstrip("\n"))
+                    if name and name not in taken:
+                        yield name
+
+    for fmt in _FORMATS:
+        emit(render_root_header(fmt), fmt)
+    first = True
+    buffers: dict[SimpleFormat, list[bytes]] = {fmt: [] for fmt in _FORMATS}
+    for name in names():
+        for fmt in _FORMATS:
+            buffers[fmt].append(render_root_entry(name, fmt, first))
+            if len(buffers[fmt]) >= 4096:
+                emit(b"".join(buffers[fmt]), fmt)
+                buffers[fmt].clear()
+        first = False
+    for fmt in _FORMATS:
+        emit(b"".join(buffers[fmt]), fmt)
+        emit(render_root_footer(fmt), fmt)
+    for _fmt, filename, plain, plain_tmp, packed, packed_fh, packed_tmp in outputs:
+        plain.close()
+        packed.close()
+        packed_fh.close()
+        fsutil.commit_replace(packed_tmp, directory / f"{filename}.gz")
+        fsutil.commit_replace(plain_tmp, directory / filename)
+
+
+class RootIndex:
+    def __init__(self, directory: Path, storage: PrivateStorage, upstream: UpstreamClient) -> None:
+        self.directory = directory
+        self.names_file = directory / "upstream-names.txt"
+        self._storage = storage
+        self._upstream = upstream
+        self._built: _Built | None = None
+        self._build_lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
+
+    def _names_mtime(self) -> float:
+        try:
+            return self.names_file.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    async def path(self, fmt: SimpleFormat) -> Path:
+        """The prebuilt root file for ``fmt`` (serve with FileResponse: it picks the .gz)."""
+        names_mtime = await asyncio.to_thread(self._names_mtime)
+        if time.time() - names_mtime > self._upstream.config.root_ttl:
+            self.refresh_in_background()
+        await self._ensure_built(names_mtime)
+        return self.directory / _FORMATS[SimpleFormat.JSON if fmt.is_json else SimpleFormat.HTML]
+
+    async def _ensure_built(self, names_mtime: float) -> None:
+        wanted = _Built(self._storage.generation, names_mtime)
+        if self._built == wanted:
+            return
+        async with self._build_lock:
+            if self._built == wanted:
+                return
+            started = time.monotonic()
+            await asyncio.to_thread(
+                _write_all, self.directory, self._storage.names(), self.names_file
+            )
+            self._built = wanted
+            log.info("root list rebuilt in %.2fs", time.monotonic() - started)
+
+    def refresh_in_background(self) -> None:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.create_task(self._fetch_names())
+
+    async def wait_refreshed(self) -> None:
+        if self._refresh is not None:
+            await asyncio.gather(self._refresh, return_exceptions=True)
+
+    async def _fetch_names(self) -> None:
+        """Stream the upstream root into the names file, then rebuild."""
+        url = str(self._upstream.base)
+        started = time.monotonic()
+        fh, temp = await asyncio.to_thread(fsutil.open_temp, self.directory)
+        count = 0
+        try:
+            async with self._upstream.open_root(url) as (content_type, chunks):
+                is_json = "json" in content_type
+                remainder = ""
+                async for chunk in chunks:
+                    # Names are ASCII, so a character cut at a chunk edge cannot hurt one.
+                    text = remainder + chunk.decode("utf-8", "replace")
+                    complete, remainder = _split_entries(text, is_json)
+                    lines = _normalized_lines(parse_root_names(complete))
+                    count += len(lines)
+                    await asyncio.to_thread(fh.write, "".join(lines).encode())
+            await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(fsutil.commit_replace, temp, self.names_file)
+            log.info("fetched %d upstream names in %.1fs", count, time.monotonic() - started)
+        except UpstreamError as exc:
+            log.warning("could not fetch the upstream root list: %s", exc)
+        finally:
+            await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(temp.unlink, True)
+        await self._ensure_built(await asyncio.to_thread(self._names_mtime))
+
+
+def _normalized_lines(names: Iterable[str]) -> list[str]:
+    return [f"{normalize(name)}\n" for name in names if is_valid_name(name)]

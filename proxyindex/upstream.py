@@ -1,0 +1,166 @@
+"""The one HTTP client to the upstream index: project pages (conditional GET) and file bodies.
+
+It only speaks HTTP and turns every failure into an :class:`UpstreamError`; caching decisions
+live in ``index`` and ``downloads``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from packaging.utils import NormalizedName
+from yarl import URL
+
+from proxyindex import __version__
+from proxyindex.cache import PageEntry
+from proxyindex.config import UpstreamConfig
+from proxyindex.errors import UpstreamTimeout, UpstreamUnavailable
+from proxyindex.simple import parse_project
+
+__all__ = ["UPSTREAM_ACCEPT", "UpstreamClient", "UpstreamFile", "mask_url"]
+
+log = logging.getLogger(__name__)
+
+# JSON first: it carries size, upload-time and versions; HTML is accepted back (UP-01, UP-07).
+UPSTREAM_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, "
+    "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
+)
+_CHUNK = 256 * 1024
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with any password replaced, for logs and error messages."""
+    parsed = URL(str(url))
+    if parsed.password is not None:
+        parsed = parsed.with_password("***")
+    return str(parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFile:
+    """An open upstream file body: its declared length and an iterator of chunks."""
+
+    length: int | None
+    chunks: AsyncIterator[bytes]
+
+
+class UpstreamClient:
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.base = URL(config.url)
+        self._session = session
+        self._page_timeout = aiohttp.ClientTimeout(
+            total=config.timeout, sock_connect=config.connect_timeout
+        )
+        # Files may be large: bound the connection and each read, not the whole transfer.
+        self._file_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout, sock_read=config.timeout
+        )
+
+    @staticmethod
+    def make_session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            headers={"User-Agent": f"proxyindex/{__version__}"},
+            connector=aiohttp.TCPConnector(limit=64, limit_per_host=32, ttl_dns_cache=300),
+            auto_decompress=True,
+        )
+
+    def project_url(self, name: NormalizedName) -> URL:
+        return self.base / name / ""
+
+    async def fetch_page(self, name: NormalizedName, cached: PageEntry | None) -> PageEntry:
+        """GET the project's page; revalidate ``cached`` with If-None-Match when it has an ETag."""
+        url = self.project_url(name)
+        headers = {"Accept": UPSTREAM_ACCEPT}
+        if cached is not None and cached.etag and cached.page is not None:
+            headers["If-None-Match"] = cached.etag
+        started = time.monotonic()
+        try:
+            async with self._session.get(url, headers=headers, timeout=self._page_timeout) as resp:
+                if resp.status == 304 and cached is not None:
+                    return PageEntry(cached.page, time.time(), cached.etag)
+                if resp.status == 404:
+                    return PageEntry(None, time.time())
+                if resp.status != 200:
+                    raise UpstreamUnavailable(
+                        f"upstream answered {resp.status} for {mask_url(url)}"
+                    )
+                body = await resp.read()
+                content_type = resp.headers.get("Content-Type", "")
+                etag = resp.headers.get("ETag")
+                final_url = str(resp.url)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream failed for {mask_url(url)}: {exc}") from exc
+        try:
+            page = parse_project(body, content_type, final_url, name)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamUnavailable(f"upstream page for {name} is unreadable: {exc}") from exc
+        log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)
+        return PageEntry(page, time.time(), etag)
+
+    @asynccontextmanager
+    async def open_file(self, url: str) -> AsyncIterator[UpstreamFile]:
+        """Stream an upstream file; raises UpstreamError on refusal, non-200 or timeout."""
+        try:
+            async with self._session.get(
+                url,
+                timeout=self._file_timeout,
+                headers={"Accept-Encoding": "identity"},
+                auto_decompress=False,
+            ) as resp:
+                if resp.status != 200:
+                    raise UpstreamUnavailable(
+                        f"upstream answered {resp.status} for {mask_url(url)}"
+                    )
+                yield UpstreamFile(resp.content_length, self._chunks(resp, url))
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream failed for {mask_url(url)}: {exc}") from exc
+
+    @asynccontextmanager
+    async def open_root(self, url: str) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        """Stream the upstream root list: (Content-Type, chunks)."""
+        try:
+            async with self._session.get(
+                url, headers={"Accept": UPSTREAM_ACCEPT}, timeout=self._file_timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise UpstreamUnavailable(
+                        f"upstream answered {resp.status} for {mask_url(url)}"
+                    )
+                yield resp.headers.get("Content-Type", ""), self._chunks(resp, url)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream failed for {mask_url(url)}: {exc}") from exc
+
+    @staticmethod
+    async def _chunks(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                yield chunk
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream stalled sending {mask_url(url)}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream broke off {mask_url(url)}: {exc}") from exc
+
+    async def read_small(self, url: str, limit: int = 16 << 20) -> bytes:
+        """A whole small body (``.metadata`` files)."""
+        async with self.open_file(url) as upstream:
+            parts = []
+            total = 0
+            async for chunk in upstream.chunks:
+                total += len(chunk)
+                if total > limit:
+                    raise UpstreamUnavailable(f"upstream body too large: {mask_url(url)}")
+                parts.append(chunk)
+            return b"".join(parts)

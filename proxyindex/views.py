@@ -1,0 +1,191 @@
+"""Thin request handlers: read the request, ask the index, build the response."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+from aiohttp import hdrs, web
+from packaging.utils import NormalizedName
+
+from proxyindex import appkeys
+from proxyindex.cache import BlobStore
+from proxyindex.errors import NotFound
+from proxyindex.fsutil import is_safe_filename
+from proxyindex.index import RenderedPage
+from proxyindex.models import DistFile, is_valid_name, normalize
+from proxyindex.responses import IMMUTABLE, StoredFile, etag_matches, not_modified
+from proxyindex.simple import SimpleFormat, negotiate
+from proxyindex.storage import project_of
+
+__all__ = ["dist_file", "health", "home", "project_page", "project_redirect", "root_page"]
+
+_VARY = "Accept, Accept-Encoding"
+
+
+def _canonical(request: web.Request) -> NormalizedName:
+    """The normalised project name of the URL; 301 to the canonical URL if it differs (N-03)."""
+    raw = request.match_info["name"]
+    if not is_valid_name(raw):
+        raise NotFound(f"not a valid project name: {raw[:100]!r}")
+    name = normalize(raw)
+    if name != raw:
+        path = request.path.replace(f"/{raw}/", f"/{name}/", 1)
+        raise web.HTTPMovedPermanently(request.rel_url.with_path(path))
+    return name
+
+
+async def project_redirect(request: web.Request) -> web.StreamResponse:
+    """``/simple/<name>`` without the slash: 301 to the canonical URL (N-04)."""
+    raw = request.match_info["name"]
+    if not is_valid_name(raw):
+        raise NotFound(f"not a valid project name: {raw[:100]!r}")
+    raise web.HTTPMovedPermanently(request.rel_url.with_path(f"/simple/{normalize(raw)}/"))
+
+
+def _format(request: web.Request) -> SimpleFormat:
+    return negotiate(request.headers.get(hdrs.ACCEPT), request.query.get("format"))
+
+
+def _page_response(
+    request: web.Request, rendered: RenderedPage, fmt: SimpleFormat, max_age: int
+) -> web.Response:
+    use_gzip = rendered.gzip_body is not None and "gzip" in request.headers.get(
+        hdrs.ACCEPT_ENCODING, ""
+    )
+    etag = rendered.etag[:-1] + '-gz"' if use_gzip else rendered.etag
+    cache_control = f"max-age={max_age}" + (", must-revalidate" if rendered.private else "")
+    headers: dict[str, str] = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: cache_control, hdrs.VARY: _VARY}
+    if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return not_modified(headers)
+    headers[hdrs.CONTENT_TYPE] = fmt.content_type
+    if use_gzip:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+        return web.Response(body=rendered.gzip_body, headers=headers)
+    return web.Response(body=rendered.body, headers=headers)
+
+
+async def project_page(request: web.Request) -> web.StreamResponse:
+    name = _canonical(request)
+    fmt = _format(request)
+    rendered, max_age = await request.app[appkeys.INDEX].render(name, fmt)
+    return _page_response(request, rendered, fmt, max_age)
+
+
+async def root_page(request: web.Request) -> web.StreamResponse:
+    fmt = _format(request)
+    path = await request.app[appkeys.ROOT].path(fmt)
+    use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+    return StoredFile(
+        path.with_name(path.name + ".gz") if use_gzip else path,
+        headers={hdrs.CACHE_CONTROL: "max-age=300", hdrs.VARY: _VARY},
+        content_type=fmt.content_type,
+        precompressed="gzip" if use_gzip else None,
+    )
+
+
+def _file_name(request: web.Request, name: NormalizedName) -> str:
+    filename = request.match_info["filename"]
+    if not is_safe_filename(filename):
+        raise NotFound("not a valid filename")
+    dist_name = filename.removesuffix(".metadata")
+    if project_of(dist_name) != name:
+        raise NotFound(f"{dist_name!r} is not a file of project {name!r}")
+    return filename
+
+
+async def dist_file(request: web.Request) -> web.StreamResponse:
+    """A distribution file or its ``.metadata`` (PEP 658), from storage or through the cache."""
+    name = _canonical(request)
+    filename = _file_name(request, name)
+    if filename.endswith(".metadata"):
+        return await _metadata(request, name, filename.removesuffix(".metadata"))
+    target = await request.app[appkeys.INDEX].locate(name, filename)
+    headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE}
+    if isinstance(target, Path):
+        return StoredFile(target, headers=headers)
+    blob = await _cached_blob(request, target)
+    if blob is not None:
+        return StoredFile(blob, headers=headers)
+    download = request.app[appkeys.DOWNLOADER].start(target)
+    if request.method != hdrs.METH_GET or hdrs.RANGE in request.headers:
+        return StoredFile(await download.wait(), headers=headers)
+    await download.started.wait()
+    if download.error is not None:
+        raise download.error
+    response = web.StreamResponse(
+        headers={**headers, hdrs.CONTENT_TYPE: "application/octet-stream"}
+    )
+    if download.length is not None:
+        response.content_length = download.length
+    await response.prepare(request)
+    try:
+        async for chunk in download.stream():
+            await response.write(chunk)
+    except Exception:
+        # Headers are sent: break the connection so the client sees a failed transfer,
+        # never a short or corrupt file that looks complete.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _cached_blob(request: web.Request, dist: DistFile) -> Path | None:
+    blobs: BlobStore = request.app[appkeys.BLOBS]
+    sha256 = dist.sha256
+    if sha256 is None:
+        sha256 = await asyncio.to_thread(request.app[appkeys.PAGES].blob_for_url, dist.url)
+    if sha256 is None:
+        return None
+    return await asyncio.to_thread(blobs.get, sha256)
+
+
+async def _metadata(
+    request: web.Request, name: NormalizedName, filename: str
+) -> web.StreamResponse:
+    index = request.app[appkeys.INDEX]
+    target = await index.locate(name, filename)
+    if isinstance(target, Path):
+        data = await index.private_metadata(name, filename)
+        if data is None:
+            raise NotFound(f"no metadata for {filename!r}")
+        etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE, hdrs.ETAG: etag}
+        if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+            return not_modified(headers)
+        return web.Response(body=data, headers=headers, content_type="application/octet-stream")
+    if not target.core_metadata:
+        raise NotFound(f"the upstream has no metadata file for {filename!r}")
+    hashes = target.core_metadata if isinstance(target.core_metadata, dict) else {}
+    meta = DistFile(
+        filename=f"{filename}.metadata",
+        url=f"{target.url}.metadata",
+        origin=target.origin,
+        hashes={"sha256": hashes["sha256"]} if "sha256" in hashes else {},
+    )
+    blob = await _cached_blob(request, meta)
+    if blob is None:
+        blob = await request.app[appkeys.DOWNLOADER].fetch(meta)
+    return StoredFile(blob, headers={hdrs.CACHE_CONTROL: IMMUTABLE})
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"}, headers={hdrs.CACHE_CONTROL: "no-store"})
+
+
+_HOME = """<!DOCTYPE html>
+<html><head><title>proxyindex</title></head><body>
+<h1>proxyindex</h1>
+<p>The package index is at <a href="simple/">simple/</a>:
+<code>pip install --index-url {base}/simple/ PACKAGE</code></p>
+<p>Upload with <code>twine upload --repository-url {base}/ dist/*</code>.</p>
+</body></html>
+"""
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    base = request.app[appkeys.CONFIG].server.base_url or f"{request.scheme}://{request.host}"
+    return web.Response(text=_HOME.format(base=base), content_type="text/html")
