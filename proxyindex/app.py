@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from proxyindex import appkeys, views
+from proxyindex import appkeys, upload, views
+from proxyindex.auth import Authenticator
 from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
 from proxyindex.downloads import Downloader
@@ -63,6 +64,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
 
 
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Ask for a login where the config protects the route's action (A-01)."""
+    resource = request.match_info.route.resource
+    action = _ACTIONS.get(resource.canonical, {}).get(request.method) if resource else None
+    authenticator = request.app[appkeys.AUTH]
+    if action is not None and authenticator.protects(action):
+        await asyncio.to_thread(
+            authenticator.authorize, action, request.headers.get(hdrs.AUTHORIZATION)
+        )
+    return await handler(request)
+
+
 async def _scan_forever(storage: PrivateStorage) -> None:
     while True:
         await asyncio.sleep(_SCAN_INTERVAL)
@@ -110,9 +124,22 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         storage.close()
 
 
+# Which protectable action each route is: resource path -> method -> action.
+_ACTIONS: dict[str, dict[str, str]] = {
+    "/simple/": {"GET": "list", "HEAD": "list"},
+    "/simple/{name}/": {"GET": "list", "HEAD": "list"},
+    "/simple/{name}": {"GET": "list", "HEAD": "list"},
+    "/packages/{name}/{filename}": {"GET": "download", "HEAD": "download"},
+    "/": {"POST": "upload"},
+    "/legacy": {"POST": "upload"},
+    "/legacy/": {"POST": "upload"},
+}
+
+
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[appkeys.CONFIG] = config
+    app[appkeys.AUTH] = Authenticator(config.auth)
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/", views.home)
     app.router.add_get("/health", views.health)
@@ -121,6 +148,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/simple/{name}/", views.project_page)
     app.router.add_get("/simple/{name}", views.project_redirect)
     app.router.add_get("/packages/{name}/{filename}", views.dist_file)
+    for path in ("/", "/legacy", "/legacy/"):
+        app.router.add_post(path, upload.handle_upload)
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxyindex.auth import Authenticator
 from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
 from proxyindex.downloads import Downloader
@@ -11,9 +12,10 @@ from proxyindex.index import ProjectIndex
 from proxyindex.rootindex import RootIndex
 from proxyindex.storage import PrivateStorage
 
-__all__ = ["BLOBS", "CONFIG", "DOWNLOADER", "INDEX", "PAGES", "ROOT", "STORAGE"]
+__all__ = ["AUTH", "BLOBS", "CONFIG", "DOWNLOADER", "INDEX", "PAGES", "ROOT", "STORAGE"]
 
 CONFIG = web.AppKey("config", Config)
+AUTH = web.AppKey("auth", Authenticator)
 STORAGE = web.AppKey("storage", PrivateStorage)
 PAGES = web.AppKey("pages", PageCache)
 BLOBS = web.AppKey("blobs", BlobStore)

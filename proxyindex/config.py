@@ -84,6 +84,7 @@ class AuthConfig:
     htpasswd: Path | None = None
     protect: tuple[str, ...] = ("upload",)
     realm: str = "proxyindex"
+    uploaders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

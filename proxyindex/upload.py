@@ -1,0 +1,318 @@
+"""The legacy upload API that twine, uv publish, poetry and pdm speak (PROTOCOL §7).
+
+The multipart body is streamed to a temp file in the packages folder while it is hashed (never
+read whole: aiohttp's ``post()`` caps bodies at 1 MiB). Everything is checked before the file is
+committed with a create-if-absent link, so bad input writes nothing and two concurrent uploads
+of one filename cannot both win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from aiohttp import BodyPartReader, web
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    NormalizedName,
+    canonicalize_version,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from proxyindex import appkeys, fsutil
+from proxyindex.errors import (
+    FileExists,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TooLarge,
+    UpstreamError,
+)
+from proxyindex.models import is_valid_name, normalize
+from proxyindex.policy import Owner
+from proxyindex.storage import metadata_fields, read_wheel_metadata
+
+__all__ = ["handle_upload"]
+
+log = logging.getLogger(__name__)
+
+_Hasher = Any  # hashlib's private types differ between sha256 and blake2b
+
+_FIELD_LIMIT = 1 << 20  # all text fields together; real uploads send a few KB
+_CHUNK = 1 << 16
+
+
+@dataclass(slots=True)
+class _Received:
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    filename: str | None = None
+    temp: Path | None = None
+    size: int = 0
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def one(self, key: str) -> str | None:
+        values = self.fields.get(key)
+        return values[0].strip() if values else None
+
+
+async def _read_field(part: BodyPartReader, budget: int) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_CHUNK):
+        data += chunk
+        if len(data) > budget:
+            raise InvalidRequest("form fields are too large")
+    return data.decode("utf-8", "replace")
+
+
+async def _stream_file(part: BodyPartReader, directory: Path, limit: int) -> _Received:
+    fh: BinaryIO
+    fh, temp = await asyncio.to_thread(fsutil.open_temp, directory)
+    hashers: dict[str, _Hasher] = {
+        "sha256": hashlib.sha256(),
+        "md5": hashlib.md5(usedforsecurity=False),
+        "blake2_256": hashlib.blake2b(digest_size=32),
+    }
+    size = 0
+    try:
+        while chunk := await part.read_chunk(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"upload larger than the limit of {limit} bytes")
+            for hasher in hashers.values():
+                hasher.update(chunk)
+            await asyncio.to_thread(fh.write, chunk)
+    except BaseException:
+        await asyncio.to_thread(fh.close)
+        await asyncio.to_thread(temp.unlink, True)
+        raise
+    await asyncio.to_thread(fh.close)
+    digests = {name: h.hexdigest() for name, h in hashers.items()}
+    return _Received(temp=temp, size=size, digests=digests)
+
+
+async def _receive(request: web.Request, directory: Path, limit: int) -> _Received:
+    if request.content_length is not None and request.content_length > limit + _FIELD_LIMIT:
+        raise TooLarge(f"upload larger than the limit of {limit} bytes")
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError) as exc:
+        raise InvalidRequest("expected a multipart/form-data body") from exc
+    received = _Received()
+    budget = _FIELD_LIMIT
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                raise InvalidRequest("unexpected nested multipart body")
+            if part.name == "content":
+                if received.temp is not None:
+                    raise InvalidRequest("more than one file in the upload")
+                filename = part.filename or ""
+                streamed = await _stream_file(part, directory, limit)
+                received.temp, received.size = streamed.temp, streamed.size
+                received.digests, received.filename = streamed.digests, filename
+            elif part.filename is not None:
+                await part.release()  # gpg_signature and other files: accepted, not kept
+            else:
+                value = await _read_field(part, budget)
+                budget -= len(value)
+                received.fields.setdefault(part.name, []).append(value)
+    except BaseException:
+        if received.temp is not None:
+            await asyncio.to_thread(received.temp.unlink, True)
+        raise
+    return received
+
+
+@dataclass(frozen=True, slots=True)
+class _Dist:
+    name: NormalizedName
+    version: Version
+    filename: str
+
+
+def _check_filename(received: _Received) -> _Dist:
+    """Filename, filetype, name and version must agree (U-03, U-04)."""
+    filename = received.filename or ""
+    if not fsutil.is_safe_filename(filename):
+        raise InvalidRequest(f"invalid filename {filename[:100]!r}")
+    filetype = received.one("filetype")
+    try:
+        if filename.endswith(".whl"):
+            name, version, _build, _tags = parse_wheel_filename(filename)
+            expected_type = "bdist_wheel"
+        elif filename.endswith((".tar.gz", ".zip")):
+            name, version = parse_sdist_filename(filename)
+            expected_type = "sdist"
+        else:
+            raise InvalidRequest(f"{filename!r} is not a wheel (.whl) or an sdist (.tar.gz)")
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion) as exc:
+        raise InvalidRequest(f"invalid distribution filename {filename!r}: {exc}") from exc
+    if filetype != expected_type:
+        raise InvalidRequest(f"filetype {filetype!r} does not match {filename!r}")
+    form_name = received.one("name") or ""
+    if not is_valid_name(form_name):
+        raise InvalidRequest(f"invalid project name {form_name[:100]!r}")
+    if normalize(form_name) != name:
+        raise InvalidRequest(f"name {form_name!r} does not match filename {filename!r}")
+    try:
+        form_version = Version(received.one("version") or "")
+    except InvalidVersion as exc:
+        raise InvalidRequest(f"invalid version {received.one('version')!r}") from exc
+    if form_version != version:
+        raise InvalidRequest(f"version {form_version} does not match filename {filename!r}")
+    protocol = received.one("protocol_version")
+    if protocol not in (None, "1"):
+        raise InvalidRequest(f"unsupported protocol_version {protocol!r}")
+    return _Dist(name, version, filename)
+
+
+def _check_digests(received: _Received) -> None:
+    sent = {
+        "sha256": received.one("sha256_digest"),
+        "md5": received.one("md5_digest"),
+        "blake2_256": received.one("blake2_256_digest"),
+    }
+    if not any(sent.values()):
+        raise InvalidRequest("the upload carries no digest (sha256_digest expected)")
+    for algo, value in sent.items():
+        if value and value.lower() != received.digests[algo]:
+            raise InvalidRequest(f"the {algo} digest supplied does not match the file")
+
+
+def _check_wheel_metadata(temp: Path, dist: _Dist) -> None:
+    """Blocking: the wheel's METADATA must name the same project and version."""
+    try:
+        fields = metadata_fields(read_wheel_metadata(temp))
+    except ValueError as exc:
+        raise InvalidRequest(f"{dist.filename}: {exc}") from exc
+    meta_name = fields.get("Name", "")
+    if not is_valid_name(meta_name) or normalize(meta_name) != dist.name:
+        raise InvalidRequest(f"{dist.filename}: METADATA names project {meta_name!r}")
+    try:
+        meta_version = Version(fields.get("Version", ""))
+    except InvalidVersion as exc:
+        raise InvalidRequest(f"{dist.filename}: METADATA has an invalid version") from exc
+    if meta_version != dist.version:
+        raise InvalidRequest(f"{dist.filename}: METADATA says version {meta_version}")
+
+
+def _exists_message(filename: str, sha256: str) -> str:
+    # The "File already exists" prefix is what twine, poetry and pdm look for (U-05).
+    return f"File already exists ({filename!r}, with sha256 hash {sha256!r})"
+
+
+async def _check_shadowing(request: web.Request, name: NormalizedName) -> None:
+    """Warn (or refuse, if configured) when a new private name hides a public project."""
+    index = request.app[appkeys.INDEX]
+    config = request.app[appkeys.CONFIG].private
+    if index.owner(name) is not Owner.UPSTREAM:
+        return  # already private, reserved or allowed to merge
+    try:
+        entry = await index.upstream_entry(name)
+    except UpstreamError:
+        if config.refuse_shadowing_uploads:
+            raise
+        log.warning("could not check whether %s exists upstream", name)
+        return
+    if entry.page is None:
+        return
+    if config.refuse_shadowing_uploads:
+        raise Forbidden(
+            f"{name} exists upstream; uploading it would hide the public project "
+            "(private.refuse_shadowing_uploads is on; add the name to private.reserved "
+            "or private.merge_with_upstream to allow it)"
+        )
+    log.warning("upload of %s now hides the upstream project of the same name", name)
+
+
+async def _file_upload(request: web.Request, received: _Received) -> web.Response:
+    assert received.temp is not None
+    dist = _check_filename(received)
+    _check_digests(received)
+    if dist.filename.endswith(".whl"):
+        await asyncio.to_thread(_check_wheel_metadata, received.temp, dist)
+    storage = request.app[appkeys.STORAGE]
+    sha256 = received.digests["sha256"]
+    existing = await asyncio.to_thread(storage.existing, dist.filename)
+    overwrite = request.app[appkeys.CONFIG].private.allow_overwrite
+    if existing is not None:
+        existing_sha = await asyncio.to_thread(fsutil.file_sha256, existing)
+        if existing_sha == sha256:
+            return web.Response(text=f"{dist.filename} already stored with the same content\n")
+        if not overwrite:
+            raise FileExists(_exists_message(dist.filename, existing_sha))
+    else:
+        await _check_shadowing(request, dist.name)
+    dest = existing or storage.project_dir(dist.name) / dist.filename
+    if existing is not None:
+        await asyncio.to_thread(fsutil.commit_replace, received.temp, dest)
+    elif not await asyncio.to_thread(fsutil.commit_exclusive, received.temp, dest):
+        winner = await asyncio.to_thread(fsutil.file_sha256, dest)
+        if winner != sha256:
+            raise FileExists(_exists_message(dist.filename, winner))
+    await asyncio.to_thread(storage.rescan)
+    log.info("stored %s (%d bytes)", dest, received.size)
+    return web.Response(text=f"stored {dist.filename}\n")
+
+
+async def _remove_pkg(request: web.Request, received: _Received) -> web.Response:
+    name, version = received.one("name"), received.one("version")
+    if not name or not version or not is_valid_name(name):
+        raise InvalidRequest("remove_pkg needs the fields name and version")
+    project = normalize(name)
+    storage = request.app[appkeys.STORAGE]
+    page = await asyncio.to_thread(storage.page, project)
+    wanted = canonicalize_version(version)
+    paths = [
+        Path(dist.url)
+        for dist in (page.files if page else ())
+        if _version_matches(dist.filename, wanted)
+    ]
+    if not paths:
+        raise NotFound(f"no files of {project} {version}")
+    await asyncio.to_thread(storage.remove, paths)
+    log.info("removed %s %s (%d files)", project, version, len(paths))
+    return web.Response(text=f"removed {len(paths)} files of {project} {version}\n")
+
+
+def _version_matches(filename: str, wanted: str) -> bool:
+    try:
+        if filename.endswith(".whl"):
+            version = parse_wheel_filename(filename)[1]
+        else:
+            version = parse_sdist_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return False
+    return canonicalize_version(version) == wanted
+
+
+async def handle_upload(request: web.Request) -> web.StreamResponse:
+    """POST /, /legacy, /legacy/ (never a redirect: U-01)."""
+    config = request.app[appkeys.CONFIG]
+    storage = request.app[appkeys.STORAGE]
+    received = await _receive(request, storage.root, config.private.max_upload_size)
+    try:
+        action = received.one(":action") or request.query.get(":action")
+        if action == "file_upload":
+            if received.temp is None:
+                raise InvalidRequest("the upload has no file in the 'content' field")
+            return await _file_upload(request, received)
+        if action == "remove_pkg":
+            return await _remove_pkg(request, received)
+        if action in ("submit", "verify"):
+            return web.Response(text="nothing to register: projects are created by uploading\n")
+        if action == "doc_upload":
+            raise web.HTTPGone(text="documentation uploads are not supported\n")
+        if action is None:
+            raise InvalidRequest("missing :action")
+        raise InvalidRequest(f"unsupported :action {action[:50]!r}")
+    finally:
+        if received.temp is not None:
+            await asyncio.to_thread(received.temp.unlink, True)
