@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from proxyindex import __version__, fsutil
 from proxyindex.app import create_app
+from proxyindex.auth import add_user
 from proxyindex.config import Config, ConfigError, load_config
 from proxyindex.upstream import mask_url
 
@@ -39,6 +41,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--htpasswd", type=Path, help="htpasswd file enabling authentication")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port and cache")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    user = commands.add_parser("user", help="manage users of the htpasswd file")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    add = user_commands.add_parser("add", help="add a user (or set a new password)")
+    add.add_argument("name")
+    add.add_argument(
+        "--htpasswd", type=Path, help="the file (default: auth.htpasswd of the config)"
+    )
+    add.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
     return parser
 
 
@@ -152,11 +165,42 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def user_add(args: argparse.Namespace) -> int:
+    path: Path | None = args.htpasswd
+    if path is None:
+        config_path = args.config or (
+            Path("config.toml") if Path("config.toml").is_file() else None
+        )
+        path = load_config(config_path, environ=os.environ).auth.htpasswd
+    if path is None:
+        print("proxyindex: no htpasswd file: pass --htpasswd FILE", file=sys.stderr)
+        return 2
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if password != getpass.getpass("Again: "):
+            print("proxyindex: the passwords differ", file=sys.stderr)
+            return 1
+    if not password:
+        print("proxyindex: empty password refused", file=sys.stderr)
+        return 1
+    try:
+        add_user(path, args.name, password)
+    except ValueError as exc:
+        print(f"proxyindex: {exc}", file=sys.stderr)
+        return 2
+    print(f"proxyindex: {args.name} saved in {path} (bcrypt)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "user":
+            return user_add(args)
     except ConfigError as exc:
         print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
         return 2
