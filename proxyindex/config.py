@@ -27,6 +27,7 @@ __all__ = [
     "ServerConfig",
     "StorageConfig",
     "UpstreamConfig",
+    "as_toml",
     "load_config",
 ]
 
@@ -249,12 +250,12 @@ def load_config(
     config = _build(file_data, base_dir)
     later = _merge(_env_overrides(environ or {}), overrides or {})
     if later:
-        as_dict = _merge(_as_toml(config), later)
+        as_dict = _merge(as_toml(config), later)
         config = _build(as_dict, cwd)
     return _validate(config)
 
 
-def _as_toml(config: Config) -> dict[str, dict[str, Any]]:
+def as_toml(config: Config) -> dict[str, dict[str, Any]]:
     """The config as TOML-shaped plain values (absolute paths), for layering and the docs test."""
     out: dict[str, dict[str, Any]] = {}
     for section in fields(config):
@@ -274,4 +275,4 @@ def _as_toml(config: Config) -> dict[str, dict[str, Any]]:
 
 def describe(config: Config) -> str:
     """A JSON dump of the effective configuration (``proxyindex serve --print-config``)."""
-    return json.dumps(_as_toml(config), indent=2)
+    return json.dumps(as_toml(config), indent=2)

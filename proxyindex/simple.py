@@ -275,7 +275,9 @@ def parse_project_json(
                 filename=filename,
                 url=urljoin(page_url, str(raw["url"])),
                 origin=origin,
-                hashes={str(k).lower(): str(v) for k, v in (raw.get("hashes") or {}).items()},
+                hashes={
+                    str(k).lower(): str(v).lower() for k, v in (raw.get("hashes") or {}).items()
+                },
                 requires_python=raw.get("requires-python") or None,
                 size=raw["size"] if isinstance(raw.get("size"), int) else None,
                 upload_time=raw.get("upload-time") or None,
@@ -331,7 +333,7 @@ def parse_project_html(
         if not href:
             continue
         url = urljoin(page_url, href)
-        yanked = attrs.get("data-yanked")
+        yanked = attrs.get("data-yanked") if "data-yanked" in attrs else False
         metadata = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
         files.append(
             DistFile(
@@ -340,7 +342,7 @@ def parse_project_html(
                 origin=origin,
                 hashes=_hashes_from_fragment(url),
                 requires_python=attrs.get("data-requires-python") or None,
-                yanked=False if yanked is None else (yanked or True),
+                yanked=False if yanked is False else (yanked or True),
                 core_metadata=_metadata_from_attr(metadata),
             )
         )
