@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "PipReport",
     "UvResult",
     "assert_from_index",
+    "build_project",
     "client_env",
     "make_venv",
     "run",
@@ -294,3 +296,35 @@ def run_twine_upload(
         *(str(f) for f in files),
     ]
     return run(cmd, env, cwd=tmp, timeout=timeout, check=check)
+
+
+_VERSION_LINE = re.compile(r'^version\s*=\s*"[^"]*"', re.MULTILINE)
+
+
+def build_project(
+    src: Path,
+    out_dir: Path,
+    *,
+    tmp: Path,
+    version: str | None = None,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> list[Path]:
+    """Build sdist and wheel of a setuptools project (e.g. ``sample/``) into ``out_dir``.
+
+    The source is copied under ``tmp`` first: an in-place build leaves ``build/`` and
+    ``*.egg-info`` in the checkout. ``version`` rewrites ``[project] version`` in the copy.
+    ``--no-isolation`` uses the test venv's setuptools, so no index is needed.
+    """
+    copy = tmp / f"{src.name}-src"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info"))
+    if version is not None:
+        pyproject = copy / "pyproject.toml"
+        text, n = _VERSION_LINE.subn(f'version = "{version}"', pyproject.read_text(), count=1)
+        assert n == 1, f"no version line in {pyproject}"
+        pyproject.write_text(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    before = set(out_dir.iterdir())
+    cmd = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out_dir), str(copy)]
+    run(cmd, client_env(tmp), cwd=tmp, timeout=timeout)
+    return sorted(set(out_dir.iterdir()) - before)

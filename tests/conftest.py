@@ -1,0 +1,117 @@
+"""Shared fixtures: the fake upstream, real proxy servers, isolated client dirs, built dists.
+
+``fake_pypi`` is explicit, not autouse: the server itself lives for the whole session (one
+thread, one port), and the function-scoped fixture resets its state (projects, knobs, request
+log) and restarts it if an earlier test left it stopped. Tests that never ask for it never pay
+for it, and a test that asks gets a clean, running index on the same URL every time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import pytest
+
+from tests.clients import build_project
+from tests.fakepypi import FakePyPI
+from tests.serverproc import REPO_ROOT, ProxyServer, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+
+class MakeProxy(Protocol):
+    """Type of the ``make_proxy`` factory, for annotating tests."""
+
+    def __call__(
+        self,
+        upstream: str | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        start: bool = True,
+        **sections: Mapping[str, object],
+    ) -> ProxyServer: ...
+
+
+@pytest.fixture(scope="session")
+def fake_pypi_server() -> Iterator[FakePyPI]:
+    """The one fake upstream of the session; use ``fake_pypi`` in tests."""
+    with FakePyPI() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_pypi(fake_pypi_server: FakePyPI) -> FakePyPI:
+    """A running fake upstream with no projects, default knobs and an empty request log."""
+    fake_pypi_server.start()  # no-op unless an earlier test stopped it; same port either way
+    fake_pypi_server.reset()
+    return fake_pypi_server
+
+
+@pytest.fixture
+def wheels_dir(tmp_path: Path) -> Path:
+    """An empty folder for dists a test builds with ``tests.wheelmaker``."""
+    path = tmp_path / "wheels"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def client_tmp(tmp_path: Path) -> Path:
+    """The ``tmp`` for ``tests.clients`` helpers: HOME, caches and reports of the clients."""
+    path = tmp_path / "client"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[MakeProxy]:
+    """Factory for real proxyindex servers; all are stopped at teardown.
+
+    ``make_proxy()`` serves the fake upstream; ``make_proxy(url)`` another upstream;
+    ``make_proxy(upstream={"page_ttl": 0}, private={"reserved": ["acme-*"]})`` merges keys into
+    the default tables. Each proxy gets its own folder ``tmp_path/proxyN`` holding
+    ``config.toml``, ``packages/`` and ``cache/``. On teardown the servers' logs are printed,
+    so pytest shows them with a failing test.
+    """
+    servers: list[ProxyServer] = []
+
+    def factory(
+        upstream: str | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        start: bool = True,
+        **sections: Mapping[str, object],
+    ) -> ProxyServer:
+        folder = tmp_path / f"proxy{len(servers)}"
+        tables: dict[str, dict[str, object]] = {
+            "server": {"host": "127.0.0.1"},
+            "storage": {"packages_dir": "packages", "cache_dir": "cache"},
+            "upstream": {"url": upstream if upstream is not None else fake_pypi.simple_url},
+        }
+        for name, values in sections.items():
+            tables.setdefault(name, {}).update(values)
+        config = write_config(folder / "config.toml", **tables)
+        server = ProxyServer(config, extra_args=extra_args, env=env)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield factory
+    for index, server in enumerate(servers):
+        server.stop()
+        print(f"=== proxy{index} log ===\n{server.log_text()}")
+
+
+@pytest.fixture(scope="session")
+def sample_dists(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """``sample/`` built once per session: ``[sample-0.1.0.tar.gz, sample-0.1.0-py3-none-any.whl]``.
+
+    For another version use ``tests.clients.build_project(..., version="0.2.0")``.
+    """
+    tmp = tmp_path_factory.mktemp("sample-build")
+    return build_project(REPO_ROOT / "sample", tmp / "dist", tmp=tmp)
