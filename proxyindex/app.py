@@ -144,7 +144,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/", views.home)
     app.router.add_get("/health", views.health)
     app.router.add_get("/simple/", views.root_page)
-    app.router.add_get("/simple", lambda _r: _redirect("/simple/"))
+    app.router.add_get("/simple", _simple_slash)
     app.router.add_get("/simple/{name}/", views.project_page)
     app.router.add_get("/simple/{name}", views.project_redirect)
     app.router.add_get("/packages/{name}/{filename}", views.dist_file)
@@ -153,5 +153,5 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-async def _redirect(location: str) -> web.StreamResponse:
-    raise web.HTTPMovedPermanently(location)
+async def _simple_slash(_request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/simple/")

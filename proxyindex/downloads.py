@@ -73,15 +73,18 @@ class Download:
             sent = 0
             while True:
                 progress = self._progress
-                available = self.written - sent
+                if self.error is not None:
+                    raise self.error
+                # The last byte waits for the hash check: a client never holds a complete
+                # body that turns out to be corrupt.
+                held_back = 0 if self.finished.is_set() else 1
+                available = self.written - sent - held_back
                 if available > 0:
                     chunk = await asyncio.to_thread(fh.read, min(available, _READ_CHUNK))
                     sent += len(chunk)
                     yield chunk
                     continue
                 if self.finished.is_set():
-                    if self.error is not None:
-                        raise self.error
                     if sent == self.written:
                         return
                     continue

@@ -32,7 +32,7 @@ def _canonical(request: web.Request) -> NormalizedName:
     name = normalize(raw)
     if name != raw:
         path = request.path.replace(f"/{raw}/", f"/{name}/", 1)
-        raise web.HTTPMovedPermanently(request.rel_url.with_path(path))
+        raise web.HTTPMovedPermanently(request.rel_url.with_path(path, keep_query=True))
     return name
 
 
@@ -41,7 +41,8 @@ async def project_redirect(request: web.Request) -> web.StreamResponse:
     raw = request.match_info["name"]
     if not is_valid_name(raw):
         raise NotFound(f"not a valid project name: {raw[:100]!r}")
-    raise web.HTTPMovedPermanently(request.rel_url.with_path(f"/simple/{normalize(raw)}/"))
+    location = request.rel_url.with_path(f"/simple/{normalize(raw)}/", keep_query=True)
+    raise web.HTTPMovedPermanently(location)
 
 
 def _format(request: web.Request) -> SimpleFormat:

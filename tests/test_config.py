@@ -83,7 +83,7 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) 
 def test_unknown_environment_setting_is_an_error() -> None:
     with pytest.raises(ConfigError, match="PROXYINDEX_NOPE_X"):
         load_config(None, environ={"PROXYINDEX_NOPE_X": "1"})
-    with pytest.raises(ConfigError, match="server.portt"):
+    with pytest.raises(ConfigError, match=r"server\.portt"):
         load_config(None, environ={"PROXYINDEX_SERVER_PORTT": "1"})
 
 
