@@ -100,6 +100,10 @@ async def _stream_file(part: BodyPartReader, directory: Path, limit: int) -> _Re
 async def _receive(request: web.Request, directory: Path, limit: int) -> _Received:
     if request.content_length is not None and request.content_length > limit + _FIELD_LIMIT:
         raise TooLarge(f"upload larger than the limit of {limit} bytes")
+    if request.content_type == "application/x-www-form-urlencoded":
+        # curl -d ':action=remove_pkg&name=...' (pypiserver compatible); small by nature.
+        form = await request.post()
+        return _Received(fields={k: [str(v)] for k, v in form.items() if isinstance(v, str)})
     try:
         reader = await request.multipart()
     except (AssertionError, ValueError, KeyError) as exc:

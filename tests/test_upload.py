@@ -1,0 +1,321 @@
+"""The legacy upload API and access control: every bad input gets its 4xx and writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import FormData
+from aiohttp.test_utils import TestClient
+
+from proxyindex.app import create_app
+from proxyindex.auth import add_user
+from proxyindex.config import load_config
+from tests.fakepypi import FakePyPI
+from tests.wheelmaker import make_sdist, make_wheel
+
+Client = TestClient[Any, Any]
+MakeClient = Callable[..., Awaitable[Client]]
+PIP_ACCEPT = "application/vnd.pypi.simple.v1+json"
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path, fake_pypi: FakePyPI
+) -> MakeClient:
+    async def factory(**sections: dict[str, Any]) -> Client:
+        overrides: dict[str, dict[str, Any]] = {
+            "storage": {
+                "packages_dir": str(tmp_path / "packages"),
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "upstream": {"url": fake_pypi.simple_url, "timeout": 5},
+        }
+        for section, values in sections.items():
+            overrides.setdefault(section, {}).update(values)
+        return await aiohttp_client(create_app(load_config(None, overrides=overrides)))
+
+    return factory
+
+
+def stored(tmp_path: Path) -> list[str]:
+    """Every file under the packages folder, temp files included."""
+    root = tmp_path / "packages"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def form(path: Path, **changes: str | None) -> FormData:
+    """The fields twine 7 sends for ``path``; ``changes`` replaces (or with None drops) fields."""
+    data = path.read_bytes()
+    is_wheel = path.name.endswith(".whl")
+    dist_name = path.name.split("-")[0].replace("_", "-")
+    version = path.name.split("-")[1].removesuffix(".tar.gz")
+    fields: dict[str, str | None] = {
+        ":action": "file_upload",
+        "protocol_version": "1",
+        "name": dist_name,
+        "version": version,
+        "filetype": "bdist_wheel" if is_wheel else "sdist",
+        "pyversion": "py3" if is_wheel else "source",
+        "metadata_version": "2.1",
+        "sha256_digest": hashlib.sha256(data).hexdigest(),
+        "blake2_256_digest": hashlib.blake2b(data, digest_size=32).hexdigest(),
+        "filename": path.name,
+        "content_bytes": None,
+    }
+    fields.update(changes)
+    result = FormData(default_to_multipart=True)
+    for key, value in fields.items():
+        if value is not None and key not in ("filename", "content_bytes"):
+            result.add_field(key, value)
+    filename = fields["filename"]
+    content = data if changes.get("content_bytes") is None else str(changes["content_bytes"])
+    if filename is not None:
+        result.add_field(
+            "content", content, filename=filename, content_type="application/octet-stream"
+        )
+    return result
+
+
+async def upload(
+    client: Client, body: FormData, path: str = "/", **kw: Any
+) -> aiohttp.ClientResponse:
+    return await client.post(path, data=body, allow_redirects=False, **kw)
+
+
+async def test_upload_appears_at_once_with_metadata_and_upload_time(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    client = await make_client()
+    for url in ("/", "/legacy", "/legacy/"):  # U-01: all three, never a redirect
+        resp = await upload(client, form(wheel), url)
+        assert resp.status == 200, await resp.text()
+    assert stored(tmp_path) == [f"corp-lib/{wheel.name}"]
+    page = await client.get("/simple/corp-lib/", headers={"Accept": PIP_ACCEPT})
+    assert page.headers["Cache-Control"] == "max-age=0, must-revalidate"
+    (entry,) = (await page.json(content_type=None))["files"]
+    assert entry["hashes"]["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert entry["core-metadata"]
+    assert entry["upload-time"].endswith("Z")
+
+
+async def test_identical_reupload_is_ok_and_different_bytes_conflict(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    other = make_wheel(tmp_path / "other", "corp-lib", "1.0", modules={"corp_lib": "x = 2"})
+    client = await make_client()
+    assert (await upload(client, form(wheel))).status == 200
+    assert (await upload(client, form(wheel))).status == 200  # U-05: a retry is not an error
+    resp = await upload(client, form(other))
+    assert resp.status == 409
+    assert resp.reason is not None and resp.reason.startswith("File already exists")
+    assert (await resp.text()).startswith(f"File already exists ('{wheel.name}'")
+    assert (tmp_path / "packages" / "corp-lib" / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+async def test_overwrite_when_the_config_allows_it(make_client: MakeClient, tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    other = make_wheel(tmp_path / "other", "corp-lib", "1.0", modules={"corp_lib": "x = 2"})
+    client = await make_client(private={"allow_overwrite": True})
+    assert (await upload(client, form(wheel))).status == 200
+    assert (await upload(client, form(other))).status == 200
+    assert (tmp_path / "packages" / "corp-lib" / wheel.name).read_bytes() == other.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "reason"),
+    [
+        ({"filename": "../evil-1.0-py3-none-any.whl"}, 400, "invalid filename"),
+        ({"filename": "..\\evil-1.0-py3-none-any.whl"}, 400, "invalid filename"),
+        ({"filename": "sub/corp_lib-1.0-py3-none-any.whl"}, 400, "invalid"),
+        ({"filename": "corp-lib-1.0.exe"}, 400, "not a wheel"),
+        ({"filename": "corp_lib-1.0-py3.whl"}, 400, "invalid distribution filename"),
+        ({"filename": None}, 400, "no file"),
+        ({"name": "other-lib"}, 400, "does not match filename"),
+        ({"name": "bad name\n"}, 400, "invalid project name"),
+        ({"version": "2.0"}, 400, "does not match filename"),
+        ({"version": "not a version"}, 400, "invalid version"),
+        ({"filetype": "sdist"}, 400, "filetype"),
+        ({"protocol_version": "2"}, 400, "protocol_version"),
+        ({"sha256_digest": "0" * 64}, 400, "sha256 digest"),
+        ({"blake2_256_digest": "0" * 64}, 400, "blake2_256 digest"),
+        ({"md5_digest": "0" * 32}, 400, "md5 digest"),
+        ({"sha256_digest": None, "blake2_256_digest": None}, 400, "no digest"),
+        ({":action": None}, 400, "missing :action"),
+        ({":action": "explode"}, 400, "unsupported :action"),
+        ({":action": "doc_upload"}, 410, "documentation"),
+    ],
+)
+async def test_bad_upload_gets_a_4xx_and_writes_nothing(
+    make_client: MakeClient,
+    tmp_path: Path,
+    changes: dict[str, str | None],
+    status: int,
+    reason: str,
+) -> None:
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    client = await make_client()
+    resp = await upload(client, form(wheel, **changes))
+    assert resp.status == status
+    assert reason in await resp.text()
+    assert stored(tmp_path) == []
+    assert not list(tmp_path.parent.glob("evil*"))
+    assert (await client.get("/health")).status == 200
+
+
+async def test_wheel_whose_metadata_disagrees_is_refused(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    real = make_wheel(tmp_path / "dist", "other-lib", "1.0")
+    renamed = tmp_path / "corp_lib-1.0-py3-none-any.whl"
+    renamed.write_bytes(real.read_bytes())
+    not_zip = tmp_path / "junk" / "corp_lib-1.0-py3-none-any.whl"
+    not_zip.parent.mkdir()
+    not_zip.write_bytes(b"not a zip at all")
+    client = await make_client()
+    resp = await upload(client, form(renamed))
+    assert resp.status == 400
+    assert "METADATA names project 'other-lib'" in await resp.text()
+    resp = await upload(client, form(not_zip))
+    assert resp.status == 400
+    assert "not a readable wheel" in await resp.text()
+    assert stored(tmp_path) == []
+
+
+async def test_not_multipart_and_too_large_are_refused(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    noise = secrets.token_hex(40000)  # incompressible enough to stay over the limit when zipped
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0", modules={"corp_lib": noise})
+    client = await make_client(private={"max_upload_size": 1000})
+    resp = await client.post("/", data=b"name=x", headers={"Content-Type": "text/plain"})
+    assert resp.status == 400
+    resp = await upload(client, form(wheel))
+    assert resp.status == 413
+    assert stored(tmp_path) == []
+
+
+async def test_sdist_upload_and_legacy_sdist_names(make_client: MakeClient, tmp_path: Path) -> None:
+    sdist = make_sdist(tmp_path / "dist", "corp-lib", "2.0")
+    client = await make_client()
+    resp = await upload(client, form(sdist, name="corp-lib", version="2.0"))
+    assert resp.status == 200, await resp.text()
+    page = await client.get("/simple/corp-lib/", headers={"Accept": PIP_ACCEPT})
+    (entry,) = (await page.json(content_type=None))["files"]
+    assert entry["filename"] == sdist.name
+    assert "core-metadata" not in entry  # M-03: wheels only
+
+
+async def test_concurrent_uploads_of_one_filename_never_mix(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    variants = [
+        make_wheel(tmp_path / f"v{i}", "corp-lib", "1.0", modules={"corp_lib": f"v = {i}\n" * 9000})
+        for i in range(6)
+    ]
+    client = await make_client()
+    responses = await asyncio.gather(*(upload(client, form(v)) for v in variants))
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [200] + [409] * 5
+    final = (tmp_path / "packages" / "corp-lib" / variants[0].name).read_bytes()
+    winner = next(v for v, r in zip(variants, responses, strict=True) if r.status == 200)
+    assert final == winner.read_bytes()
+    assert stored(tmp_path) == [f"corp-lib/{variants[0].name}"]  # no temp files left
+
+
+async def test_remove_pkg_removes_one_version(make_client: MakeClient, tmp_path: Path) -> None:
+    client = await make_client()
+    for version in ("1.0", "2.0"):
+        wheel = make_wheel(tmp_path / version, "corp-lib", version)
+        assert (await upload(client, form(wheel))).status == 200
+    removal = FormData({":action": "remove_pkg", "name": "Corp_Lib", "version": "1.0"})
+    assert (await client.post("/", data=removal)).status == 200  # U-08
+    page = await client.get("/simple/corp-lib/", headers={"Accept": PIP_ACCEPT})
+    assert (await page.json(content_type=None))["versions"] == ["2.0"]
+    again = FormData({":action": "remove_pkg", "name": "corp-lib", "version": "1.0"})
+    assert (await client.post("/", data=again)).status == 404
+    missing = FormData({":action": "remove_pkg", "name": "corp-lib"})
+    assert (await client.post("/", data=missing)).status == 400
+
+
+async def test_shadowing_upload_warns_by_default_and_can_be_refused(
+    make_client: MakeClient,
+    fake_pypi: FakePyPI,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_pypi.add_wheel("requests", "2.0")
+    wheel = make_wheel(tmp_path / "dist", "requests", "1.0")
+    strict = await make_client(private={"refuse_shadowing_uploads": True})
+    resp = await upload(strict, form(wheel))
+    assert resp.status == 403  # DC-03
+    assert "refuse_shadowing_uploads" in await resp.text()
+    assert stored(tmp_path) == []
+    await strict.close()
+    lenient = await make_client()
+    with caplog.at_level(logging.WARNING):
+        assert (await upload(lenient, form(wheel))).status == 200
+    assert "hides the upstream project" in caplog.text
+
+
+# --- access control --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def htpasswd(tmp_path: Path) -> Path:
+    path = tmp_path / "htpasswd"
+    add_user(path, "alice", "s3cret")
+    add_user(path, "bob", "hunter2")
+    return path
+
+
+async def test_upload_needs_a_login_and_uploaders_limit_who(
+    make_client: MakeClient, tmp_path: Path, htpasswd: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    client = await make_client(auth={"htpasswd": str(htpasswd), "uploaders": ["alice"]})
+    anonymous = await upload(client, form(wheel))
+    assert anonymous.status == 401  # A-01
+    assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="proxyindex"'
+    wrong = await upload(client, form(wheel), headers=basic("alice", "nope"))
+    assert wrong.status == 401
+    forbidden = await upload(client, form(wheel), headers=basic("bob", "hunter2"))
+    assert forbidden.status == 403
+    assert stored(tmp_path) == []
+    with caplog.at_level(logging.DEBUG):
+        ok = await upload(client, form(wheel), headers=basic("alice", "s3cret"))
+    assert ok.status == 200
+    assert "s3cret" not in caplog.text
+    assert (await client.get("/simple/corp-lib/")).status == 200  # reads stay open
+
+
+async def test_protected_reads_and_reloaded_htpasswd(
+    make_client: MakeClient, tmp_path: Path, htpasswd: Path
+) -> None:
+    wheel = make_wheel(tmp_path / "packages", "corp-lib", "1.0")
+    client = await make_client(auth={"htpasswd": str(htpasswd), "protect": ["list", "download"]})
+    assert (await client.get("/simple/corp-lib/")).status == 401
+    assert (await client.get("/simple/")).status == 401
+    assert (await client.get(f"/packages/corp-lib/{wheel.name}")).status == 401
+    carol = basic("carol", "pw")
+    assert (await client.get("/simple/corp-lib/", headers=carol)).status == 401
+    add_user(htpasswd, "carol", "pw")  # no restart needed
+    assert (await client.get("/simple/corp-lib/", headers=carol)).status == 200
+    got = await client.get(f"/packages/corp-lib/{wheel.name}", headers=carol)
+    assert await got.read() == wheel.read_bytes()
+    assert (await client.get("/health")).status == 200
