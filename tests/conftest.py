@@ -26,7 +26,7 @@ class MakeProxy(Protocol):
 
     def __call__(
         self,
-        upstream: str | None = None,
+        upstream_url: str | None = None,
         *,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -70,7 +70,7 @@ def client_tmp(tmp_path: Path) -> Path:
 def make_proxy(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[MakeProxy]:
     """Factory for real proxyindex servers; all are stopped at teardown.
 
-    ``make_proxy()`` serves the fake upstream; ``make_proxy(url)`` another upstream;
+    ``make_proxy()`` serves the fake upstream; ``make_proxy(upstream_url)`` another upstream;
     ``make_proxy(upstream={"page_ttl": 0}, private={"reserved": ["acme-*"]})`` merges keys into
     the default tables. Each proxy gets its own folder ``tmp_path/proxyN`` holding
     ``config.toml``, ``packages/`` and ``cache/``. On teardown the servers' logs are printed,
@@ -79,7 +79,7 @@ def make_proxy(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[MakeProxy]:
     servers: list[ProxyServer] = []
 
     def factory(
-        upstream: str | None = None,
+        upstream_url: str | None = None,
         *,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -90,7 +90,7 @@ def make_proxy(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[MakeProxy]:
         tables: dict[str, dict[str, object]] = {
             "server": {"host": "127.0.0.1"},
             "storage": {"packages_dir": "packages", "cache_dir": "cache"},
-            "upstream": {"url": upstream if upstream is not None else fake_pypi.simple_url},
+            "upstream": {"url": upstream_url if upstream_url is not None else fake_pypi.simple_url},
         }
         for name, values in sections.items():
             tables.setdefault(name, {}).update(values)
