@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from packaging.utils import NormalizedName
 
 from tests.clients import make_venv, run_pip_install, run_uv_pip_install
 from tests.conftest import MakeProxy
@@ -68,7 +69,7 @@ def test_private_name_wins_over_a_higher_public_version(
         report = run_pip_install(
             client_tmp, proxy.index_url, "Corp_Lib", "top-pkg", target=client_tmp / "t"
         )
-        assert report.versions()["corp-lib"] == "1.0"
+        assert report.versions().get(NormalizedName("corp-lib")) == "1.0"
         assert "EVIL" not in (client_tmp / "t" / "corp_lib" / "__init__.py").read_text()
     else:
         python = make_venv(client_tmp / "venv")
