@@ -126,7 +126,7 @@ def test_uv_publish_of_a_second_version_and_credentials_in_the_index_url(
     dists = build_project(
         REPO_ROOT / "sample", client_tmp / "dist", tmp=client_tmp, version="0.2.0"
     )
-    publish = [
+    publish: list[str | Path] = [
         *uv_command(), "publish", "--publish-url", proxy.upload_url,
         "--username", "alice", "--password", PASSWORD, *dists,
     ]  # fmt: skip
