@@ -109,13 +109,25 @@ def project_entries(dists: Iterable[Dist], file_base: str, extra_files: int) -> 
         for i in range(extra_files):
             fn = f"{stem}-0.0.{i}.tar.gz"
             entries.append(
-                FileEntry(fn, f"{file_base}missing/{fn}", hashlib.sha256(fn.encode()).hexdigest(),
-                          1000 + i, None, None)
+                FileEntry(
+                    fn,
+                    f"{file_base}missing/{fn}",
+                    hashlib.sha256(fn.encode()).hexdigest(),
+                    1000 + i,
+                    None,
+                    None,
+                )
             )
     for d in dists:
         entries.append(
-            FileEntry(d.filename, file_base + d.filename, d.sha256, d.size, d.requires_python,
-                      d.metadata_sha256)
+            FileEntry(
+                d.filename,
+                file_base + d.filename,
+                d.sha256,
+                d.size,
+                d.requires_python,
+                d.metadata_sha256,
+            )
         )
     return entries
 
@@ -170,9 +182,7 @@ def project_html(project: str, entries: list[FileEntry]) -> bytes:
 def root_names(real: Iterable[str], count: int) -> list[str]:
     """``count`` deterministic synthetic names plus the real project names, sorted."""
     syllables = ["py", "lib", "data", "net", "ml", "web", "tool", "kit", "io", "core", "auth", "db"]
-    names = {
-        f"{syllables[i % 12]}-{syllables[(i // 12) % 12]}{i}" for i in range(count)
-    }
+    names = {f"{syllables[i % 12]}-{syllables[(i // 12) % 12]}{i}" for i in range(count)}
     names.update(real)
     return sorted(names)
 
@@ -180,15 +190,17 @@ def root_names(real: Iterable[str], count: int) -> list[str]:
 def write_root(names: list[str], out_html: Path, out_json: Path, href_prefix: str) -> None:
     tmp_html = out_html.with_name(out_html.name + ".tmp")
     with tmp_html.open("w", encoding="utf-8") as f:
-        f.write('<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" '
-                'content="1.1"><title>Simple index</title></head><body>\n')
+        f.write(
+            '<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" '
+            'content="1.1"><title>Simple index</title></head><body>\n'
+        )
         for n in names:
             f.write(f'<a href="{href_prefix}{n}/">{n}</a>\n')
         f.write("</body></html>\n")
     tmp_json = out_json.with_name(out_json.name + ".tmp")
     with tmp_json.open("w", encoding="utf-8") as f:
-        f.write('{"meta":{"api-version":"1.1","_last-serial":%d},"projects":[' % len(names))
-        f.write(",".join('{"name":"%s","_last-serial":%d}' % (n, i) for i, n in enumerate(names)))
+        f.write('{"meta":{"api-version":"1.1","_last-serial":' + str(len(names)) + '},"projects":[')
+        f.write(",".join(f'{{"name":"{n}","_last-serial":{i}}}' for i, n in enumerate(names)))
         f.write("]}")
     tmp_html.replace(out_html)
     tmp_json.replace(out_json)
@@ -263,8 +275,9 @@ def classify(request: web.Request) -> str:
 
 
 class FakeUpstream:
-    def __init__(self, dists: list[Dist], workdir: Path, latency: float, root_count: int,
-                 extra_files: int) -> None:
+    def __init__(
+        self, dists: list[Dist], workdir: Path, latency: float, root_count: int, extra_files: int
+    ) -> None:
         self.dists = {d.filename: d for d in dists}
         self.workdir = workdir
         self.latency = latency
@@ -343,8 +356,10 @@ class FakeUpstream:
                 raise web.HTTPNotFound()
             return web.Response(
                 body=d.metadata,
-                headers={"Content-Type": "application/octet-stream",
-                         "ETag": f'"{d.metadata_sha256[:32]}"'},
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "ETag": f'"{d.metadata_sha256[:32]}"',
+                },
             )
         d = self.dists.get(fn)
         if d is None:
@@ -426,8 +441,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--root-names", type=int, default=700_000)
-    p.add_argument("--extra-files", type=int, default=0,
-                   help="fake old sdists per project page (to make pages PyPI-sized)")
+    p.add_argument(
+        "--extra-files",
+        type=int,
+        default=0,
+        help="fake old sdists per project page (to make pages PyPI-sized)",
+    )
     p.add_argument("--export-static", metavar="OUT", help="write a static copy and exit")
     args = p.parse_args(argv)
     dists = scan_wheels(Path(args.wheels))

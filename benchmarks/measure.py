@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -66,8 +67,7 @@ def _children_map() -> dict[int, list[int]]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
         except OSError:
             continue
         # the command name may contain spaces and parentheses: split after the last ')'
@@ -91,8 +91,7 @@ def tree_rss(pid: int) -> int:
     total = 0
     for p in process_tree(pid):
         try:
-            with open(f"/proc/{p}/statm", "rb") as f:
-                total += int(f.read().split()[1]) * PAGE_SIZE
+            total += int(Path(f"/proc/{p}/statm").read_bytes().split()[1]) * PAGE_SIZE
         except (OSError, IndexError, ValueError):
             continue
     return total
@@ -141,10 +140,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
         proc.wait(5)
 
 
@@ -158,12 +155,14 @@ class Timed:
     output: str
 
 
-def run_timed(cmd: Sequence[str], env: Mapping[str, str], timeout: float = 600.0,
-              cwd: Path | None = None) -> Timed:
+def run_timed(
+    cmd: Sequence[str], env: Mapping[str, str], timeout: float = 600.0, cwd: Path | None = None
+) -> Timed:
     t0 = time.perf_counter()
     try:
-        cp = subprocess.run(list(cmd), env=dict(env), cwd=cwd, capture_output=True,
-                            timeout=timeout, check=False)
+        cp = subprocess.run(
+            list(cmd), env=dict(env), cwd=cwd, capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"") + (exc.stderr or b"")
         return Timed(time.perf_counter() - t0, -9, out.decode(errors="replace") + "\nTIMEOUT")
@@ -213,15 +212,24 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
 
 
-def wrk_load(url: str, headers: Mapping[str, str], connections: int, duration: float,
-             threads: int = 2) -> LoadResult:
+def wrk_load(
+    url: str, headers: Mapping[str, str], connections: int, duration: float, threads: int = 2
+) -> LoadResult:
     check_local(url)
-    cmd = ["wrk", "--latency", f"-t{min(threads, connections)}", f"-c{connections}",
-           f"-d{max(1, round(duration))}s", "--timeout", "10s"]
+    cmd = [
+        "wrk",
+        "--latency",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+    ]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 60,
-                         check=True).stdout
+    out = subprocess.run(
+        [*cmd, url], capture_output=True, text=True, timeout=duration + 60, check=True
+    ).stdout
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m), ([\d.]+)([KMGT]?B) read", out)
     if not m:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
@@ -231,7 +239,7 @@ def wrk_load(url: str, headers: Mapping[str, str], connections: int, duration: f
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         errors += int(non2xx.group(1))
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     return LoadResult(
         requests=int(m.group(1)),
         seconds=_ms(m.group(2) + m.group(3)) / 1e3,
@@ -243,8 +251,9 @@ def wrk_load(url: str, headers: Mapping[str, str], connections: int, duration: f
     )
 
 
-async def _aiohttp_load(url: str, headers: Mapping[str, str], connections: int,
-                        duration: float) -> LoadResult:
+async def _aiohttp_load(
+    url: str, headers: Mapping[str, str], connections: int, duration: float
+) -> LoadResult:
     lat: list[float] = []
     nbytes = errors = 0
     conn = aiohttp.TCPConnector(limit=connections)
@@ -270,7 +279,10 @@ async def _aiohttp_load(url: str, headers: Mapping[str, str], connections: int,
         await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed = time.perf_counter() - t0
     lat.sort()
-    pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else (lambda q: 0.0)
+
+    def pick(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0.0
+
     return LoadResult(len(lat), elapsed, nbytes, errors, pick(0.5), pick(0.99), "aiohttp")
 
 

@@ -31,8 +31,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fakeupstream  # noqa: E402
-from measure import (  # noqa: E402
+import fakeupstream
+from measure import (
     LoadResult,
     RssSampler,
     client_env,
@@ -56,6 +56,7 @@ PIP_ACCEPT = (
     "text/html; q=0.01"
 )
 PIP_UA = "pip/26.3 (benchmark)"
+NA = "-"
 SECTIONS = ("pip", "uv", "pages", "files", "root", "coalesce")
 PAGE_PROJECT = "numpy"  # project page used for page load, file load and the coalescing test
 PEER_PACKAGES: dict[str, list[str]] = {
@@ -89,8 +90,24 @@ def ensure_wheels() -> list[fakeupstream.Dist]:
         tmp = WORK / "wheel-download"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        cmd = [PYTHON, "-m", "pip", "download", "--index-url", PYPI, "--only-binary", ":all:",
-               "-d", str(WHEELS), "-r", str(REQS), "-c", str(CONSTRAINTS), "--progress-bar", "off"]
+        cmd = [
+            PYTHON,
+            "-m",
+            "pip",
+            "download",
+            "--index-url",
+            PYPI,
+            "--only-binary",
+            ":all:",
+            "-d",
+            str(WHEELS),
+            "-r",
+            str(REQS),
+            "-c",
+            str(CONSTRAINTS),
+            "--progress-bar",
+            "off",
+        ]
         t = run_timed(cmd, registry_env(tmp), timeout=900)
         if t.returncode:
             sys.exit(f"pip download failed:\n{t.output}")
@@ -111,8 +128,20 @@ def ensure_venv(name: str, packages: list[str]) -> Path:
     tmp = WORK / f"pip-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    t = run_timed([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--index-url",
-                   PYPI, *packages], registry_env(tmp), timeout=900)
+    t = run_timed(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--index-url",
+            PYPI,
+            *packages,
+        ],
+        registry_env(tmp),
+        timeout=900,
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     if t.returncode:
         raise RuntimeError(f"pip install {packages} failed: {t.output[-2000:]}")
@@ -144,7 +173,7 @@ class Running:
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
-    req = urllib.request.Request(url, headers={"User-Agent": PIP_UA})
+    req = urllib.request.Request(url, headers={"User-Agent": PIP_UA})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (loopback only)
             status: int = resp.status
@@ -155,16 +184,29 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
-def spawn(cmd: list[str], datadir: Path, *, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None, base: str | None = None, ready_path: str = "/",
-          regex: str | None = None, timeout: float = 120.0) -> tuple[subprocess.Popen[bytes],
-                                                                    str, float, Path]:
+def spawn(
+    cmd: list[str],
+    datadir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    base: str | None = None,
+    ready_path: str = "/",
+    regex: str | None = None,
+    timeout: float = 120.0,
+) -> tuple[subprocess.Popen[bytes], str, float, Path]:
     """Start a server; wait until it answers ``ready_path``; return (proc, base, seconds, log)."""
     log_path = datadir / "server.log"
     with log_path.open("wb") as logf:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=dict(env or
-                                os.environ), cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=dict(env or os.environ),
+            cwd=cwd,
+            start_new_session=True,
+        )
     deadline = t0 + timeout
     try:
         while base is None:
@@ -232,14 +274,33 @@ class ProxyIndex(Target):
             raise RuntimeError("proxyindex/cli.py does not exist yet")
 
     def launch(self, datadir: Path) -> Running:
-        cmd = [PYTHON, "-m", "proxyindex", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--packages-dir", str(datadir / "packages"), "--cache-dir",
-               str(datadir / "cache"), "--upstream", self.upstream + "/simple/",
-               *self.extra_args]
+        cmd = [
+            PYTHON,
+            "-m",
+            "proxyindex",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--packages-dir",
+            str(datadir / "packages"),
+            "--cache-dir",
+            str(datadir / "cache"),
+            "--upstream",
+            self.upstream + "/simple/",
+            *self.extra_args,
+        ]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO)  # this checkout's proxyindex; cwd=datadir has no config
-        proc, base, secs, logp = spawn(cmd, datadir, env=env, cwd=datadir,
-                                       regex=r"listening on (http://\S+)", ready_path="/health")
+        proc, base, secs, logp = spawn(
+            cmd,
+            datadir,
+            env=env,
+            cwd=datadir,
+            regex=r"listening on (http://\S+)",
+            ready_path="/health",
+        )
         return Running(base, base + "/simple/", proc, start_s=secs, log_path=logp)
 
 
@@ -293,8 +354,9 @@ http {{
 }}
 """)
         cmd = ["nginx", "-p", str(datadir), "-c", str(conf), "-e", str(datadir / "error.log")]
-        proc, base, secs, logp = spawn(cmd, datadir, base=f"http://127.0.0.1:{port}",
-                                       ready_path="/health")
+        proc, base, secs, logp = spawn(
+            cmd, datadir, base=f"http://127.0.0.1:{port}", ready_path="/health"
+        )
         return Running(base, base + "/simple/", proc, start_s=secs, log_path=logp)
 
 
@@ -308,10 +370,20 @@ class Pypiserver(Target):
     def launch(self, datadir: Path) -> Running:
         port = free_port()
         (datadir / "packages").mkdir()
-        cmd = [str(self.venv / "bin" / "pypi-server"), "run", "-i", "127.0.0.1", "-p", str(port),
-               "--fallback-url", self.upstream + "/simple/", str(datadir / "packages")]
-        proc, base, secs, logp = spawn(cmd, datadir, base=f"http://127.0.0.1:{port}",
-                                       ready_path="/health")
+        cmd = [
+            str(self.venv / "bin" / "pypi-server"),
+            "run",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--fallback-url",
+            self.upstream + "/simple/",
+            str(datadir / "packages"),
+        ]
+        proc, base, secs, logp = spawn(
+            cmd, datadir, base=f"http://127.0.0.1:{port}", ready_path="/health"
+        )
         return Running(base, base + "/simple/", proc, start_s=secs, log_path=logp)
 
 
@@ -325,19 +397,39 @@ class Devpi(Target):
         bin_ = self.venv / "bin"
         env = client_env(datadir / "clienthome")
         srv = datadir / "server"
-        init = run_timed([str(bin_ / "devpi-init"), "--serverdir", str(srv), "--root-passwd", "",
-                          "--no-root-pypi"], env, timeout=120)
+        init = run_timed(
+            [
+                str(bin_ / "devpi-init"),
+                "--serverdir",
+                str(srv),
+                "--root-passwd",
+                "",
+                "--no-root-pypi",
+            ],
+            env,
+            timeout=120,
+        )
         if init.returncode:
             raise RuntimeError(f"devpi-init failed: {init.output[-1500:]}")
         port = free_port()
-        cmd = [str(bin_ / "devpi-server"), "--serverdir", str(srv), "--host", "127.0.0.1",
-               "--port", str(port)]
-        proc, base, secs, logp = spawn(cmd, datadir, env=env, base=f"http://127.0.0.1:{port}",
-                                       ready_path="/+api")
+        cmd = [
+            str(bin_ / "devpi-server"),
+            "--serverdir",
+            str(srv),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        proc, base, secs, logp = spawn(
+            cmd, datadir, env=env, base=f"http://127.0.0.1:{port}", ready_path="/+api"
+        )
         client = [str(bin_ / "devpi"), "--clientdir", str(datadir / "client")]
-        for args in (["use", base], ["login", "root", "--password", ""],
-                     ["index", "-c", "root/pypi", "type=mirror",
-                      f"mirror_url={self.upstream}/simple/"]):
+        for args in (
+            ["use", base],
+            ["login", "root", "--password", ""],
+            ["index", "-c", "root/pypi", "type=mirror", f"mirror_url={self.upstream}/simple/"],
+        ):
             t = run_timed(client + args, env, timeout=120)
             if t.returncode:
                 stop_process(proc)
@@ -354,13 +446,20 @@ class Proxpi(Target):
     def launch(self, datadir: Path) -> Running:
         port = free_port()
         env = dict(os.environ)
-        env.update(PROXPI_INDEX_URL=self.upstream + "/simple/",
-                   PROXPI_CACHE_DIR=str(datadir / "cache"))
+        env.update(
+            PROXPI_INDEX_URL=self.upstream + "/simple/", PROXPI_CACHE_DIR=str(datadir / "cache")
+        )
         # the command of proxpi's Docker image (one sync worker, --preload)
-        cmd = [str(self.venv / "bin" / "gunicorn"), "--preload", "--bind",
-               f"127.0.0.1:{port}", "proxpi.server:app"]
-        proc, base, secs, logp = spawn(cmd, datadir, env=env, base=f"http://127.0.0.1:{port}",
-                                       ready_path="/health")
+        cmd = [
+            str(self.venv / "bin" / "gunicorn"),
+            "--preload",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "proxpi.server:app",
+        ]
+        proc, base, secs, logp = spawn(
+            cmd, datadir, env=env, base=f"http://127.0.0.1:{port}", ready_path="/health"
+        )
         return Running(base, base + "/index/", proc, start_s=secs, log_path=logp)
 
 
@@ -373,14 +472,28 @@ class Upstream:
     def __init__(self, args: argparse.Namespace) -> None:
         self.dir = WORK / "upstream"
         self.dir.mkdir(parents=True, exist_ok=True)
-        cmd = [PYTHON, str(HERE / "fakeupstream.py"), "--wheels", str(WHEELS), "--workdir",
-               str(self.dir), "--latency-ms", str(args.latency_ms), "--root-names",
-               str(args.root_names), "--extra-files", str(args.extra_files)]
-        self.proc, self.base, _, _ = spawn(cmd, self.dir, regex=r"listening on (http://\S+)",
-                                           ready_path="/_stats", timeout=300)
+        cmd = [
+            PYTHON,
+            str(HERE / "fakeupstream.py"),
+            "--wheels",
+            str(WHEELS),
+            "--workdir",
+            str(self.dir),
+            "--latency-ms",
+            str(args.latency_ms),
+            "--root-names",
+            str(args.root_names),
+            "--extra-files",
+            str(args.extra_files),
+        ]
+        self.proc, self.base, _, _ = spawn(
+            cmd, self.dir, regex=r"listening on (http://\S+)", ready_path="/_stats", timeout=300
+        )
 
     def reset(self) -> None:
-        req = urllib.request.Request(self.base + "/_stats/reset", method="POST", data=b"")
+        req = urllib.request.Request(  # noqa: S310 (loopback only)
+            self.base + "/_stats/reset", method="POST", data=b""
+        )
         with urllib.request.urlopen(req, timeout=10):  # noqa: S310 (loopback only)
             pass
 
@@ -406,9 +519,11 @@ class Links(HTMLParser):
 def file_url(run: Running, filename: str) -> str:
     """Find ``filename``'s link on the server's project page (following redirects)."""
     page = run.index_url + PAGE_PROJECT + "/"
-    req = urllib.request.Request(page, headers={"Accept": "text/html", "User-Agent": PIP_UA})
+    headers = {"Accept": "text/html", "User-Agent": PIP_UA}
+    req = urllib.request.Request(page, headers=headers)  # noqa: S310 (loopback only)
     with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (loopback only)
-        final, body = resp.geturl(), resp.read().decode()
+        final: str = resp.geturl()
+        body: str = resp.read().decode()
     parser = Links()
     parser.feed(body)
     for href in parser.hrefs:
@@ -428,19 +543,47 @@ class Ctx:
 
 
 def client_run(ctx: Ctx, tool: str, index_url: str, tag: str) -> tuple[float | None, int, str]:
-    """One pip or uv run with fresh client caches. Returns (seconds or None, upstream reqs, note)."""
+    """One pip or uv run with fresh client caches: (seconds or None, upstream reqs, note)."""
     tmp = WORK / "clients" / tag
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     env = client_env(tmp)
     out = tmp / "out"
     if tool == "pip":
-        cmd = [PYTHON, "-m", "pip", "download", "-d", str(out), "--index-url", index_url,
-               "--only-binary", ":all:", "-r", str(REQS), "--progress-bar", "off"]
+        cmd = [
+            PYTHON,
+            "-m",
+            "pip",
+            "download",
+            "-d",
+            str(out),
+            "--index-url",
+            index_url,
+            "--only-binary",
+            ":all:",
+            "-r",
+            str(REQS),
+            "--progress-bar",
+            "off",
+        ]
     else:
         uv = shutil.which("uv", path=str(Path(PYTHON).parent)) or shutil.which("uv") or "uv"
-        cmd = [uv, "pip", "install", "--target", str(out), "--index-url", index_url, "-r",
-               str(REQS), "--python", PYTHON, "--link-mode", "copy", "--no-progress"]
+        cmd = [
+            uv,
+            "pip",
+            "install",
+            "--target",
+            str(out),
+            "--index-url",
+            index_url,
+            "-r",
+            str(REQS),
+            "--python",
+            PYTHON,
+            "--link-mode",
+            "copy",
+            "--no-progress",
+        ]
     ctx.upstream.reset()
     t = run_timed(cmd, env, timeout=ctx.args.client_timeout, cwd=tmp)
     up = int(ctx.upstream.stats()["total"])
@@ -463,22 +606,42 @@ def client_run(ctx: Ctx, tool: str, index_url: str, tag: str) -> tuple[float | N
 
 
 def measure_root(ctx: Ctx, run: Running) -> dict[str, float | None]:
+    """First /simple/ request, time until the listing is complete, then cached requests."""
+    expected = ctx.args.root_names + len({d.project for d in ctx.dists})
+
     async def go() -> dict[str, float | None]:
-        times: list[float] = []
-        size = 0
         timeout = aiohttp.ClientTimeout(total=600)
         headers = {"Accept": PIP_ACCEPT, "User-Agent": PIP_UA}
         async with aiohttp.ClientSession(timeout=timeout) as s:
-            for _ in range(3):
+
+            async def get() -> tuple[float, int, int]:
                 t0 = time.perf_counter()
                 async with s.get(run.index_url, headers=headers) as resp:
                     body = await resp.read()
                     if resp.status != 200:
-                        return {"root_first_s": None, "root_again_s": None, "root_mb": None}
-                times.append(time.perf_counter() - t0)
-                size = len(body)
-        return {"root_first_s": times[0], "root_again_s": median(times[1:]),
-                "root_mb": size / 1e6}
+                        raise RuntimeError(f"GET {run.index_url}: {resp.status}")
+                names = body.count(b'"name"') + body.count(b"<a ")
+                return time.perf_counter() - t0, len(body), names
+
+            t_start = time.perf_counter()
+            first_s, first_size, names = await get()
+            complete_s: float | None = first_s
+            while names < expected:
+                if time.perf_counter() - t_start > 120:
+                    complete_s = None
+                    break
+                await asyncio.sleep(0.1)
+                _s, _size, names = await get()
+                complete_s = time.perf_counter() - t_start
+            again = [await get() for _ in range(3)]
+        return {
+            "root_first_s": first_s,
+            "root_first_mb": first_size / 1e6,
+            "root_complete_s": complete_s,
+            "root_again_s": median([a[0] for a in again]),
+            "root_mb": again[-1][1] / 1e6,
+            "root_names": float(again[-1][2]),
+        }
 
     return asyncio.run(go())
 
@@ -498,23 +661,33 @@ def coalesce(ctx: Ctx, run: Running) -> dict[str, float | None]:
 
     async def go() -> tuple[int, float]:
         conn = aiohttp.TCPConnector(limit=200)
-        async with aiohttp.ClientSession(connector=conn,
-                                         timeout=aiohttp.ClientTimeout(total=300)) as s:
+        async with aiohttp.ClientSession(
+            connector=conn, timeout=aiohttp.ClientTimeout(total=300)
+        ) as s:
             t0 = time.perf_counter()
             res = await asyncio.gather(*(one(s) for _ in range(100)), return_exceptions=True)
             return sum(r is True for r in res), time.perf_counter() - t0
 
     ok, secs = asyncio.run(go())
     st = ctx.upstream.stats()
-    return {"co_ok": ok, "co_up_gets": st["file_gets"].get(ctx.big.filename, 0),
-            "co_up_total": st["total"], "co_s": secs}
+    return {
+        "co_ok": ok,
+        "co_up_gets": st["file_gets"].get(ctx.big.filename, 0),
+        "co_up_total": st["total"],
+        "co_s": secs,
+    }
 
 
 def load_row(prefix: str, r: LoadResult) -> dict[str, float | None]:
     if r.errors:
         log(f"  {prefix}: {r.errors} errors of {r.requests}")
-    return {f"{prefix}_rps": r.req_s, f"{prefix}_p50": r.p50_ms, f"{prefix}_p99": r.p99_ms,
-            f"{prefix}_mbs": r.mb_s, f"{prefix}_err": r.errors}
+    return {
+        f"{prefix}_rps": r.req_s,
+        f"{prefix}_p50": r.p50_ms,
+        f"{prefix}_p99": r.p99_ms,
+        f"{prefix}_mbs": r.mb_s,
+        f"{prefix}_err": r.errors,
+    }
 
 
 def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None], list[str]]:
@@ -556,8 +729,10 @@ def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None]
             client_run(ctx, "pip", run.index_url, f"{slug}-{rep}-fill")  # fill the cache
         if serving and "pages" in only:
             page = run.index_url + PAGE_PROJECT + "/"
-            for fmt, accept in (("html", "text/html"),
-                                ("json", "application/vnd.pypi.simple.v1+json")):
+            for fmt, accept in (
+                ("html", "text/html"),
+                ("json", "application/vnd.pypi.simple.v1+json"),
+            ):
                 r = load(page, {"Accept": accept}, args.page_connections, args.duration)
                 res.update(load_row(f"page_{fmt}", r))
             log(f"  pages: html {res['page_html_rps']:.0f}/s json {res['page_json_rps']:.0f}/s")
@@ -591,24 +766,27 @@ def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None]
 
 
 def fmt_s(v: float | None) -> str:
-    return "–" if v is None else (f"{v:.2f} s" if v < 10 else f"{v:.1f} s")
+    return NA if v is None else (f"{v:.2f} s" if v < 10 else f"{v:.1f} s")
 
 
 def fmt_int(v: float | None) -> str:
-    return "–" if v is None else f"{v:,.0f}"
+    return NA if v is None else f"{v:,.0f}"
 
 
 def fmt_mb(v: float | None) -> str:
-    return "–" if v is None else f"{v / 1e6:,.0f} MB"
+    return NA if v is None else f"{v / 1e6:,.0f} MB"
 
 
 def fmt_ms(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
+    return NA if v is None else f"{v:.1f}"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
@@ -616,8 +794,12 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 Getter = Callable[[dict[str, float | None]], float | None]
 
 
-def report(results: dict[str, dict[str, list[float | None]]], failed: dict[str, str],
-           args: argparse.Namespace, targets: list[Target]) -> str:
+def report(
+    results: dict[str, dict[str, list[float | None]]],
+    failed: dict[str, str],
+    args: argparse.Namespace,
+    targets: list[Target],
+) -> str:
     med: dict[str, dict[str, float | None]] = {
         t: {k: median(v) for k, v in r.items()} for t, r in results.items()
     }
@@ -626,24 +808,56 @@ def report(results: dict[str, dict[str, list[float | None]]], failed: dict[str, 
         return med.get(t, {}).get(k)
 
     names = [t.name for t in targets]
-    out = [f"## proxyindex benchmark — median of {args.repeat}, latency {args.latency_ms:g} ms, "
-           f"root {args.root_names:,} synthetic names, load {args.duration:g} s/measurement, "
-           f"load tool {'wrk' if shutil.which('wrk') else 'aiohttp'}", ""]
+    out = [
+        f"## proxyindex benchmark — median of {args.repeat}, latency {args.latency_ms:g} ms, "
+        f"root {args.root_names:,} synthetic names, load {args.duration:g} s/measurement, "
+        f"load tool {'wrk' if shutil.which('wrk') else 'aiohttp'}, "
+        f"load average at start/end {args.loadavg_start:.2f}/{os.getloadavg()[0]:.2f} "
+        f"({os.cpu_count()} cores)",
+        "",
+    ]
     rows = []
     for n in names:
         if n in failed:
             rows.append([n, f"n/a ({failed[n]})"] + [""] * 8)
             continue
-        up = lambda k, n=n: fmt_int(m(n, k))  # noqa: E731
-        rows.append([n, fmt_s(m(n, "start_s")), fmt_s(m(n, "cold_pip")), fmt_s(m(n, "warm_pip")),
-                     fmt_s(m(n, "cold_uv")), fmt_s(m(n, "warm_uv")),
-                     f"{up('cold_pip_up')} / {up('warm_pip_up')}",
-                     f"{up('cold_uv_up')} / {up('warm_uv_up')}",
-                     fmt_mb(m(n, "idle_rss")), fmt_mb(m(n, "peak_rss"))])
-    out += ["### Installs and footprint", table(
-        ["server", "start", "cold pip", "warm pip", "cold uv", "warm uv",
-         "upstream reqs pip cold/warm", "upstream reqs uv cold/warm", "idle RSS", "peak RSS"],
-        rows), ""]
+
+        def up(k: str, n: str = n) -> str:
+            return fmt_int(m(n, k))
+
+        rows.append(
+            [
+                n,
+                fmt_s(m(n, "start_s")),
+                fmt_s(m(n, "cold_pip")),
+                fmt_s(m(n, "warm_pip")),
+                fmt_s(m(n, "cold_uv")),
+                fmt_s(m(n, "warm_uv")),
+                f"{up('cold_pip_up')} / {up('warm_pip_up')}",
+                f"{up('cold_uv_up')} / {up('warm_uv_up')}",
+                fmt_mb(m(n, "idle_rss")),
+                fmt_mb(m(n, "peak_rss")),
+            ]
+        )
+    out += [
+        "### Installs and footprint",
+        table(
+            [
+                "server",
+                "start",
+                "cold pip",
+                "warm pip",
+                "cold uv",
+                "warm uv",
+                "upstream reqs pip cold/warm",
+                "upstream reqs uv cold/warm",
+                "idle RSS",
+                "peak RSS",
+            ],
+            rows,
+        ),
+        "",
+    ]
     rows = []
     for n in names:
         if n in failed:
@@ -651,22 +865,41 @@ def report(results: dict[str, dict[str, list[float | None]]], failed: dict[str, 
 
         def pg(p: str, n: str = n) -> str:
             if m(n, f"{p}_rps") is None:
-                return "–"
-            return (f"{fmt_int(m(n, f'{p}_rps'))} ({fmt_ms(m(n, f'{p}_p50'))}/"
-                    f"{fmt_ms(m(n, f'{p}_p99'))} ms)")
+                return NA
+            return (
+                f"{fmt_int(m(n, f'{p}_rps'))} ({fmt_ms(m(n, f'{p}_p50'))}/"
+                f"{fmt_ms(m(n, f'{p}_p99'))} ms)"
+            )
 
-        root = "–"
+        root = NA
         if m(n, "root_first_s") is not None:
-            root = (f"{fmt_s(m(n, 'root_first_s'))} / {fmt_s(m(n, 'root_again_s'))} "
-                    f"({m(n, 'root_mb') or 0:.1f} MB)")
-        co = "–"
+            root = (
+                f"{fmt_s(m(n, 'root_first_s'))} ({m(n, 'root_first_mb') or 0:.1f} MB) / "
+                f"{fmt_s(m(n, 'root_complete_s'))} / {fmt_s(m(n, 'root_again_s'))} "
+                f"({m(n, 'root_mb') or 0:.1f} MB)"
+            )
+        co = NA
         if m(n, "co_ok") is not None:
-            co = (f"{fmt_int(m(n, 'co_up_gets'))} upstream GET(s), {fmt_int(m(n, 'co_ok'))}/100 "
-                  f"sha256 ok, {fmt_s(m(n, 'co_s'))}")
+            co = (
+                f"{fmt_int(m(n, 'co_up_gets'))} upstream GET(s), {fmt_int(m(n, 'co_ok'))}/100 "
+                f"sha256 ok, {fmt_s(m(n, 'co_s'))}"
+            )
         rows.append([n, pg("page_html"), pg("page_json"), fmt_int(m(n, "file_mbs")), root, co])
-    out += ["### Serving (cached)", table(
-        ["server", "page req/s HTML (p50/p99)", "page req/s JSON (p50/p99)", "file MB/s",
-         "root first / again (size)", "100 concurrent first GETs of one file"], rows), ""]
+    out += [
+        "### Serving (cached)",
+        table(
+            [
+                "server",
+                "page req/s HTML (p50/p99)",
+                "page req/s JSON (p50/p99)",
+                "file MB/s",
+                "root: first (size) / complete after / cached (size)",
+                "100 concurrent first GETs of one file",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
     # ratios to the references of this run
     ref_cold = UpstreamDirect.name
@@ -693,15 +926,21 @@ def report(results: dict[str, dict[str, list[float | None]]], failed: dict[str, 
             for _h, k, ref, higher in cols:
                 v, r = m(n, k), m(ref or "", k)
                 if v is None or r is None or v == 0 or r == 0:
-                    cells.append("–")
+                    cells.append(NA)
                 else:
                     cells.append(f"{(r / v if higher else v / r):.2f}x")
             rows.append(cells)
         refs = ", ".join(sorted({c[2] or "" for c in cols}))
-        out += [f"### Ratios (times worse than the reference; 1.00x = as good; references: "
-                f"cold installs = {ref_cold}, the rest = {ref_warm or 'none'})",
-                table(["server"] + [f"{h} vs {'upstream' if r == ref_cold else 'nginx'}"
-                                    for h, _k, r, _b in cols], rows), ""]
+        out += [
+            f"### Ratios (times worse than the reference; 1.00x = as good; references: "
+            f"cold installs = {ref_cold}, the rest = {ref_warm or 'none'})",
+            table(
+                ["server"]
+                + [f"{h} vs {'upstream' if r == ref_cold else 'nginx'}" for h, _k, r, _b in cols],
+                rows,
+            ),
+            "",
+        ]
         del refs
     return "\n".join(out)
 
@@ -711,19 +950,33 @@ def report(results: dict[str, dict[str, list[float | None]]], failed: dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="proxyindex benchmark harness")
-    p.add_argument("--peers", action="store_true",
-                   help="also run nginx (ceiling), devpi-server, proxpi and pypiserver")
-    p.add_argument("--targets", help="comma list instead of the default set: upstream,"
-                   "proxyindex,nginx,devpi,proxpi,pypiserver")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run nginx (ceiling), devpi-server, proxpi and pypiserver",
+    )
+    p.add_argument(
+        "--targets",
+        help="comma list instead of the default set: upstream,"
+        "proxyindex,nginx,devpi,proxpi,pypiserver",
+    )
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--root-names", type=int, default=700_000)
-    p.add_argument("--extra-files", type=int, default=0,
-                   help="fake old sdists added to every upstream project page")
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma list of sections: {','.join(SECTIONS)}")
-    p.add_argument("--quick", action="store_true",
-                   help="latency 50 ms, root 20,000 names, repeat 1, no peers, 3 s loads")
+    p.add_argument(
+        "--extra-files",
+        type=int,
+        default=0,
+        help="fake old sdists added to every upstream project page",
+    )
+    p.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma list of sections: {','.join(SECTIONS)}"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="latency 50 ms, root 20,000 names, repeat 1, no peers, 3 s loads",
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per load measurement")
     p.add_argument("--page-connections", type=int, default=32)
     p.add_argument("--client-timeout", type=float, default=300.0)
@@ -746,11 +999,16 @@ def main(argv: list[str] | None = None) -> int:
             wanted += ["nginx", "devpi", "proxpi", "pypiserver"]
 
     t_all = time.perf_counter()
+    args.loadavg_start = os.getloadavg()[0]
+    if args.loadavg_start > 0.5:
+        log(f"warning: load average {args.loadavg_start:.2f}: other work skews the numbers")
     WORK.mkdir(parents=True, exist_ok=True)
     dists = ensure_wheels()
     big = max(dists, key=lambda d: d.size)
-    log(f"workload: {len(dists)} wheels, {sum(d.size for d in dists) / 1e6:.1f} MB; "
-        f"starting fake upstream ({args.root_names:,} root names, {args.latency_ms:g} ms)")
+    log(
+        f"workload: {len(dists)} wheels, {sum(d.size for d in dists) / 1e6:.1f} MB; "
+        f"starting fake upstream ({args.root_names:,} root names, {args.latency_ms:g} ms)"
+    )
     upstream = Upstream(args)
     ctx = Ctx(args, upstream, dists, big, {d.filename for d in dists})
     makers: dict[str, Callable[[], Target]] = {
@@ -795,8 +1053,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {n}: {note}")
     print(f"\n(total benchmark time {time.perf_counter() - t_all:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results,
-                                               "failed": failed, "notes": notes}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"args": vars(args), "results": results, "failed": failed, "notes": notes}, indent=1
+            )
+        )
     return 1 if failed.get(ProxyIndex.name) else 0
 
 
