@@ -16,6 +16,7 @@ from proxyindex.config import Config
 from proxyindex.downloads import Downloader
 from proxyindex.errors import AuthRequired, ProxyIndexError, UpstreamError
 from proxyindex.index import ProjectIndex
+from proxyindex.prefetch import Prefetcher
 from proxyindex.rootindex import RootIndex
 from proxyindex.storage import PrivateStorage
 from proxyindex.upstream import UpstreamClient
@@ -101,6 +102,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     downloader = Downloader(blobs, pages, upstream)
     index = ProjectIndex(config, storage, pages, upstream)
     root = RootIndex(cache_dir / "root", storage, upstream)
+    prefetcher = Prefetcher(
+        index.upstream_page_for_prefetch, downloader, config.upstream.prefetch_max_size
+    )
+    if config.upstream.prefetch:
+        index.on_page_fetched = prefetcher.page_fetched
     app[appkeys.STORAGE] = storage
     app[appkeys.PAGES] = pages
     app[appkeys.BLOBS] = blobs
@@ -117,6 +123,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await scanner
         await warm
         await root.close()
+        await prefetcher.close()
         await index.close()
         await downloader.close()
         await session.close()

@@ -62,6 +62,8 @@ class UpstreamConfig:
     connect_timeout: int = 10
     negative_ttl: int = 60
     root_ttl: int = 21600
+    prefetch: bool = True
+    prefetch_max_size: int = 50 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,9 @@ class ProjectIndex:
         self._private: dict[NormalizedName, tuple[int, ProjectPage | None]] = {}
         self._rendered: dict[tuple[NormalizedName, SimpleFormat], tuple[_Token, RenderedPage]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Called with each page a client's request brought fresh from the upstream; requests
+        # that only look (upload checks, the prefetcher itself) pass prefetch=False.
+        self.on_page_fetched: Callable[[ProjectPage], None] | None = None
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -120,7 +124,9 @@ class ProjectIndex:
                 self._remember(name, entry)
         return entry
 
-    async def upstream_entry(self, name: NormalizedName, max_age: float | None = None) -> PageEntry:
+    async def upstream_entry(
+        self, name: NormalizedName, max_age: float | None = None, *, prefetch: bool = True
+    ) -> PageEntry:
         """The upstream page of ``name`` (``page=None``: upstream says 404).
 
         ``max_age=math.inf`` accepts any cached entry (file lookups: files never change).
@@ -130,21 +136,27 @@ class ProjectIndex:
             now = time.time()
             if self._is_fresh(entry, now) or (max_age is not None and entry.age(now) < max_age):
                 return entry
-        return await self._refresh(name, entry)
+        return await self._refresh(name, entry, prefetch=prefetch)
 
-    async def _refresh(self, name: NormalizedName, cached: PageEntry | None) -> PageEntry:
+    async def _refresh(
+        self, name: NormalizedName, cached: PageEntry | None, *, prefetch: bool = True
+    ) -> PageEntry:
         flight = self._flights.get(name)
         if flight is None:
             flight = asyncio.get_running_loop().create_future()
             self._flights[name] = flight
-            task = asyncio.create_task(self._fetch(name, cached, flight))
+            task = asyncio.create_task(self._fetch(name, cached, flight, prefetch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         # Shielded: a client that disconnects must not cancel the fetch others wait for.
         return await asyncio.shield(flight)
 
     async def _fetch(
-        self, name: NormalizedName, cached: PageEntry | None, flight: asyncio.Future[PageEntry]
+        self,
+        name: NormalizedName,
+        cached: PageEntry | None,
+        flight: asyncio.Future[PageEntry],
+        prefetch: bool,
     ) -> None:
         try:
             entry = await self.upstream.fetch_page(name, cached)
@@ -162,6 +174,9 @@ class ProjectIndex:
             await asyncio.to_thread(self.pages.put, name, entry)
             self._remember(name, entry)
             flight.set_result(entry)
+            fresh = cached is None or entry.page is not cached.page
+            if fresh and entry.page and self.on_page_fetched and prefetch:
+                self.on_page_fetched(entry.page)
         except UpstreamError as exc:
             if cached is not None:
                 log.warning("serving stale page for %s: %s", name, exc)
@@ -231,6 +246,12 @@ class ProjectIndex:
             return 0
         left = self.config.upstream.page_ttl - (time.time() - fetched_at)
         return max(0, min(600, int(left)))
+
+    async def upstream_page_for_prefetch(self, name: NormalizedName) -> ProjectPage | None:
+        """An upstream page to fetch ahead; never for a private name (dependency confusion)."""
+        if self.owner(name) is Owner.PRIVATE:
+            return None
+        return (await self.upstream_entry(name, prefetch=False)).page
 
     async def private_metadata(self, name: NormalizedName, filename: str) -> bytes | None:
         return await asyncio.to_thread(self.storage.metadata, name, filename)

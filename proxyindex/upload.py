@@ -219,7 +219,7 @@ async def _check_shadowing(request: web.Request, name: NormalizedName) -> None:
     if index.owner(name) is not Owner.UPSTREAM:
         return  # already private, reserved or allowed to merge
     try:
-        entry = await index.upstream_entry(name)
+        entry = await index.upstream_entry(name, prefetch=False)
     except UpstreamError:
         if config.refuse_shadowing_uploads:
             raise

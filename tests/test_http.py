@@ -63,6 +63,12 @@ def blobs(tmp_path: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"]
 
 
+def is_cached(tmp_path: Path, data: bytes) -> bool:
+    """Whether the blob cache holds exactly these bytes (blobs are named by sha256)."""
+    sha = hashlib.sha256(data).hexdigest()
+    return (tmp_path / "cache" / "files" / sha[:2] / sha[2:4] / sha).is_file()
+
+
 async def raw_get(client: Client, path: str) -> tuple[int, bytes]:
     """GET ``path`` exactly as written: HTTP clients would normalise ``..`` and ``%2e`` away."""
     assert client.port is not None
@@ -393,8 +399,9 @@ async def test_file_is_downloaded_once_then_served_from_the_cache(
     second = await client.get(url)
     assert await second.read() == wheel.read_bytes()
     assert second.headers["Accept-Ranges"] == "bytes"
-    assert fake_pypi.count("/files/", method="GET") == 1
-    assert len(blobs(tmp_path)) == 1
+    wheel_gets = [r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]
+    assert len(wheel_gets) == 1
+    assert len(blobs(tmp_path)) == 2  # the wheel and its .metadata (fetched ahead)
 
 
 async def test_range_head_and_if_range_on_cached_files(
@@ -433,7 +440,7 @@ async def test_corrupt_or_short_upstream_file_is_never_cached_or_served(
     make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path, knob: str
 ) -> None:
     wheel = fake_pypi.add_wheel("demo-pkg", "1.0", modules={"demo_pkg": "x = 1\n" * 5000})
-    client = await make_client()
+    client = await make_client(upstream={"prefetch": False})  # no good copy fetched ahead
     await page_json(client, "demo-pkg")
     url = f"/packages/demo-pkg/{wheel.name}"
     setattr(fake_pypi, knob, True)
@@ -444,11 +451,12 @@ async def test_corrupt_or_short_upstream_file_is_never_cached_or_served(
     except Exception:  # the transfer must break off: any client error is right
         body = b"<failed>"
     assert body != wheel.read_bytes()
-    assert blobs(tmp_path) == []
+    assert not is_cached(tmp_path, wheel.read_bytes())
+    assert not any(p.read_bytes()[:2] == b"PK" for p in blobs(tmp_path))  # no wheel at all
     setattr(fake_pypi, knob, False)
     again = await client.get(url)
     assert await again.read() == wheel.read_bytes()
-    assert len(blobs(tmp_path)) == 1
+    assert is_cached(tmp_path, wheel.read_bytes())
 
 
 async def test_concurrent_first_requests_share_one_download(
@@ -465,7 +473,7 @@ async def test_concurrent_first_requests_share_one_download(
 
     bodies = await asyncio.gather(*(fetch() for _ in range(30)))
     assert all(body == wheel.read_bytes() for body in bodies)
-    assert fake_pypi.count("/files/", method="GET") == 1
+    assert len([r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]) == 1
 
 
 async def test_upstream_metadata_is_proxied_and_cached(
@@ -480,7 +488,7 @@ async def test_upstream_metadata_is_proxied_and_cached(
         meta = await client.get(f"/packages/demo-pkg/{wheel.name}.metadata")
         assert meta.status == 200
         assert await meta.read() == expected
-    assert fake_pypi.count("/files/", method="GET") == 1
+    assert len([p for p in fake_pypi.paths() if p.endswith(".metadata")]) == 1
 
 
 async def test_file_of_an_unknown_upstream_filename_is_a_404(

@@ -1,0 +1,177 @@
+"""Fetch ahead what an installer will ask for next, so its sequential round trips hit the cache.
+
+pip resolves one project at a time: page, then ``.metadata``, then the next dependency's page,
+and downloads the wheels one after another at the end: ~3 upstream round trips per package, in
+series. When a project page comes fresh from the upstream, this module guesses the file the
+client will pick (the newest release matching the requirement, best wheel for this machine's
+tags and Python), fetches its ``.metadata``, follows its Requires-Dist to the dependencies'
+pages, recursively, and starts the wheel downloads, all in parallel. Guesses use the same
+single-flight paths as client requests, so a client asking meanwhile joins the transfer already
+under way; a wrong guess costs upstream traffic, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import logging
+import platform
+from collections.abc import Awaitable, Callable, Iterable
+from functools import cache
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.tags import Tag, sys_tags
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    NormalizedName,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from proxyindex.downloads import Downloader
+from proxyindex.errors import ProxyIndexError
+from proxyindex.models import DistFile, ProjectPage
+
+__all__ = ["Prefetcher", "choose_file", "dependencies"]
+
+log = logging.getLogger(__name__)
+
+PageSource = Callable[[NormalizedName], Awaitable[ProjectPage | None]]
+
+_MAX_DEPTH = 12
+_CONCURRENCY = 8
+
+
+@cache
+def _tag_rank() -> dict[Tag, int]:
+    return {tag: rank for rank, tag in enumerate(sys_tags())}
+
+
+def _candidate(dist: DistFile, python: str) -> tuple[Version, int] | None:
+    """(version, tag rank) of a file this machine could install; None if it can't."""
+    if dist.yanked is not False:
+        return None
+    try:
+        if dist.requires_python and python not in SpecifierSet(dist.requires_python):
+            return None
+    except InvalidSpecifier:
+        return None
+    try:
+        if dist.filename.endswith(".whl"):
+            _name, version, _build, tags = parse_wheel_filename(dist.filename)
+            ranks = [_tag_rank()[t] for t in tags if t in _tag_rank()]
+            return (version, -min(ranks)) if ranks else None
+        _name, version = parse_sdist_filename(dist.filename)
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+    return version, -len(_tag_rank())  # an sdist ranks below every wheel
+
+
+def choose_file(
+    page: ProjectPage, specifier: SpecifierSet | None = None, python: str | None = None
+) -> DistFile | None:
+    """The file pip or uv on this machine would most likely install for ``specifier``."""
+    python = python or platform.python_version()
+    best: tuple[tuple[bool, Version, int], DistFile] | None = None
+    for dist in page.files:
+        candidate = _candidate(dist, python)
+        if candidate is None:
+            continue
+        version, rank = candidate
+        if specifier is not None and not specifier.contains(version, prereleases=True):
+            continue
+        key = (not version.is_prerelease, version, rank)
+        if best is None or key > best[0]:
+            best = (key, dist)
+    return best[1] if best else None
+
+
+def dependencies(metadata: bytes) -> Iterable[tuple[NormalizedName, SpecifierSet]]:
+    """Requires-Dist entries that apply without extras in this environment."""
+    message = email.parser.BytesHeaderParser().parsebytes(metadata)
+    for raw in message.get_all("Requires-Dist") or ():
+        try:
+            requirement = Requirement(str(raw))
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+        except (InvalidRequirement, ValueError):
+            continue
+        yield canonicalize_name(requirement.name), requirement.specifier
+
+
+class Prefetcher:
+    def __init__(
+        self,
+        page_of: PageSource,
+        downloader: Downloader,
+        max_file_size: int,
+    ) -> None:
+        self._page_of = page_of
+        self._downloader = downloader
+        self._max_file_size = max_file_size
+        self._limit = asyncio.Semaphore(_CONCURRENCY)
+        self._seen: set[tuple[NormalizedName, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def page_fetched(
+        self, page: ProjectPage, specifier: SpecifierSet | None = None, depth: int = 0
+    ) -> None:
+        """A page came fresh from the upstream: fetch ahead for it in the background."""
+        key = (page.name, str(specifier or ""))
+        if depth > _MAX_DEPTH or key in self._seen:
+            return
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        self._seen.add(key)
+        task = asyncio.create_task(self._prefetch(page, specifier, depth))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prefetch(
+        self, page: ProjectPage, specifier: SpecifierSet | None, depth: int
+    ) -> None:
+        dist = choose_file(page, specifier)
+        if dist is None:
+            return
+        try:
+            async with self._limit:
+                if dist.size is not None and dist.size <= self._max_file_size:
+                    self._downloader.start(dist)  # runs on; the client joins it
+                metadata = await self._metadata(dist)
+            if metadata is None:
+                return
+            deps = list(dependencies(metadata))
+            await asyncio.gather(*(self._follow(name, spec, depth) for name, spec in deps))
+        except ProxyIndexError as exc:
+            log.debug("prefetch for %s stopped: %s", page.name, exc)
+        except Exception:  # a guess must never take anything down; keep the trace for debugging
+            log.exception("prefetch for %s failed", page.name)
+
+    async def _metadata(self, dist: DistFile) -> bytes | None:
+        if not dist.core_metadata or not dist.filename.endswith(".whl"):
+            return None
+        hashes = dist.core_metadata if isinstance(dist.core_metadata, dict) else {}
+        meta = DistFile(
+            filename=f"{dist.filename}.metadata",
+            url=f"{dist.url}.metadata",
+            origin=dist.origin,
+            hashes={"sha256": hashes["sha256"]} if "sha256" in hashes else {},
+        )
+        path: Path = await self._downloader.fetch(meta)
+        return await asyncio.to_thread(path.read_bytes)
+
+    async def _follow(self, name: NormalizedName, specifier: SpecifierSet, depth: int) -> None:
+        async with self._limit:
+            page = await self._page_of(name)
+        if page is not None:
+            self.page_fetched(page, specifier, depth + 1)
