@@ -1,0 +1,144 @@
+"""Fetching ahead: which file is guessed, which dependencies are followed, what is never fetched."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from packaging.specifiers import SpecifierSet
+from packaging.utils import NormalizedName
+
+from proxyindex.app import create_app
+from proxyindex.config import load_config
+from proxyindex.models import DistFile, Origin, ProjectPage
+from proxyindex.prefetch import choose_file, dependencies
+from tests.fakepypi import FakePyPI
+from tests.wheelmaker import make_wheel
+
+Client = TestClient[Any, Any]
+
+
+def _page(*filenames: str, **extra: Any) -> ProjectPage:
+    files = tuple(
+        DistFile(filename=f, url=f"https://u/{f}", origin=Origin.UPSTREAM, **extra.get(f, {}))
+        for f in filenames
+    )
+    return ProjectPage(NormalizedName("pkg"), files)
+
+
+def test_choose_file_prefers_the_newest_final_release_and_a_wheel() -> None:
+    page = _page(
+        "pkg-1.0.tar.gz",
+        "pkg-1.0-py3-none-any.whl",
+        "pkg-2.0.tar.gz",
+        "pkg-2.0-py3-none-any.whl",
+        "pkg-3.0b1-py3-none-any.whl",
+        "pkg-2.1-cp27-cp27m-win32.whl",  # not installable here
+    )
+    chosen = choose_file(page)
+    assert chosen is not None and chosen.filename == "pkg-2.0-py3-none-any.whl"
+    pinned = choose_file(page, SpecifierSet("<2"))
+    assert pinned is not None and pinned.filename == "pkg-1.0-py3-none-any.whl"
+
+
+def test_choose_file_skips_yanked_and_incompatible_python() -> None:
+    newer = "pkg-2.0-py3-none-any.whl"
+    page = _page(
+        "pkg-1.0-py3-none-any.whl",
+        newer,
+        "pkg-3.0-py3-none-any.whl",
+        **{newer: {"yanked": "broken"}, "pkg-3.0-py3-none-any.whl": {"requires_python": ">=9"}},
+    )
+    chosen = choose_file(page, python=platform.python_version())
+    assert chosen is not None and chosen.filename == "pkg-1.0-py3-none-any.whl"
+    assert choose_file(_page("pkg-1.0-py3-none-any.whl"), SpecifierSet(">5")) is None
+
+
+def test_dependencies_skip_extras_and_foreign_markers() -> None:
+    metadata = (
+        b"Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n"
+        b"Requires-Dist: Dep_One>=1.1\n"
+        b'Requires-Dist: only-extra; extra == "test"\n'
+        b'Requires-Dist: win-only; sys_platform == "win32"\n'
+        b"Requires-Dist: not a requirement !!\n"
+        b"Requires-Dist: two[x]<3,>=2\n\n"
+    )
+    deps = dict(dependencies(metadata))
+    assert deps == {"dep-one": SpecifierSet(">=1.1"), "two": SpecifierSet("<3,>=2")}
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def client_factory(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path, fake_pypi: FakePyPI
+) -> Callable[..., Awaitable[Client]]:
+    async def factory(**private: Any) -> Client:
+        config = load_config(
+            None,
+            overrides={
+                "storage": {
+                    "packages_dir": str(tmp_path / "packages"),
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+                "upstream": {"url": fake_pypi.simple_url},
+                "private": private,
+            },
+        )
+        return await aiohttp_client(create_app(config))
+
+    return factory
+
+
+async def test_a_page_request_fetches_the_dependency_tree_ahead(
+    client_factory: Callable[..., Awaitable[Client]], fake_pypi: FakePyPI
+) -> None:
+    fake_pypi.add_wheel("top-pkg", "1.0", requires_dist=["mid-pkg<2"])
+    fake_pypi.add_wheel("mid-pkg", "1.5", requires_dist=["leaf-pkg"])
+    fake_pypi.add_wheel("mid-pkg", "2.0", requires_dist=["wrong-branch"])
+    fake_pypi.add_wheel("leaf-pkg", "0.1")
+    client = await client_factory()
+    assert (await client.get("/simple/top-pkg/")).status == 200
+
+    def fetched(fragment: str) -> bool:
+        return any(fragment in p for p in fake_pypi.paths())
+
+    await wait_for(lambda: fetched("leaf_pkg-0.1-py3-none-any.whl.metadata"))
+    await wait_for(lambda: fetched("/leaf_pkg-0.1-py3-none-any.whl"))
+    assert fetched("/simple/mid-pkg/")
+    assert fetched("/mid_pkg-1.5-py3-none-any.whl")
+    assert not fetched("mid_pkg-2.0")  # the specifier from top-pkg is honoured
+    assert not fetched("wrong-branch")
+    fake_pypi.clear_log()
+    # What pip asks next is all cached now.
+    for path in ("/simple/mid-pkg/", "/simple/leaf-pkg/"):
+        assert (await client.get(path)).status == 200
+    leaf = await client.get("/packages/leaf-pkg/leaf_pkg-0.1-py3-none-any.whl")
+    assert leaf.status == 200
+    assert fake_pypi.paths() == []
+
+
+async def test_prefetch_never_asks_the_upstream_for_a_private_name(
+    client_factory: Callable[..., Awaitable[Client]], fake_pypi: FakePyPI, tmp_path: Path
+) -> None:
+    fake_pypi.add_wheel("top-pkg", "1.0", requires_dist=["corp-lib", "acme-x", "public-dep"])
+    fake_pypi.add_wheel("corp-lib", "99.0")
+    fake_pypi.add_wheel("acme-x", "99.0")
+    fake_pypi.add_wheel("public-dep", "1.0")
+    make_wheel(tmp_path / "packages", "corp-lib", "1.0")
+    client = await client_factory(reserved=["acme-*"])
+    assert (await client.get("/simple/top-pkg/")).status == 200
+    await wait_for(lambda: any("public_dep-1.0-py3-none-any.whl" in p for p in fake_pypi.paths()))
+    await asyncio.sleep(0.2)
+    assert [p for p in fake_pypi.paths() if "corp" in p or "acme" in p] == []
