@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -265,13 +268,35 @@ class UpstreamDirect(Target):
 class ProxyIndex(Target):
     name = "proxyindex"
 
-    def __init__(self, upstream: str, extra_args: list[str]) -> None:
+    def __init__(self, upstream: str, extra_args: list[str], ref: str | None = None) -> None:
         super().__init__(upstream)
         self.extra_args = extra_args
+        self.ref = ref
+        if ref:
+            self.name = f"proxyindex @{ref}"
+        self.src = REPO  # the working tree, unless --proxyindex-ref picks a commit
 
     def prepare(self) -> None:
-        if not (REPO / "proxyindex" / "cli.py").exists():
-            raise RuntimeError("proxyindex/cli.py does not exist yet")
+        if self.ref:
+            sha = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--verify", f"{self.ref}^{{commit}}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            self.src = WORK / "src" / sha
+            if not (self.src / "proxyindex").exists():
+                self.src.mkdir(parents=True, exist_ok=True)
+                tar = subprocess.run(
+                    ["git", "-C", str(REPO), "archive", "--format=tar", sha, "proxyindex"],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+                with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+                    tf.extractall(self.src, filter="data")
+            log(f"proxyindex from commit {sha[:10]} ({self.src})")
+        if not (self.src / "proxyindex" / "cli.py").exists():
+            raise RuntimeError(f"{self.src}/proxyindex/cli.py does not exist")
 
     def launch(self, datadir: Path) -> Running:
         cmd = [
@@ -292,7 +317,7 @@ class ProxyIndex(Target):
             *self.extra_args,
         ]
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO)  # this checkout's proxyindex; cwd=datadir has no config
+        env["PYTHONPATH"] = str(self.src)  # ahead of the venv's editable install
         proc, base, secs, logp = spawn(
             cmd,
             datadir,
@@ -587,6 +612,7 @@ def client_run(ctx: Ctx, tool: str, index_url: str, tag: str) -> tuple[float | N
     ctx.upstream.reset()
     t = run_timed(cmd, env, timeout=ctx.args.client_timeout, cwd=tmp)
     up = int(ctx.upstream.stats()["total"])
+    (tmp / "output.log").write_text(t.output)
     note = ""
     ok = t.returncode == 0
     if ok and tool == "pip":
@@ -691,11 +717,13 @@ def load_row(prefix: str, r: LoadResult) -> dict[str, float | None]:
 
 
 def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None], list[str]]:
+    """All sections for one server, one repetition. A failing section becomes a note."""
     args, only = ctx.args, ctx.args.only
     res: dict[str, float | None] = {}
     notes: list[str] = []
     slug = re.sub(r"\W+", "-", target.name.split()[0])
     peaks: list[int] = []
+    troubled = False
 
     def fresh(phase: str) -> Running:
         run = target.start(WORK / "data" / f"{slug}-{rep}-{phase}")
@@ -704,60 +732,90 @@ def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None]
         return run
 
     def done(run: Running) -> None:
+        nonlocal troubled
         peak = run.stop()
         if peak:
             peaks.append(peak)
+        if run.log_path and troubled:
+            keep = WORK / "failures" / f"{run.log_path.parent.name}-server.log"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run.log_path, keep)
+            notes.append(f"server log kept in {keep.relative_to(REPO)}")
+            troubled = False
         if not args.keep and run.log_path:
             shutil.rmtree(run.log_path.parent, ignore_errors=True)
 
+    def section(name: str, fn: Callable[[], None]) -> None:
+        nonlocal troubled
+        try:
+            fn()
+        except Exception as exc:
+            troubled = True
+            note = f"{name} failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
+            notes.append(note)
+            log(f"  {note}")
+
     def clients(tool: str, run: Running) -> None:
-        if target.kind != "static":
-            s, up, note = client_run(ctx, tool, run.index_url, f"{slug}-{rep}-{tool}-cold")
-            res[f"cold_{tool}"], res[f"cold_{tool}_up"] = s, up
-            notes.extend([note] if note else [])
-        s, up, note = client_run(ctx, tool, run.index_url, f"{slug}-{rep}-{tool}-warm")
-        res[f"warm_{tool}"], res[f"warm_{tool}_up"] = s, up
-        notes.extend([note] if note else [])
+        nonlocal troubled
+        runs = ["cold", "warm"] if target.kind != "static" else ["warm"]
+        for state in runs:
+            s, up, note = client_run(ctx, tool, run.index_url, f"{slug}-{rep}-{tool}-{state}")
+            res[f"{state}_{tool}"], res[f"{state}_{tool}_up"] = s, up
+            if note:
+                notes.append(f"{state} {note}")
+                troubled = True
         log(f"  {tool}: cold {res.get(f'cold_{tool}')} warm {res[f'warm_{tool}']}")
 
+    def pages(run: Running) -> None:
+        page = run.index_url + PAGE_PROJECT + "/"
+        for fmt, accept in (("html", "text/html"), ("json", "application/vnd.pypi.simple.v1+json")):
+            r = load(page, {"Accept": accept}, args.page_connections, args.duration)
+            res.update(load_row(f"page_{fmt}", r))
+        log(f"  pages: html {res['page_html_rps']:.0f}/s json {res['page_json_rps']:.0f}/s")
+
+    def files(run: Running) -> None:
+        r = load(file_url(run, ctx.big.filename), {}, 8, args.duration)
+        res.update(load_row("file", r))
+        log(f"  files: {res['file_mbs']:.0f} MB/s")
+
+    def root(run: Running) -> None:
+        res.update(measure_root(ctx, run))
+        log(
+            f"  root: first {res['root_first_s']} complete {res['root_complete_s']} "
+            f"again {res['root_again_s']}"
+        )
+
+    def co(run: Running) -> None:
+        res.update(coalesce(ctx, run))
+        log(f"  coalesce: {res['co_ok']}/100 ok, {res['co_up_gets']} upstream GETs")
+
+    serving = target.kind in ("proxy", "static", "redirect")
     run = fresh("a")
     try:
         if "pip" in only:
-            clients("pip", run)
-        serving = target.kind in ("proxy", "static", "redirect")
+            section("pip", lambda: clients("pip", run))
         if serving and ({"pages", "files"} & set(only)) and "pip" not in only:
             client_run(ctx, "pip", run.index_url, f"{slug}-{rep}-fill")  # fill the cache
         if serving and "pages" in only:
-            page = run.index_url + PAGE_PROJECT + "/"
-            for fmt, accept in (
-                ("html", "text/html"),
-                ("json", "application/vnd.pypi.simple.v1+json"),
-            ):
-                r = load(page, {"Accept": accept}, args.page_connections, args.duration)
-                res.update(load_row(f"page_{fmt}", r))
-            log(f"  pages: html {res['page_html_rps']:.0f}/s json {res['page_json_rps']:.0f}/s")
+            section("pages", lambda: pages(run))
         if target.kind in ("proxy", "static") and "files" in only:
-            r = load(file_url(run, ctx.big.filename), {}, 8, args.duration)
-            res.update(load_row("file", r))
-            log(f"  files: {res['file_mbs']:.0f} MB/s")
+            section("files", lambda: files(run))
         if target.kind != "redirect" and "root" in only:
-            res.update(measure_root(ctx, run))
-            log(f"  root: first {res['root_first_s']} again {res['root_again_s']}")
+            section("root", lambda: root(run))
     finally:
         done(run)
     if "uv" in only:
-        run = fresh("b")
+        run_b = fresh("b")
         try:
-            clients("uv", run)
+            section("uv", lambda: clients("uv", run_b))
         finally:
-            done(run)
+            done(run_b)
     if target.kind == "proxy" and "coalesce" in only:
-        run = fresh("c")
+        run_c = fresh("c")
         try:
-            res.update(coalesce(ctx, run))
-            log(f"  coalesce: {res['co_ok']}/100 ok, {res['co_up_gets']} upstream GETs")
+            section("coalesce", lambda: co(run_c))
         finally:
-            done(run)
+            done(run_c)
     res["peak_rss"] = float(max(peaks)) if peaks else None
     return res, notes
 
@@ -981,6 +1039,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--page-connections", type=int, default=32)
     p.add_argument("--client-timeout", type=float, default=300.0)
     p.add_argument("--proxyindex-args", default="", help="extra args for proxyindex serve")
+    p.add_argument(
+        "--proxyindex-ref",
+        help="benchmark this git commit/branch of proxyindex (exported with git archive) "
+        "instead of the working tree",
+    )
     p.add_argument("--keep", action="store_true", help="keep data dirs and client output")
     p.add_argument("--json", help="also write the raw results to this JSON file")
     args = p.parse_args(argv)
@@ -998,6 +1061,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.peers:
             wanted += ["nginx", "devpi", "proxpi", "pypiserver"]
 
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # run the finally blocks: every server we started is stopped
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started in the background (SIG_IGN)
     t_all = time.perf_counter()
     args.loadavg_start = os.getloadavg()[0]
     if args.loadavg_start > 0.5:
@@ -1013,7 +1081,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(args, upstream, dists, big, {d.filename for d in dists})
     makers: dict[str, Callable[[], Target]] = {
         "upstream": lambda: UpstreamDirect(upstream.base),
-        "proxyindex": lambda: ProxyIndex(upstream.base, shlex.split(args.proxyindex_args)),
+        "proxyindex": lambda: ProxyIndex(
+            upstream.base, shlex.split(args.proxyindex_args), args.proxyindex_ref
+        ),
         "nginx": lambda: Nginx(upstream.base, dists, args.root_names),
         "devpi": lambda: Devpi(upstream.base),
         "proxpi": lambda: Proxpi(upstream.base),
@@ -1058,7 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
                 {"args": vars(args), "results": results, "failed": failed, "notes": notes}, indent=1
             )
         )
-    return 1 if failed.get(ProxyIndex.name) else 0
+    return 1 if any(isinstance(t, ProxyIndex) and t.name in failed for t in targets) else 0
 
 
 if __name__ == "__main__":
