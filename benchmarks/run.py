@@ -53,6 +53,13 @@ WHEELS = HERE / ".wheels"
 REQS = HERE / "requirements-bench.txt"
 CONSTRAINTS = HERE / "constraints-bench.txt"
 PYTHON = sys.executable
+# client caches and output on tmpfs when there is one: the clients' disk writes are not what
+# we measure, and ext4 writeback made warm installs noisy
+CLIENTS = (
+    Path("/dev/shm/proxyindex-bench-clients")
+    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK)
+    else WORK / "clients"
+)
 PYPI = "https://pypi.org/simple/"
 PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
@@ -295,6 +302,22 @@ class ProxyIndex(Target):
                 with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
                     tf.extractall(self.src, filter="data")
             log(f"proxyindex from commit {sha[:10]} ({self.src})")
+        else:
+            # a snapshot of the working tree, so that edits made during a long run don't mix in
+            self.src = WORK / "src" / "worktree"
+            shutil.rmtree(self.src, ignore_errors=True)
+            shutil.copytree(
+                REPO / "proxyindex",
+                self.src / "proxyindex",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+            head = subprocess.run(
+                ["git", "-C", str(REPO), "log", "-1", "--format=%h %s"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            log(f"proxyindex: snapshot of the working tree (HEAD {head}) in {self.src}")
         if not (self.src / "proxyindex" / "cli.py").exists():
             raise RuntimeError(f"{self.src}/proxyindex/cli.py does not exist")
 
@@ -569,7 +592,7 @@ class Ctx:
 
 def client_run(ctx: Ctx, tool: str, index_url: str, tag: str) -> tuple[float | None, int, str]:
     """One pip or uv run with fresh client caches: (seconds or None, upstream reqs, note)."""
-    tmp = WORK / "clients" / tag
+    tmp = CLIENTS / tag
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     env = client_env(tmp)
@@ -1042,7 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--proxyindex-ref",
         help="benchmark this git commit/branch of proxyindex (exported with git archive) "
-        "instead of the working tree",
+        "instead of a snapshot of the working tree taken at start",
     )
     p.add_argument("--keep", action="store_true", help="keep data dirs and client output")
     p.add_argument("--json", help="also write the raw results to this JSON file")
@@ -1116,6 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
                     results.setdefault(t.name, {}).setdefault(k, []).append(v)
     finally:
         upstream.stop()
+        if not args.keep:
+            shutil.rmtree(CLIENTS, ignore_errors=True)
     text = report(results, failed, args, targets)
     print(text)
     for n, ns in notes.items():
