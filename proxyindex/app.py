@@ -144,7 +144,11 @@ _ACTIONS: dict[str, dict[str, str]] = {
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    # No htpasswd: no auth middleware at all (it would cost every request a lookup).
+    middlewares = (
+        [error_middleware, auth_middleware] if config.auth.htpasswd else [error_middleware]
+    )
+    app = web.Application(middlewares=middlewares)
     app[appkeys.CONFIG] = config
     app[appkeys.AUTH] = Authenticator(config.auth)
     app.cleanup_ctx.append(_resources)

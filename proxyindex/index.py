@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _MEMORY_PAGES = 4096
 _GZIP_MIN = 1024
+_STALE_RETRY = 60  # seconds between upstream attempts while serving a stale page
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,15 @@ class _Token:
 
 
 @dataclass(frozen=True, slots=True)
+class _Rendering:
+    page: RenderedPage
+    token: _Token
+    generation: int  # of private storage when rendered
+    fetched_at: float | None
+    valid_until: float  # when the upstream data behind it expires
+
+
+@dataclass(frozen=True, slots=True)
 class Resolved:
     page: ProjectPage
     owner: Owner
@@ -88,7 +98,7 @@ class ProjectIndex:
         self._memory: OrderedDict[NormalizedName, PageEntry] = OrderedDict()
         self._flights: dict[NormalizedName, asyncio.Future[PageEntry]] = {}
         self._private: dict[NormalizedName, tuple[int, ProjectPage | None]] = {}
-        self._rendered: dict[tuple[NormalizedName, SimpleFormat], tuple[_Token, RenderedPage]] = {}
+        self._rendered: dict[tuple[NormalizedName, SimpleFormat], _Rendering] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Called with each page a client's request brought fresh from the upstream; requests
         # that only look (upload checks, the prefetcher itself) pass prefetch=False.
@@ -180,7 +190,13 @@ class ProjectIndex:
         except UpstreamError as exc:
             if cached is not None:
                 log.warning("serving stale page for %s: %s", name, exc)
-                flight.set_result(cached)
+                # Don't ask again on every request while the upstream is failing: count the
+                # stale page as checked, for a minute at most (memory only, not on disk).
+                ttl = self.config.upstream.page_ttl
+                retry = min(_STALE_RETRY, ttl)
+                checked = PageEntry(cached.page, time.time() - ttl + retry, cached.etag)
+                self._remember(name, checked)
+                flight.set_result(checked)
             else:
                 flight.set_exception(exc)
         except BaseException as exc:
@@ -226,19 +242,40 @@ class ProjectIndex:
         return Resolved(page, owner, _Token(private, upstream), entry.fetched_at if entry else None)
 
     async def render(self, name: NormalizedName, fmt: SimpleFormat) -> tuple[RenderedPage, int]:
-        """The page's body in ``fmt`` and how many seconds clients may reuse it."""
-        resolved = await self.page(name)
-        token = resolved.token
+        """The page's body in ``fmt`` and how many seconds clients may reuse it.
+
+        The hot path (a page already rendered, still fresh, private storage unchanged) is a
+        dict lookup: no await, no policy, no merge.
+        """
+        now = time.time()
         cached = self._rendered.get((name, fmt))
-        if cached is not None and cached[0].same(token):
-            return cached[1], self._max_age(cached[1], resolved.fetched_at)
-        body = render_project(resolved.page, fmt, self.config.server.base_url)
-        private = resolved.page.has_private_files or resolved.owner is Owner.PRIVATE
-        rendered = RenderedPage.build(body, private)
+        if (
+            cached is not None
+            and now < cached.valid_until
+            and cached.generation == self.storage.generation
+        ):
+            return cached.page, self._max_age(cached.page, cached.fetched_at)
+        generation = self.storage.generation
+        resolved = await self.page(name)
+        if cached is not None and cached.token.same(resolved.token):
+            rendered = cached.page
+        else:
+            body = render_project(resolved.page, fmt, self.config.server.base_url)
+            private = resolved.page.has_private_files or resolved.owner is Owner.PRIVATE
+            rendered = RenderedPage.build(body, private)
         if len(self._rendered) > 2 * _MEMORY_PAGES:
             self._rendered.clear()
-        self._rendered[(name, fmt)] = (token, rendered)
-        return rendered, self._max_age(rendered, resolved.fetched_at)
+        fetched_at = resolved.fetched_at
+        if resolved.owner is Owner.PRIVATE:
+            valid_until = math.inf  # until private storage changes (generation)
+        elif fetched_at is None:
+            valid_until = now  # merged page whose upstream part failed: try again next time
+        else:
+            valid_until = fetched_at + self.config.upstream.page_ttl
+        self._rendered[(name, fmt)] = _Rendering(
+            rendered, resolved.token, generation, fetched_at, valid_until
+        )
+        return rendered, self._max_age(rendered, fetched_at)
 
     def _max_age(self, rendered: RenderedPage, fetched_at: float | None) -> int:
         """Seconds a client may reuse a page: 0 with private files (CC-01), else the TTL left."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 from aiohttp import hdrs, web
@@ -24,12 +25,17 @@ __all__ = ["dist_file", "health", "home", "project_page", "project_redirect", "r
 _VARY = "Accept, Accept-Encoding"
 
 
+@lru_cache(maxsize=4096)
+def _checked_name(raw: str) -> NormalizedName | None:
+    return normalize(raw) if is_valid_name(raw) else None
+
+
 def _canonical(request: web.Request) -> NormalizedName:
     """The normalised project name of the URL; 301 to the canonical URL if it differs (N-03)."""
     raw = request.match_info["name"]
-    if not is_valid_name(raw):
+    name = _checked_name(raw)
+    if name is None:
         raise NotFound(f"not a valid project name: {raw[:100]!r}")
-    name = normalize(raw)
     if name != raw:
         path = request.path.replace(f"/{raw}/", f"/{name}/", 1)
         raise web.HTTPMovedPermanently(request.rel_url.with_path(path, keep_query=True))
