@@ -59,6 +59,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, str(exc))
     except ProxyIndexError as exc:
         return error_response(exc.status, str(exc))
+    except web.HTTPMethodNotAllowed as exc:
+        # uv prints a hint for 405; say where uploads go (U-01).
+        message = f"{request.method} is not allowed here; upload to {request.url.origin()}/"
+        response = error_response(405, message)
+        response.headers[hdrs.ALLOW] = ",".join(sorted(exc.allowed_methods))
+        return response
     except web.HTTPException as exc:
         if exc.status >= 400:
             exc.headers[hdrs.CACHE_CONTROL] = "no-store"

@@ -131,3 +131,24 @@ def test_corrupt_upstream_file_is_refused_and_not_cached(
         client_tmp / "good", proxy.index_url, "dep-one", target=client_tmp / "t2"
     )
     assert report.versions() == {"dep-one": "1.0"}
+
+
+def test_upstream_credentials_are_sent_but_never_logged(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI, client_tmp: Path
+) -> None:
+    fake_pypi.add_wheel("dep-one", "1.0")
+    upstream = fake_pypi.simple_url.replace("http://", "http://mirror-user:topsecret@")
+    proxy = make_proxy(upstream, extra_args=["--log-level", "DEBUG"])
+    report = run_pip_install(client_tmp, proxy.index_url, "dep-one", target=client_tmp / "t")
+    assert report.versions() == {"dep-one": "1.0"}
+    (page_request,) = fake_pypi.requests_for("/simple/dep-one/")
+    assert page_request.headers["Authorization"].startswith("Basic ")
+    fake_pypi.stop()
+    failed = run_pip_install(
+        client_tmp / "down", proxy.index_url, "nothing-cached", target=client_tmp / "t2",
+        extra_args=["--retries", "0"], check=False,
+    )  # fmt: skip
+    assert failed.proc.returncode != 0
+    log = proxy.log_text()
+    assert "mirror-user:***@" in log
+    assert "topsecret" not in log

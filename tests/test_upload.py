@@ -7,6 +7,8 @@ import base64
 import hashlib
 import logging
 import secrets
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -319,3 +321,47 @@ async def test_protected_reads_and_reloaded_htpasswd(
     got = await client.get(f"/packages/corp-lib/{wheel.name}", headers=carol)
     assert await got.read() == wheel.read_bytes()
     assert (await client.get("/health")).status == 200
+
+
+async def test_post_to_a_page_is_a_405_naming_the_upload_url(make_client: MakeClient) -> None:
+    client = await make_client()
+    resp = await client.post("/simple/corp-lib/", data=b"x")
+    assert resp.status == 405
+    assert "GET" in resp.headers["Allow"]
+    assert f"upload to http://127.0.0.1:{client.port}/" in await resp.text()
+
+
+@pytest.mark.parametrize("scheme", ["apr_md5_crypt", "ldap_sha1", "bcrypt"])
+async def test_htpasswd_entries_written_by_apache_tools_are_accepted(
+    make_client: MakeClient, tmp_path: Path, scheme: str
+) -> None:
+    from passlib.apache import HtpasswdFile
+
+    path = tmp_path / "htpasswd"
+    users = HtpasswdFile(str(path), new=True, default_scheme=scheme)
+    users.set_password("dave", "pa:ss")
+    users.save()
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    client = await make_client(auth={"htpasswd": str(path)})
+    assert (await upload(client, form(wheel), headers=basic("dave", "wrong"))).status == 401
+    assert (await upload(client, form(wheel), headers=basic("dave", "pa:ss"))).status == 200
+
+
+def test_user_add_command_writes_a_bcrypt_entry(tmp_path: Path) -> None:
+    from proxyindex.auth import Authenticator
+    from proxyindex.config import AuthConfig
+
+    path = tmp_path / "htpasswd"
+    for password in ("first", "second"):
+        result = subprocess.run(
+            [sys.executable, "-m", "proxyindex", "user", "add", "erin", "--htpasswd", str(path),
+             "--password-stdin"],
+            input=f"{password}\n", capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    assert path.read_text().startswith("erin:$2")  # bcrypt, replaced not duplicated
+    assert path.read_text().count("erin:") == 1
+    auth = Authenticator(AuthConfig(htpasswd=path))
+    assert auth.verify("erin", "second")
+    assert not auth.verify("erin", "first")
+    assert "second" not in result.stderr
