@@ -71,6 +71,7 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.temp_dir = root / "tmp"
+        self.lock_dir = root.parent / "locks"  # cross-process download locks (``downloads``)
         root.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
 

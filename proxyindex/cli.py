@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import getpass
 import logging
@@ -91,6 +92,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def _serve(config: Config, sock: socket.socket) -> None:
     """Run one server process on an already bound socket until SIGTERM/SIGINT."""
+    # File reads and writes go through to_thread; the default pool (cores + 4) is too small
+    # for many concurrent downloads on a 2-core machine.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="proxyindex")
+    )
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

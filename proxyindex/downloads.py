@@ -10,8 +10,10 @@ never cached and never served whole.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -57,7 +59,8 @@ class Download:
 
     async def _open(self) -> BinaryIO:
         """Open the temp file, or the blob it became; a handle survives the later rename."""
-        assert self.temp is not None
+        if self.temp is None:  # another process downloaded it while we waited for the lock
+            return await asyncio.to_thread((await self.wait()).open, "rb")
         try:
             return await asyncio.to_thread(self.temp.open, "rb")
         except FileNotFoundError:
@@ -123,8 +126,15 @@ class Downloader:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self, download: Download, key: str) -> None:
+        lock = None
         try:
-            download.result = await self._transfer(download)
+            lock = await self._lock(key)
+            download.result = await self._already_cached(download.dist)
+            if download.result is not None:  # another worker process fetched it meanwhile
+                download.written = (await asyncio.to_thread(download.result.stat)).st_size
+                download.length = download.written
+            else:
+                download.result = await self._transfer(download)
         except UpstreamError as exc:
             download.error = exc
             log.warning("download failed: %s", exc)
@@ -138,6 +148,28 @@ class Downloader:
             self._active.pop(key, None)
             if download.result is None and download.temp is not None:
                 await asyncio.to_thread(download.temp.unlink, True)
+            if lock is not None:
+                await asyncio.to_thread(os.close, lock)  # closing releases the flock
+
+    async def _lock(self, key: str) -> int:
+        """An exclusive lock shared with other worker processes, so that they download a file
+        once between them; polled, so a waiting download holds no thread."""
+        stripe = hashlib.sha256(key.encode()).hexdigest()[:3]  # 4096 lock files at most
+        path = self._blobs.lock_dir / stripe
+        fd = await asyncio.to_thread(_open_lock_file, path)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                await asyncio.sleep(0.02)
+            except BaseException:
+                os.close(fd)
+                raise
+
+    async def _already_cached(self, dist: DistFile) -> Path | None:
+        sha256 = dist.sha256 or await asyncio.to_thread(self._pages.blob_for_url, dist.url)
+        return await asyncio.to_thread(self._blobs.get, sha256) if sha256 else None
 
     async def _transfer(self, download: Download) -> Path:
         dist = download.dist
@@ -172,6 +204,11 @@ class Downloader:
         if dist.sha256 is None:
             await asyncio.to_thread(self._pages.remember_blob, dist.url, actual)
         return blob
+
+
+def _open_lock_file(path: Path) -> int:
+    path.parent.mkdir(exist_ok=True)
+    return os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
 
 
 def _write_flush(fh: BinaryIO, chunk: bytes) -> None:

@@ -1,0 +1,43 @@
+"""Several worker processes on one port and one cache folder still download a file once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import aiohttp
+import pytest
+
+from tests.conftest import MakeProxy
+from tests.fakepypi import FakePyPI
+
+pytestmark = pytest.mark.e2e
+
+
+def test_workers_share_the_port_and_download_each_file_once(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI
+) -> None:
+    wheel = fake_pypi.add_wheel("demo-pkg", "1.0", modules={"demo_pkg": "w = 3\n" * 30000})
+    expected = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    proxy = make_proxy(server={"workers": 3}, upstream={"prefetch": False})
+    fake_pypi.delay = 0.3
+
+    async def scenario() -> list[str]:
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)  # spread over workers
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def get(path: str) -> bytes:
+                async with session.get(proxy.url + path) as resp:
+                    assert resp.status == 200, path
+                    return await resp.read()
+
+            await asyncio.gather(*(get("/simple/demo-pkg/") for _ in range(6)))
+            url = f"/packages/demo-pkg/{wheel.name}"
+            bodies = await asyncio.gather(*(get(url) for _ in range(60)))
+            return [hashlib.sha256(body).hexdigest() for body in bodies]
+
+    digests = asyncio.run(scenario())
+    assert digests == [expected] * 60
+    wheel_gets = [r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]
+    assert len(wheel_gets) == 1
+    assert fake_pypi.count("/simple/demo-pkg/") <= 3  # at most one page fetch per worker
