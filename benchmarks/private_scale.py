@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from packaging.utils import NormalizedName  # noqa: E402
+from packaging.utils import NormalizedName
 
-from proxyindex.storage import PrivateStorage  # noqa: E402
+from proxyindex.storage import PrivateStorage
 
 
 def _make_tree(root: Path, files: int, per_project: int, layout: str) -> None:
@@ -59,7 +59,9 @@ def main() -> int:
         _timed("first scan (start-up)", rows, storage.rescan)
         _timed("poll, nothing changed (every second)", rows, storage.rescan)
         target = NormalizedName("proj000042")
-        _timed("page of one project, first time (hashes 10 files)", rows, lambda: storage.page(target))
+        _timed(
+            "page of one project, first time (hashes 10 files)", rows, lambda: storage.page(target)
+        )
         _timed("page of one project, again", rows, lambda: storage.page(target))
         folder = root / "proj000042" if args.layout == "nested" else root
         (folder / "proj000042-9.9-py3-none-any.whl").write_bytes(b"new")
