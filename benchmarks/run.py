@@ -590,7 +590,9 @@ class Ctx:
     expected: set[str] = field(default_factory=set)
 
 
-def client_run(ctx: Ctx, tool: str, index_url: str, tag: str) -> tuple[float | None, int, str]:
+def client_run(
+    ctx: Ctx, tool: str, index_url: str, tag: str
+) -> tuple[float | None, int, str, dict[str, Any]]:
     """One pip or uv run with fresh client caches: (seconds or None, upstream reqs, note)."""
     tmp = CLIENTS / tag
     shutil.rmtree(tmp, ignore_errors=True)
@@ -634,7 +636,8 @@ def client_run(ctx: Ctx, tool: str, index_url: str, tag: str) -> tuple[float | N
         ]
     ctx.upstream.reset()
     t = run_timed(cmd, env, timeout=ctx.args.client_timeout, cwd=tmp)
-    up = int(ctx.upstream.stats()["total"])
+    stats = ctx.upstream.stats()
+    up = int(stats["total"])
     (tmp / "output.log").write_text(t.output)
     note = ""
     ok = t.returncode == 0
@@ -651,7 +654,7 @@ def client_run(ctx: Ctx, tool: str, index_url: str, tag: str) -> tuple[float | N
         log(f"  {tag}: {note}")
     if not ctx.args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
-    return (t.seconds if ok else None), up, note
+    return (t.seconds if ok else None), up, note, stats
 
 
 def measure_root(ctx: Ctx, run: Running) -> dict[str, float | None]:
@@ -754,11 +757,12 @@ def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None]
             res["start_s"], res["idle_rss"] = run.start_s, run.idle_rss
         return run
 
-    def done(run: Running) -> None:
+    def done(run: Running, phase: str) -> None:
         nonlocal troubled
         peak = run.stop()
         if peak:
             peaks.append(peak)
+            res[f"peak_rss_{phase}"] = float(peak)
         if run.log_path and troubled:
             keep = WORK / "failures" / f"{run.log_path.parent.name}-server.log"
             keep.parent.mkdir(parents=True, exist_ok=True)
@@ -782,8 +786,14 @@ def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None]
         nonlocal troubled
         runs = ["cold", "warm"] if target.kind != "static" else ["warm"]
         for state in runs:
-            s, up, note = client_run(ctx, tool, run.index_url, f"{slug}-{rep}-{tool}-{state}")
+            s, up, note, st = client_run(ctx, tool, run.index_url, f"{slug}-{rep}-{tool}-{state}")
             res[f"{state}_{tool}"], res[f"{state}_{tool}_up"] = s, up
+            kinds = st["by_kind"]
+            for kind in ("root", "page", "metadata", "file", "head", "other"):
+                res[f"{state}_{tool}_up_{kind}"] = float(kinds.get(kind, 0))
+            res[f"{state}_{tool}_up_dup"] = float(
+                sum(n - 1 for n in st["file_gets"].values() if n > 1)
+            )
             if note:
                 notes.append(f"{state} {note}")
                 troubled = True
@@ -826,19 +836,19 @@ def one_rep(ctx: Ctx, target: Target, rep: int) -> tuple[dict[str, float | None]
         if target.kind != "redirect" and "root" in only:
             section("root", lambda: root(run))
     finally:
-        done(run)
+        done(run, "a")
     if "uv" in only:
         run_b = fresh("b")
         try:
             section("uv", lambda: clients("uv", run_b))
         finally:
-            done(run_b)
+            done(run_b, "b")
     if target.kind == "proxy" and "coalesce" in only:
         run_c = fresh("c")
         try:
             section("coalesce", lambda: co(run_c))
         finally:
-            done(run_c)
+            done(run_c, "c")
     res["peak_rss"] = float(max(peaks)) if peaks else None
     return res, notes
 
@@ -976,6 +986,46 @@ def report(
                 "file MB/s",
                 "root: first (size) / complete after / cached (size)",
                 "100 concurrent first GETs of one file",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+    rows = []
+    for n in names:
+        if n in failed:
+            continue
+        cells = [n]
+        for run_key in ("cold_pip", "cold_uv"):
+            if m(n, f"{run_key}_up") is None:
+                cells.append(NA)
+                continue
+            parts = [
+                f"{fmt_int(m(n, f'{run_key}_up_{k}'))} {label}"
+                for k, label in (
+                    ("page", "pages"),
+                    ("metadata", "metadata"),
+                    ("file", "files"),
+                    ("head", "HEAD"),
+                    ("root", "root"),
+                )
+                if m(n, f"{run_key}_up_{k}")
+            ]
+            dup = m(n, f"{run_key}_up_dup")
+            cells.append(", ".join(parts) + (f"; {fmt_int(dup)} repeated file GETs" if dup else ""))
+        cells.append(
+            " / ".join(fmt_mb(m(n, f"peak_rss_{ph}")) for ph in "abc" if m(n, f"peak_rss_{ph}"))
+        )
+        rows.append(cells)
+    out += [
+        "### Upstream requests by kind (cold runs) and peak RSS per phase",
+        table(
+            [
+                "server",
+                "cold pip",
+                "cold uv",
+                "peak RSS A (pip, loads, root) / B (uv) / C (coalescing)",
             ],
             rows,
         ),
