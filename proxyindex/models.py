@@ -58,6 +58,18 @@ class DistFile:
     def sha256(self) -> str | None:
         return self.hashes.get("sha256")
 
+    def metadata_file(self) -> DistFile | None:
+        """The PEP 658 ``.metadata`` sibling as a file of its own, if the index has one."""
+        if not self.core_metadata:
+            return None
+        hashes = self.core_metadata if isinstance(self.core_metadata, dict) else {}
+        return DistFile(
+            filename=f"{self.filename}.metadata",
+            url=f"{self.url}.metadata",
+            origin=self.origin,
+            hashes={"sha256": hashes["sha256"]} if "sha256" in hashes else {},
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ProjectPage:

@@ -158,15 +158,9 @@ class Prefetcher:
             log.exception("prefetch for %s failed", page.name)
 
     async def _metadata(self, dist: DistFile) -> bytes | None:
-        if not dist.core_metadata or not dist.filename.endswith(".whl"):
+        meta = dist.metadata_file()
+        if meta is None or not dist.filename.endswith(".whl"):
             return None
-        hashes = dist.core_metadata if isinstance(dist.core_metadata, dict) else {}
-        meta = DistFile(
-            filename=f"{dist.filename}.metadata",
-            url=f"{dist.url}.metadata",
-            origin=dist.origin,
-            hashes={"sha256": hashes["sha256"]} if "sha256" in hashes else {},
-        )
         path: Path = await self._downloader.fetch(meta)
         return await asyncio.to_thread(path.read_bytes)
 

@@ -164,15 +164,9 @@ async def _metadata(
         if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
             return not_modified(headers)
         return web.Response(body=data, headers=headers, content_type="application/octet-stream")
-    if not target.core_metadata:
+    meta = target.metadata_file()
+    if meta is None:
         raise NotFound(f"the upstream has no metadata file for {filename!r}")
-    hashes = target.core_metadata if isinstance(target.core_metadata, dict) else {}
-    meta = DistFile(
-        filename=f"{filename}.metadata",
-        url=f"{target.url}.metadata",
-        origin=target.origin,
-        hashes={"sha256": hashes["sha256"]} if "sha256" in hashes else {},
-    )
     blob = await _cached_blob(request, meta)
     if blob is None:
         blob = await request.app[appkeys.DOWNLOADER].fetch(meta)

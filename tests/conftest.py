@@ -9,16 +9,21 @@ for it, and a test that asks gets a clean, running index on the same URL every t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
+from aiohttp.test_utils import TestClient
 
+from proxyindex.app import create_app
+from proxyindex.config import load_config
 from tests.clients import build_project
 from tests.fakepypi import FakePyPI
 from tests.serverproc import REPO_ROOT, ProxyServer, write_config
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+
+AppClient = TestClient[Any, Any]
 
 
 class MakeProxy(Protocol):
@@ -105,6 +110,36 @@ def make_proxy(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[MakeProxy]:
     for index, server in enumerate(servers):
         server.stop()
         print(f"=== proxy{index} log ===\n{server.log_text()}")
+
+
+class MakeAppClient(Protocol):
+    """Type of the ``make_app_client`` factory."""
+
+    def __call__(self, **sections: Mapping[str, Any]) -> Awaitable[AppClient]: ...
+
+
+@pytest.fixture
+def make_app_client(
+    aiohttp_client: Callable[..., Awaitable[AppClient]], tmp_path: Path, fake_pypi: FakePyPI
+) -> MakeAppClient:
+    """In-process proxyindex apps on a real socket (aiohttp's test client) over the fake
+    upstream, with ``tmp_path/packages`` and ``tmp_path/cache``; keyword arguments are config
+    tables merged into the defaults, e.g. ``make_app_client(private={"reserved": ["a-*"]})``.
+    """
+
+    async def factory(**sections: Mapping[str, Any]) -> AppClient:
+        overrides: dict[str, dict[str, Any]] = {
+            "storage": {
+                "packages_dir": str(tmp_path / "packages"),
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "upstream": {"url": fake_pypi.simple_url, "timeout": 5, "connect_timeout": 2},
+        }
+        for section, values in sections.items():
+            overrides.setdefault(section, {}).update(values)
+        return await aiohttp_client(create_app(load_config(None, overrides=overrides)))
+
+    return factory
 
 
 @pytest.fixture(scope="session")

@@ -12,15 +12,13 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from proxyindex.app import create_app
-from proxyindex.config import load_config
+from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import make_wheel, wheel_metadata
 
@@ -28,28 +26,12 @@ JSON = "application/vnd.pypi.simple.v1+json"
 PIP_ACCEPT = f"{JSON}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
 
 Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
+MakeClient = MakeAppClient
 
 
 @pytest.fixture
-def make_client(
-    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path, fake_pypi: FakePyPI
-) -> MakeClient:
-    """An in-process proxyindex (real socket) over the fake upstream; kwargs are config tables."""
-
-    async def factory(**sections: dict[str, Any]) -> Client:
-        overrides: dict[str, dict[str, Any]] = {
-            "storage": {
-                "packages_dir": str(tmp_path / "packages"),
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "upstream": {"url": fake_pypi.simple_url, "timeout": 5, "connect_timeout": 2},
-        }
-        for section, values in sections.items():
-            overrides.setdefault(section, {}).update(values)
-        return await aiohttp_client(create_app(load_config(None, overrides=overrides)))
-
-    return factory
+def make_client(make_app_client: MakeAppClient) -> MakeAppClient:
+    return make_app_client
 
 
 def packages(tmp_path: Path) -> Path:

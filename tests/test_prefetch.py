@@ -14,10 +14,9 @@ from aiohttp.test_utils import TestClient
 from packaging.specifiers import SpecifierSet
 from packaging.utils import NormalizedName
 
-from proxyindex.app import create_app
-from proxyindex.config import load_config
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.prefetch import choose_file, dependencies
+from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import make_wheel
 
@@ -81,22 +80,9 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
 
 
 @pytest.fixture
-def client_factory(
-    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path, fake_pypi: FakePyPI
-) -> Callable[..., Awaitable[Client]]:
+def client_factory(make_app_client: MakeAppClient) -> Callable[..., Awaitable[Client]]:
     async def factory(**private: Any) -> Client:
-        config = load_config(
-            None,
-            overrides={
-                "storage": {
-                    "packages_dir": str(tmp_path / "packages"),
-                    "cache_dir": str(tmp_path / "cache"),
-                },
-                "upstream": {"url": fake_pypi.simple_url},
-                "private": private,
-            },
-        )
-        return await aiohttp_client(create_app(config))
+        return await make_app_client(private=private)
 
     return factory
 

@@ -9,7 +9,6 @@ import logging
 import secrets
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +17,19 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
-from proxyindex.app import create_app
 from proxyindex.auth import add_user
-from proxyindex.config import load_config
+from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import make_sdist, make_wheel
 
 Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
+MakeClient = MakeAppClient
 PIP_ACCEPT = "application/vnd.pypi.simple.v1+json"
 
 
 @pytest.fixture
-def make_client(
-    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path, fake_pypi: FakePyPI
-) -> MakeClient:
-    async def factory(**sections: dict[str, Any]) -> Client:
-        overrides: dict[str, dict[str, Any]] = {
-            "storage": {
-                "packages_dir": str(tmp_path / "packages"),
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "upstream": {"url": fake_pypi.simple_url, "timeout": 5},
-        }
-        for section, values in sections.items():
-            overrides.setdefault(section, {}).update(values)
-        return await aiohttp_client(create_app(load_config(None, overrides=overrides)))
-
-    return factory
+def make_client(make_app_client: MakeAppClient) -> MakeAppClient:
+    return make_app_client
 
 
 def stored(tmp_path: Path) -> list[str]:
