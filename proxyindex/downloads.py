@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,11 +25,20 @@ from proxyindex.errors import IntegrityError, UpstreamError, UpstreamUnavailable
 from proxyindex.models import DistFile
 from proxyindex.upstream import UpstreamClient, mask_url
 
-__all__ = ["Download", "Downloader"]
+__all__ = ["Download", "Downloader", "FileRange"]
 
 log = logging.getLogger(__name__)
 
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """The rest of a finished download: ``count`` bytes of ``file`` from ``offset``."""
+
+    file: BinaryIO
+    offset: int
+    count: int
 
 
 class Download:
@@ -66,8 +76,13 @@ class Download:
         except FileNotFoundError:
             return await asyncio.to_thread((await self.wait()).open, "rb")
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """The file's bytes as they arrive; raises if the download fails at any point."""
+    async def stream(self) -> AsyncIterator[bytes | FileRange]:
+        """The file's bytes as they arrive, then, once the download is verified and committed,
+        one :class:`FileRange` for whatever is left (to send with sendfile, no copies).
+
+        Raises if the download fails at any point. Chunks are small (64 KiB) because a
+        hundred clients may be following one download, each holding a chunk in flight.
+        """
         await self.started.wait()
         if self.error is not None:
             raise self.error
@@ -78,18 +93,17 @@ class Download:
                 progress = self._progress
                 if self.error is not None:
                     raise self.error
+                if self.finished.is_set():
+                    if sent < self.written:
+                        yield FileRange(fh, sent, self.written - sent)
+                    return
                 # The last byte waits for the hash check: a client never holds a complete
                 # body that turns out to be corrupt.
-                held_back = 0 if self.finished.is_set() else 1
-                available = self.written - sent - held_back
+                available = self.written - sent - 1
                 if available > 0:
                     chunk = await asyncio.to_thread(fh.read, min(available, _READ_CHUNK))
                     sent += len(chunk)
                     yield chunk
-                    continue
-                if self.finished.is_set():
-                    if sent == self.written:
-                        return
                     continue
                 await progress.wait()
         finally:

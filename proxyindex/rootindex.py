@@ -9,8 +9,10 @@ list in memory, and no request ever builds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ __all__ = ["RootIndex"]
 
 log = logging.getLogger(__name__)
 
+_RETRY_AFTER_FAILURE = 60.0  # seconds before a failed upstream list fetch is tried again
+_FIRST_FETCH_WAIT = 20.0  # seconds a first /simple/ request waits for the upstream list
 _FORMATS = {SimpleFormat.JSON: "root.json", SimpleFormat.HTML: "root.html"}
 
 
@@ -111,6 +115,7 @@ class RootIndex:
         self._built: _Built | None = None
         self._build_lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
+        self._failed_at = -math.inf
         directory.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
@@ -129,6 +134,12 @@ class RootIndex:
         names_mtime = await asyncio.to_thread(self._names_mtime)
         if time.time() - names_mtime > self._upstream.config.root_ttl:
             self.refresh_in_background()
+            if not names_mtime and self._refresh is not None:
+                # Never fetched: an empty list would look like an empty index, so wait for
+                # the first fetch (seconds even for PyPI's 930k names), within a bound.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._refresh), _FIRST_FETCH_WAIT)
+                names_mtime = await asyncio.to_thread(self._names_mtime)
         await self._ensure_built(names_mtime)
         return self.directory / _FORMATS[SimpleFormat.JSON if fmt.is_json else SimpleFormat.HTML]
 
@@ -147,7 +158,8 @@ class RootIndex:
             log.info("root list rebuilt in %.2fs", time.monotonic() - started)
 
     def refresh_in_background(self) -> None:
-        if self._refresh is None or self._refresh.done():
+        recently_failed = time.monotonic() - self._failed_at < _RETRY_AFTER_FAILURE
+        if (self._refresh is None or self._refresh.done()) and not recently_failed:
             self._refresh = asyncio.create_task(self._fetch_names())
 
     async def wait_refreshed(self) -> None:
@@ -175,6 +187,7 @@ class RootIndex:
             await asyncio.to_thread(fsutil.commit_replace, temp, self.names_file)
             log.info("fetched %d upstream names in %.1fs", count, time.monotonic() - started)
         except UpstreamError as exc:
+            self._failed_at = time.monotonic()
             log.warning("could not fetch the upstream root list: %s", exc)
         finally:
             await asyncio.to_thread(fh.close)
