@@ -86,7 +86,7 @@ class BlobStore:
 
     def commit(self, temp: Path, sha256: str) -> Path:
         dest = self.path(sha256)
-        fsutil.commit_replace(temp, dest)
+        fsutil.commit_replace(temp, dest, durable=False)  # a lost blob is fetched again
         return dest
 
     def put_bytes(self, data: bytes, sha256: str) -> Path:

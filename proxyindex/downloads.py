@@ -30,6 +30,7 @@ __all__ = ["Download", "Downloader", "FileRange"]
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
+_WRITE_BATCH = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class Download:
         self.written = 0
         self.length: int | None = dist.size
         self.result: Path | None = None
+        self.verified = False  # length and sha256 checked: the bytes may all go out
         self.error: UpstreamError | None = None
         self.started = asyncio.Event()  # headers known (length) or failed
         self._progress = asyncio.Event()
@@ -77,8 +79,8 @@ class Download:
             return await asyncio.to_thread((await self.wait()).open, "rb")
 
     async def stream(self) -> AsyncIterator[bytes | FileRange]:
-        """The file's bytes as they arrive, then, once the download is verified and committed,
-        one :class:`FileRange` for whatever is left (to send with sendfile, no copies).
+        """The file's bytes as they arrive, then, once the download is verified, one
+        :class:`FileRange` for whatever is left (to send with sendfile, no copies).
 
         Raises if the download fails at any point. Chunks are small (64 KiB) because a
         hundred clients may be following one download, each holding a chunk in flight.
@@ -93,7 +95,7 @@ class Download:
                 progress = self._progress
                 if self.error is not None:
                     raise self.error
-                if self.finished.is_set():
+                if self.verified:
                     if sent < self.written:
                         yield FileRange(fh, sent, self.written - sent)
                     return
@@ -147,6 +149,7 @@ class Downloader:
             if download.result is not None:  # another worker process fetched it meanwhile
                 download.written = (await asyncio.to_thread(download.result.stat)).st_size
                 download.length = download.written
+                download.verified = True
             else:
                 download.result = await self._transfer(download)
         except UpstreamError as exc:
@@ -164,6 +167,14 @@ class Downloader:
                 await asyncio.to_thread(download.temp.unlink, True)
             if lock is not None:
                 await asyncio.to_thread(os.close, lock)  # closing releases the flock
+
+    @staticmethod
+    async def _append(download: Download, fh: BinaryIO, pending: bytearray) -> None:
+        data = bytes(pending)
+        pending.clear()
+        await asyncio.to_thread(_write_flush, fh, data)
+        download.written += len(data)
+        download._notify()
 
     async def _lock(self, key: str) -> int:
         """An exclusive lock shared with other worker processes, so that they download a file
@@ -200,11 +211,14 @@ class Downloader:
                         )
                     download.length = upstream.length
                 download.started.set()
+                pending = bytearray()
                 async for chunk in upstream.chunks:
                     digest.update(chunk)
-                    await asyncio.to_thread(_write_flush, fh, chunk)
-                    download.written += len(chunk)
-                    download._notify()
+                    pending += chunk
+                    if len(pending) >= _WRITE_BATCH:  # one thread hop per batch, not per read
+                        await self._append(download, fh, pending)
+                if pending:
+                    await self._append(download, fh, pending)
         finally:
             await asyncio.to_thread(fh.close)
         if download.length is not None and download.written != download.length:
@@ -214,6 +228,9 @@ class Downloader:
         actual = digest.hexdigest()
         if dist.sha256 is not None and actual != dist.sha256:
             raise IntegrityError(f"{dist.filename}: sha256 {actual} does not match the index")
+        # Verified: readers may send the last bytes now, while the file is committed.
+        download.verified = True
+        download._notify()
         blob = await asyncio.to_thread(self._blobs.commit, temp, actual)
         if dist.sha256 is None:
             await asyncio.to_thread(self._pages.remember_blob, dist.url, actual)

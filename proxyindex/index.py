@@ -168,6 +168,21 @@ class ProjectIndex:
         flight: asyncio.Future[PageEntry],
         prefetch: bool,
     ) -> None:
+        entry = await self._settle(name, cached, flight)
+        if entry is None:
+            return
+        fresh = cached is None or entry.page is not cached.page
+        if fresh and entry.page and self.on_page_fetched and prefetch:
+            self.on_page_fetched(entry.page)
+        try:  # clients already have the page; the disk copy follows
+            await asyncio.to_thread(self.pages.put, name, entry)
+        except Exception:
+            log.exception("could not store the page of %s", name)
+
+    async def _settle(
+        self, name: NormalizedName, cached: PageEntry | None, flight: asyncio.Future[PageEntry]
+    ) -> PageEntry | None:
+        """Fetch from the upstream and settle the flight; the new entry to store, if any."""
         try:
             entry = await self.upstream.fetch_page(name, cached)
             if (
@@ -181,29 +196,28 @@ class ProjectIndex:
             ):
                 log.info("upstream page for %s went back in serial; keeping ours", name)
                 entry = PageEntry(cached.page, time.time(), cached.etag)
-            await asyncio.to_thread(self.pages.put, name, entry)
             self._remember(name, entry)
             flight.set_result(entry)
-            fresh = cached is None or entry.page is not cached.page
-            if fresh and entry.page and self.on_page_fetched and prefetch:
-                self.on_page_fetched(entry.page)
+            return entry
         except UpstreamError as exc:
-            if cached is not None:
-                log.warning("serving stale page for %s: %s", name, exc)
-                # Don't ask again on every request while the upstream is failing: count the
-                # stale page as checked, for a minute at most (memory only, not on disk).
-                ttl = self.config.upstream.page_ttl
-                retry = min(_STALE_RETRY, ttl)
-                checked = PageEntry(cached.page, time.time() - ttl + retry, cached.etag)
-                self._remember(name, checked)
-                flight.set_result(checked)
-            else:
+            if cached is None:
                 flight.set_exception(exc)
+                return None
+            log.warning("serving stale page for %s: %s", name, exc)
+            # Don't ask again on every request while the upstream is failing: count the
+            # stale page as checked, for a minute at most (memory only, not on disk).
+            ttl = self.config.upstream.page_ttl
+            checked = PageEntry(
+                cached.page, time.time() - ttl + min(_STALE_RETRY, ttl), cached.etag
+            )
+            self._remember(name, checked)
+            flight.set_result(checked)
+            return None
         except BaseException as exc:
             flight.set_exception(exc)
             raise
         finally:
-            self._flights.pop(name, None)
+            self._flights.pop(name, None)  # a later request starts a new fetch
             if flight.done() and not flight.cancelled():
                 flight.exception()  # mark retrieved: nobody may be waiting any more
 

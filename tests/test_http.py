@@ -51,6 +51,16 @@ def is_cached(tmp_path: Path, data: bytes) -> bool:
     return (tmp_path / "cache" / "files" / sha[:2] / sha[2:4] / sha).is_file()
 
 
+async def becomes_cached(tmp_path: Path, data: bytes, seconds: float = 5.0) -> bool:
+    """Clients get the last byte once the hash is checked; the commit to disk follows."""
+    deadline = time.monotonic() + seconds
+    while not is_cached(tmp_path, data):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 async def raw_get(client: Client, path: str) -> tuple[int, bytes]:
     """GET ``path`` exactly as written: HTTP clients would normalise ``..`` and ``%2e`` away."""
     assert client.port is not None
@@ -378,12 +388,12 @@ async def test_file_is_downloaded_once_then_served_from_the_cache(
     first = await client.get(url)
     assert await first.read() == wheel.read_bytes()
     assert "Content-Encoding" not in first.headers  # F-02
+    assert await becomes_cached(tmp_path, wheel.read_bytes())
     second = await client.get(url)
     assert await second.read() == wheel.read_bytes()
-    assert second.headers["Accept-Ranges"] == "bytes"
+    assert second.headers["Accept-Ranges"] == "bytes"  # served from the cache by sendfile
     wheel_gets = [r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]
     assert len(wheel_gets) == 1
-    assert is_cached(tmp_path, wheel.read_bytes())
 
 
 async def test_range_head_and_if_range_on_cached_files(
@@ -438,7 +448,7 @@ async def test_corrupt_or_short_upstream_file_is_never_cached_or_served(
     setattr(fake_pypi, knob, False)
     again = await client.get(url)
     assert await again.read() == wheel.read_bytes()
-    assert is_cached(tmp_path, wheel.read_bytes())
+    assert await becomes_cached(tmp_path, wheel.read_bytes())
 
 
 async def test_concurrent_first_requests_share_one_download(
