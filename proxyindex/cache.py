@@ -37,7 +37,9 @@ class PageEntry:
 
 class PageCache:
     def __init__(self, directory: Path) -> None:
-        self._cache = diskcache.Cache(str(directory))
+        # No fsync per write (sqlite synchronous=OFF, WAL): a cache may lose its last writes
+        # in a power cut, never its consistency; fsyncs made concurrent page writes queue.
+        self._cache = diskcache.Cache(str(directory), sqlite_synchronous=0)
 
     def close(self) -> None:
         self._cache.close()

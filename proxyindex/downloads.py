@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from proxyindex import fsutil
 from proxyindex.cache import BlobStore, PageCache
@@ -28,6 +28,8 @@ from proxyindex.upstream import UpstreamClient, mask_url
 __all__ = ["Download", "Downloader", "FileRange"]
 
 log = logging.getLogger(__name__)
+
+Hasher = Any  # hashlib's sha256 object; its type is private
 
 _READ_CHUNK = 64 * 1024
 _WRITE_BATCH = 256 * 1024
@@ -169,10 +171,11 @@ class Downloader:
                 await asyncio.to_thread(os.close, lock)  # closing releases the flock
 
     @staticmethod
-    async def _append(download: Download, fh: BinaryIO, pending: bytearray) -> None:
+    async def _append(download: Download, fh: BinaryIO, pending: bytearray, digest: Hasher) -> None:
+        """Hash and write a batch in a thread (sha256 of a 17 MB wheel: ~40 ms of CPU)."""
         data = bytes(pending)
         pending.clear()
-        await asyncio.to_thread(_write_flush, fh, data)
+        await asyncio.to_thread(_hash_write_flush, fh, data, digest)
         download.written += len(data)
         download._notify()
 
@@ -213,12 +216,11 @@ class Downloader:
                 download.started.set()
                 pending = bytearray()
                 async for chunk in upstream.chunks:
-                    digest.update(chunk)
                     pending += chunk
                     if len(pending) >= _WRITE_BATCH:  # one thread hop per batch, not per read
-                        await self._append(download, fh, pending)
+                        await self._append(download, fh, pending, digest)
                 if pending:
-                    await self._append(download, fh, pending)
+                    await self._append(download, fh, pending, digest)
         finally:
             await asyncio.to_thread(fh.close)
         if download.length is not None and download.written != download.length:
@@ -242,6 +244,7 @@ def _open_lock_file(path: Path) -> int:
     return os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
 
 
-def _write_flush(fh: BinaryIO, chunk: bytes) -> None:
+def _hash_write_flush(fh: BinaryIO, chunk: bytes, digest: Hasher) -> None:
+    digest.update(chunk)
     fh.write(chunk)
     fh.flush()

