@@ -2,15 +2,19 @@
 
 diskcache is process-safe, so several worker processes can share one cache folder. Blobs are
 named by their sha256 and only ever created by an atomic rename after the hash was checked, so
-a blob that exists is complete and correct. All methods block: call them in a thread.
+a blob that exists is complete and correct. ``PageCache`` is async (its own threads); the
+``BlobStore`` methods block: call them in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 from packaging.utils import NormalizedName
@@ -20,6 +24,7 @@ from proxyindex.models import ProjectPage
 
 __all__ = ["BlobStore", "PageCache", "PageEntry"]
 
+_T = TypeVar("_T")
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -36,31 +41,49 @@ class PageEntry:
 
 
 class PageCache:
+    """Upstream pages in diskcache, read and written through two threads of its own.
+
+    diskcache opens a sqlite connection per thread, and opening one costs milliseconds: on a
+    cold start 20 parallel page requests through the shared pool made 20 connections and took
+    ~95 ms instead of ~60. Two dedicated threads keep two connections warm.
+    """
+
     def __init__(self, directory: Path) -> None:
         # No fsync per write (sqlite synchronous=OFF, WAL): a cache may lose its last writes
         # in a power cut, never its consistency; fsyncs made concurrent page writes queue.
         self._cache = diskcache.Cache(str(directory), sqlite_synchronous=0)
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pagecache")
 
     def close(self) -> None:
+        self._threads.shutdown(wait=True)
         self._cache.close()
 
-    def get(self, name: NormalizedName) -> PageEntry | None:
+    async def _call(self, func: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, func, *args)
+
+    def _get(self, name: NormalizedName) -> PageEntry | None:
         try:
             value: Any = self._cache.get(("page", name))
         except Exception:  # an entry pickled by an older version: treat as a miss
             return None
         return value if isinstance(value, PageEntry) else None
 
-    def put(self, name: NormalizedName, entry: PageEntry) -> None:
-        self._cache.set(("page", name), entry)
+    async def get(self, name: NormalizedName) -> PageEntry | None:
+        return await self._call(self._get, name)
 
-    def blob_for_url(self, url: str) -> str | None:
-        """The sha256 a file with no hash in its index was stored under, once downloaded."""
+    async def put(self, name: NormalizedName, entry: PageEntry) -> None:
+        await self._call(self._cache.set, ("page", name), entry)
+
+    def _blob_for_url(self, url: str) -> str | None:
         value: Any = self._cache.get(("url", url))
         return value if isinstance(value, str) else None
 
-    def remember_blob(self, url: str, sha256: str) -> None:
-        self._cache.set(("url", url), sha256)
+    async def blob_for_url(self, url: str) -> str | None:
+        """The sha256 a file with no hash in its index was stored under, once downloaded."""
+        return await self._call(self._blob_for_url, url)
+
+    async def remember_blob(self, url: str, sha256: str) -> None:
+        await self._call(self._cache.set, ("url", url), sha256)
 
 
 def is_sha256(value: str) -> bool:

@@ -196,7 +196,7 @@ class Downloader:
                 raise
 
     async def _already_cached(self, dist: DistFile) -> Path | None:
-        sha256 = dist.sha256 or await asyncio.to_thread(self._pages.blob_for_url, dist.url)
+        sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
         return await asyncio.to_thread(self._blobs.get, sha256) if sha256 else None
 
     async def _transfer(self, download: Download) -> Path:
@@ -235,7 +235,7 @@ class Downloader:
         download._notify()
         blob = await asyncio.to_thread(self._blobs.commit, temp, actual)
         if dist.sha256 is None:
-            await asyncio.to_thread(self._pages.remember_blob, dist.url, actual)
+            await self._pages.remember_blob(dist.url, actual)
         return blob
 
 

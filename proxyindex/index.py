@@ -128,7 +128,7 @@ class ProjectIndex:
         entry = self._memory.get(name)
         if entry is None or not self._is_fresh(entry, time.time()):
             # Another worker process may have refreshed it on disk.
-            on_disk = await asyncio.to_thread(self.pages.get, name)
+            on_disk = await self.pages.get(name)
             if on_disk is not None and (entry is None or on_disk.fetched_at > entry.fetched_at):
                 entry = on_disk
                 self._remember(name, entry)
@@ -175,7 +175,7 @@ class ProjectIndex:
         if fresh and entry.page and self.on_page_fetched and prefetch:
             self.on_page_fetched(entry.page)
         try:  # clients already have the page; the disk copy follows
-            await asyncio.to_thread(self.pages.put, name, entry)
+            await self.pages.put(name, entry)
         except Exception:
             log.exception("could not store the page of %s", name)
 

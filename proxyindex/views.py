@@ -12,7 +12,7 @@ from packaging.utils import NormalizedName
 
 from proxyindex import appkeys
 from proxyindex.cache import BlobStore
-from proxyindex.downloads import FileRange
+from proxyindex.downloads import Download, FileRange
 from proxyindex.errors import NotFound
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index import RenderedPage
@@ -119,6 +119,13 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     download = request.app[appkeys.DOWNLOADER].start(target)
     if request.method != hdrs.METH_GET or hdrs.RANGE in request.headers:
         return StoredFile(await download.wait(), headers=headers)
+    return await _follow_download(request, download, headers)
+
+
+async def _follow_download(
+    request: web.Request, download: Download, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Stream a file while the one upstream download of it is still running."""
     await download.started.wait()
     if download.error is not None:
         raise download.error
@@ -156,7 +163,7 @@ async def _cached_blob(request: web.Request, dist: DistFile) -> Path | None:
     blobs: BlobStore = request.app[appkeys.BLOBS]
     sha256 = dist.sha256
     if sha256 is None:
-        sha256 = await asyncio.to_thread(request.app[appkeys.PAGES].blob_for_url, dist.url)
+        sha256 = await request.app[appkeys.PAGES].blob_for_url(dist.url)
     if sha256 is None:
         return None
     return await asyncio.to_thread(blobs.get, sha256)
