@@ -6,6 +6,7 @@ live in ``index`` and ``downloads``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ UPSTREAM_ACCEPT = (
     "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 )
 _CHUNK = 256 * 1024
+_PARSE_INLINE_BYTES = 64 * 1024
 
 
 def mask_url(url: str | URL) -> str:
@@ -100,7 +102,10 @@ class UpstreamClient:
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream failed for {mask_url(url)}: {exc}") from exc
         try:
-            page = parse_project(body, content_type, final_url, name)
+            if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
+                page = await asyncio.to_thread(parse_project, body, content_type, final_url, name)
+            else:
+                page = parse_project(body, content_type, final_url, name)
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamUnavailable(f"upstream page for {name} is unreadable: {exc}") from exc
         log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)

@@ -550,3 +550,16 @@ def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
     assert remove_stale_temp_files(tmp_path) == 1
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.whl"]
     shutil.rmtree(tmp_path / "a")
+
+
+async def test_large_pages_are_rendered_and_parsed_off_the_event_loop_the_same_way(
+    make_client: MakeClient, fake_pypi: FakePyPI
+) -> None:
+    for minor in range(200):  # over the inline limits for parsing (64 KiB) and rendering
+        fake_pypi.add_wheel("big-pkg", f"1.{minor}", requires_python=">=3.8")
+    client = await make_client()
+    doc = await page_json(client, "big-pkg")
+    assert len(doc["files"]) == 200
+    assert doc["versions"][-1] == "1.199"
+    html = await client.get("/simple/big-pkg/", headers={"Accept": "text/html"})
+    assert (await html.text()).count('data-requires-python="&gt;=3.8"') == 200
