@@ -105,7 +105,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     blobs = BlobStore(cache_dir / "files")
     session = UpstreamClient.make_session()
     upstream = UpstreamClient(config.upstream, session)
-    downloader = Downloader(blobs, pages, upstream)
+    downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
     index = ProjectIndex(config, storage, pages, upstream)
     root = RootIndex(cache_dir / "root", storage, upstream)
     prefetcher = Prefetcher(

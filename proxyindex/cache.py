@@ -9,6 +9,9 @@ a blob that exists is complete and correct. ``PageCache`` is async (its own thre
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +27,10 @@ from proxyindex.models import ProjectPage
 
 __all__ = ["BlobStore", "PageCache", "PageEntry"]
 
+log = logging.getLogger(__name__)
+
 _T = TypeVar("_T")
+_TOUCH_EVERY = 3600  # seconds: how stale a blob's recorded last use may get
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -91,7 +97,13 @@ def is_sha256(value: str) -> bool:
 
 
 class BlobStore:
-    """Immutable files by sha256: ``<root>/ab/cd/<sha256>``."""
+    """Immutable files by sha256: ``<root>/ab/cd/<sha256>``.
+
+    With a size limit, the least recently used blobs are deleted when the total goes over it
+    (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`get` at most once an
+    hour per file, so it works on relatime/noatime mounts and leaves mtime (and so the
+    ETag clients saw) alone. Private packages live elsewhere and are never touched.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -107,7 +119,44 @@ class BlobStore:
 
     def get(self, sha256: str) -> Path | None:
         path = self.path(sha256)
-        return path if path.is_file() else None
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        now = time.time()
+        if now - st.st_atime > _TOUCH_EVERY:
+            with contextlib.suppress(OSError):
+                os.utime(path, (now, st.st_mtime))
+        return path
+
+    def _blobs(self) -> list[tuple[float, int, Path]]:
+        found = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            if Path(dirpath) == self.temp_dir:
+                continue
+            for name in files:
+                if is_sha256(name):
+                    path = Path(dirpath) / name
+                    with contextlib.suppress(FileNotFoundError):
+                        st = path.stat()
+                        found.append((st.st_atime, st.st_size, path))
+        return found
+
+    def shrink(self, max_size: int) -> int:
+        """Delete least recently used blobs until the total is 90% of ``max_size`` (if it was
+        over); returns the total left. Blocking: a walk of the blob folder."""
+        blobs = self._blobs()
+        total = sum(size for _atime, size, _path in blobs)
+        if total <= max_size:
+            return total
+        target = max_size * 9 // 10
+        for _atime, size, path in sorted(blobs):
+            if total <= target:
+                break
+            path.unlink(missing_ok=True)  # a reader with the file open keeps reading it
+            total -= size
+        log.info("cache over %d bytes: evicted down to %d", max_size, total)
+        return total
 
     def commit(self, temp: Path, sha256: str) -> Path:
         dest = self.path(sha256)

@@ -52,6 +52,7 @@ class ServerConfig:
 class StorageConfig:
     packages_dir: Path = Path("packages")
     cache_dir: Path = Path("cache")
+    cache_max_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)

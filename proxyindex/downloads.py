@@ -115,9 +115,18 @@ class Download:
 
 
 class Downloader:
-    def __init__(self, blobs: BlobStore, pages: PageCache, upstream: UpstreamClient) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        pages: PageCache,
+        upstream: UpstreamClient,
+        max_cache_size: int = 0,
+    ) -> None:
         self._blobs = blobs
         self._pages = pages
+        self._max_cache_size = max_cache_size  # 0: no limit
+        self._cache_size: int | None = None  # known after the first shrink check
+        self._shrinking: asyncio.Task[None] | None = None
         self._upstream = upstream
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -169,6 +178,25 @@ class Downloader:
                 await asyncio.to_thread(download.temp.unlink, True)
             if lock is not None:
                 await asyncio.to_thread(os.close, lock)  # closing releases the flock
+
+    def _added(self, size: int) -> None:
+        """Count a new blob; check the cache size limit when it may be exceeded."""
+        if not self._max_cache_size:
+            return
+        if self._cache_size is not None:
+            self._cache_size += size
+            if self._cache_size <= self._max_cache_size:
+                return
+        if self._shrinking is None or self._shrinking.done():
+            self._shrinking = asyncio.create_task(self._shrink())
+            self._tasks.add(self._shrinking)
+            self._shrinking.add_done_callback(self._tasks.discard)
+
+    async def _shrink(self) -> None:
+        try:
+            self._cache_size = await asyncio.to_thread(self._blobs.shrink, self._max_cache_size)
+        except OSError:
+            log.exception("could not shrink the cache")
 
     @staticmethod
     async def _append(download: Download, fh: BinaryIO, pending: bytearray, digest: Hasher) -> None:
@@ -234,6 +262,7 @@ class Downloader:
         download.verified = True
         download._notify()
         blob = await asyncio.to_thread(self._blobs.commit, temp, actual)
+        self._added(download.written)
         if dist.sha256 is None:
             await self._pages.remember_blob(dist.url, actual)
         return blob

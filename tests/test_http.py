@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -563,3 +564,29 @@ async def test_large_pages_are_rendered_and_parsed_off_the_event_loop_the_same_w
     assert doc["versions"][-1] == "1.199"
     html = await client.get("/simple/big-pkg/", headers={"Accept": "text/html"})
     assert (await html.text()).count('data-requires-python="&gt;=3.8"') == 200
+
+
+async def test_cache_size_limit_evicts_the_least_recently_used_files(
+    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path
+) -> None:
+    wheels = [
+        fake_pypi.add_wheel(f"pkg-{i}", "1.0", modules={f"pkg_{i}": repr(os.urandom(3000))})
+        for i in range(4)
+    ]
+    biggest = max(w.stat().st_size for w in wheels)
+    client = await make_client(
+        storage={"cache_max_size": biggest * 5 // 2}, upstream={"prefetch": False}
+    )
+    for index, wheel in enumerate(wheels):
+        resp = await client.get(f"/packages/pkg-{index}/{wheel.name}")
+        assert await resp.read() == wheel.read_bytes()
+        assert await becomes_cached(tmp_path, wheel.read_bytes())
+        await asyncio.sleep(0.05)  # distinct atimes
+    deadline = time.monotonic() + 5
+    while is_cached(tmp_path, wheels[0].read_bytes()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not is_cached(tmp_path, wheels[0].read_bytes())  # the oldest went first
+    assert is_cached(tmp_path, wheels[-1].read_bytes())
+    assert sum(p.stat().st_size for p in blobs(tmp_path)) <= biggest * 5 // 2
+    again = await client.get(f"/packages/pkg-0/{wheels[0].name}")  # fetched again on demand
+    assert await again.read() == wheels[0].read_bytes()
