@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +81,23 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(path, environ=os.environ, overrides=_overrides(args))
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 
 
-async def _serve(config: Config, sock: socket.socket) -> None:
-    """Run one server process on an already bound socket until SIGTERM/SIGINT."""
+async def _serve(
+    config: Config, sock: socket.socket, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Run one server process on a listening socket until SIGTERM/SIGINT."""
     # File reads and writes go through to_thread; the default pool (cores + 4) is too small
     # for many concurrent downloads on a 2-core machine.
     asyncio.get_running_loop().set_default_executor(
@@ -102,6 +108,8 @@ async def _serve(config: Config, sock: socket.socket) -> None:
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
+    if on_ready is not None:
+        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,17 +120,27 @@ async def _serve(config: Config, sock: socket.socket) -> None:
         await runner.cleanup()
 
 
-def _run_workers(config: Config, sock: socket.socket) -> int:
-    """Pre-fork ``workers`` processes that accept on one socket and share the cache folder."""
+def _run_workers(config: Config, host: str, port: int) -> int:
+    """Pre-fork ``workers`` processes sharing the cache folder, each with its own listening
+    socket on the port (SO_REUSEPORT): the kernel spreads connections evenly, where one
+    shared socket let one busy worker take most of them. Returns once they have all exited."""
+    ready_read, ready_write = os.pipe()
     children: list[int] = []
     for _ in range(config.server.workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
+            os.close(ready_read)
             try:
-                asyncio.run(_serve(config, sock))
+                sock = _bind(host, port, reuse_port=True)
+
+                def ready() -> None:
+                    os.write(ready_write, b".")
+
+                asyncio.run(_serve(config, sock, ready))
             finally:
                 os._exit(0)
         children.append(pid)
+    os.close(ready_write)
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -131,11 +149,34 @@ def _run_workers(config: Config, sock: socket.socket) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    started = 0
+    while started < len(children):
+        got = os.read(ready_read, len(children))
+        if not got:  # every child closed the pipe: some failed to start
+            break
+        started += len(got)
+    os.close(ready_read)
+    if started == len(children):
+        _announce(config, host, port)
     status = 0
     for child in children:
         _pid, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
     return status
+
+
+def _announce(config: Config, host: str, port: int) -> None:
+    """The line scripts and tests wait for (the first line, printed once connections are
+    accepted), then what is being served."""
+    shown = f"[{host}]" if ":" in host else host
+    print(f"proxyindex: listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+    log.info(
+        "upstream %s, packages %s, cache %s, %d worker(s)",
+        mask_url(config.upstream.url),
+        config.storage.packages_dir,
+        config.storage.cache_dir,
+        config.server.workers,
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -148,8 +189,13 @@ def serve(args: argparse.Namespace) -> int:
     removed += fsutil.remove_stale_temp_files(config.storage.cache_dir)
     if removed:
         log.info("removed %d temp files left by an earlier crash", removed)
+    workers = config.server.workers
     try:
-        sock = _bind(config.server.host, config.server.port)
+        # With workers, this socket only reserves the port (it never listens); each worker
+        # listens on its own socket bound to the same port.
+        sock = _bind(
+            config.server.host, config.server.port, listen=workers == 1, reuse_port=workers > 1
+        )
     except OSError as exc:
         print(
             f"proxyindex: cannot listen on {config.server.host}:{config.server.port}: {exc}",
@@ -157,16 +203,10 @@ def serve(args: argparse.Namespace) -> int:
         )
         return 1
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"proxyindex: listening on http://{shown}:{port}", file=sys.stderr, flush=True)
-    log.info(
-        "upstream %s, packages %s, cache %s",
-        mask_url(config.upstream.url),
-        config.storage.packages_dir,
-        config.storage.cache_dir,
-    )
-    if config.server.workers > 1:
-        return _run_workers(config, sock)
+    if workers > 1:
+        with sock:
+            return _run_workers(config, host, port)
+    _announce(config, host, port)
     asyncio.run(_serve(config, sock))
     return 0
 
