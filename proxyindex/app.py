@@ -99,15 +99,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     cache_dir = config.storage.cache_dir
     packages_dir = config.storage.packages_dir
     await asyncio.to_thread(packages_dir.mkdir, parents=True, exist_ok=True)
-    storage = PrivateStorage(packages_dir, cache_dir / "private-meta")
+    # Opening the sqlite files and creating folders block: done in threads, like all file I/O.
+    storage = await asyncio.to_thread(PrivateStorage, packages_dir, cache_dir / "private-meta")
     await asyncio.to_thread(storage.rescan)
-    pages = PageCache(cache_dir / "pages")
-    blobs = BlobStore(cache_dir / "files")
+    pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
+    blobs = await asyncio.to_thread(BlobStore, cache_dir / "files")
     session = UpstreamClient.make_session()
     upstream = UpstreamClient(config.upstream, session)
     downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
     index = ProjectIndex(config, storage, pages, upstream)
-    root = RootIndex(cache_dir / "root", storage, upstream)
+    root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
     prefetcher = Prefetcher(
         index.upstream_page_for_prefetch, downloader, config.upstream.prefetch_max_size
     )
@@ -133,8 +134,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await index.close()
         await downloader.close()
         await session.close()
-        pages.close()
-        storage.close()
+        await asyncio.to_thread(pages.close)
+        await asyncio.to_thread(storage.close)
 
 
 # Which protectable action each route is: resource path -> method -> action.
