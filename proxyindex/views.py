@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 from functools import lru_cache
 from pathlib import Path
 
@@ -208,4 +209,5 @@ _HOME = """<!DOCTYPE html>
 
 async def home(request: web.Request) -> web.StreamResponse:
     base = request.app[appkeys.CONFIG].server.base_url or f"{request.scheme}://{request.host}"
-    return web.Response(text=_HOME.format(base=base), content_type="text/html")
+    # The Host header is the client's to choose: escaped, like everything put into HTML.
+    return web.Response(text=_HOME.format(base=html.escape(base)), content_type="text/html")

@@ -590,3 +590,12 @@ async def test_cache_size_limit_evicts_the_least_recently_used_files(
     assert sum(p.stat().st_size for p in blobs(tmp_path)) <= biggest * 5 // 2
     again = await client.get(f"/packages/pkg-0/{wheels[0].name}")  # fetched again on demand
     assert await again.read() == wheels[0].read_bytes()
+
+
+async def test_home_page_escapes_the_host_header(make_client: MakeClient) -> None:
+    client = await make_client()
+    resp = await client.get("/", headers={"Host": "x<script>alert(1)</script>"})
+    assert resp.status == 200
+    body = await resp.text()
+    assert "<script>" not in body
+    assert "x&lt;script&gt;" in body
