@@ -200,3 +200,25 @@ def test_pipenv_locks_and_installs_private_and_public_packages_from_one_source(
     assert "hello" in call_sample(python, client_tmp)
     assert fake_pypi.count("/simple/public-dep/") >= 1
     assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
+
+
+def test_poetry_publish_to_the_private_index(
+    make_proxy: MakeProxy, tmp_path: Path, client_tmp: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    add_user(htpasswd, "alice", PASSWORD)
+    proxy = make_proxy(extra_args=["--htpasswd", str(htpasswd)])
+    project = client_tmp / "sample-src"  # build_project's copy of sample/, dists in dist/
+    dists = build_project(REPO_ROOT / "sample", project / "dist", tmp=client_tmp, version="0.3.0")
+    env = client_env(
+        client_tmp / "poetry",
+        POETRY_REPOSITORIES_PRIVATE_URL=proxy.upload_url,
+        POETRY_HTTP_BASIC_PRIVATE_USERNAME="alice",
+        POETRY_HTTP_BASIC_PRIVATE_PASSWORD=PASSWORD,
+        POETRY_NO_INTERACTION="1",
+    )
+    poetry = [sys.executable, "-m", "poetry"]
+    run([*poetry, "publish", "-r", "private"], env, cwd=project)
+    assert stored(proxy) == sorted(p.name for p in dists)
+    again = run([*poetry, "publish", "-r", "private"], env, cwd=project, check=False)
+    assert again.returncode == 0  # identical files: 200, nothing changes (U-05)
