@@ -128,6 +128,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         scanner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await scanner
+        storage.stop_warming()
         await warm
         await root.close()
         await prefetcher.close()

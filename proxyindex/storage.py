@@ -165,6 +165,10 @@ class PrivateStorage:
         self._stop = threading.Event()
         self.generation = 0
 
+    def stop_warming(self) -> None:
+        """Make a running :meth:`warm` return soon (shutdown must not wait for 100k hashes)."""
+        self._stop.set()
+
     def close(self) -> None:
         self._stop.set()
         self._store.close()
