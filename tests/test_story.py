@@ -222,3 +222,25 @@ def test_poetry_publish_to_the_private_index(
     assert stored(proxy) == sorted(p.name for p in dists)
     again = run([*poetry, "publish", "-r", "private"], env, cwd=project, check=False)
     assert again.returncode == 0  # identical files: 200, nothing changes (U-05)
+
+
+def test_index_set_by_environment_for_pip_and_uv(
+    story_proxy: ProxyServer, sample_dists: list[Path], client_tmp: Path
+) -> None:
+    run_twine_upload(client_tmp / "up", story_proxy.upload_url, sample_dists, "alice", PASSWORD)
+    pip_env = client_env(client_tmp / "pip", PIP_INDEX_URL=story_proxy.index_url)
+    venv = make_venv(client_tmp / "venv-pip")
+    report = client_tmp / "report.json"
+    pip: list[str | Path] = [sys.executable, "-m", "pip", "--python", venv, "install"]
+    pip += ["--report", report, "sample"]
+    run(pip, pip_env, client_tmp)
+    (item,) = json.loads(report.read_text())["install"]
+    assert item["download_info"]["url"].startswith(story_proxy.url + "/packages/sample/")
+    assert "hello" in call_sample(venv, client_tmp)
+    uv_env = client_env(client_tmp / "uv", UV_DEFAULT_INDEX=story_proxy.index_url)
+    venv2 = make_venv(client_tmp / "venv-uv")
+    uv: list[str | Path] = [*uv_command(), "pip", "install", "--python", venv2, "-v", "sample"]
+    result = run(uv, uv_env, client_tmp)
+    assert "sample==0.1.0" in result.stderr
+    assert story_proxy.url in result.stderr  # uv -v names the index it used
+    assert "hello" in call_sample(venv2, client_tmp)
