@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
+import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -41,3 +45,23 @@ def test_workers_share_the_port_and_download_each_file_once(
     wheel_gets = [r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]
     assert len(wheel_gets) == 1
     assert fake_pypi.count("/simple/demo-pkg/") <= 3  # at most one page fetch per worker
+
+
+def test_workers_stop_when_their_parent_dies(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(server={"workers": 2})
+    children = [
+        int(pid) for pid in Path(f"/proc/{proxy.pid}/task/{proxy.pid}/children").read_text().split()
+    ]
+    assert len(children) == 2
+    os.kill(proxy.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in children):
+        assert time.monotonic() < deadline, "orphaned workers kept running"
+        time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
