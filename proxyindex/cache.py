@@ -162,9 +162,3 @@ class BlobStore:
         dest = self.path(sha256)
         fsutil.commit_replace(temp, dest, durable=False)  # a lost blob is fetched again
         return dest
-
-    def put_bytes(self, data: bytes, sha256: str) -> Path:
-        fh, temp = fsutil.open_temp(self.temp_dir)
-        with fh:
-            fh.write(data)
-        return self.commit(temp, sha256)

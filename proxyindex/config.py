@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -274,8 +273,3 @@ def as_toml(config: Config) -> dict[str, dict[str, Any]]:
             values[item.name] = value
         out[section.name] = values
     return out
-
-
-def describe(config: Config) -> str:
-    """A JSON dump of the effective configuration (``proxyindex serve --print-config``)."""
-    return json.dumps(as_toml(config), indent=2)

@@ -8,9 +8,7 @@
     │   ├── AuthRequired           401   no or wrong credentials
     │   ├── Forbidden              403   valid user, action not allowed
     │   ├── NotFound               404   unknown project or file
-    │   ├── MethodNotAllowed       405
     │   ├── FileExists             409   same filename, different bytes
-    │   ├── RangeNotSatisfiable    416
     │   └── TooLarge               413
     └── UpstreamError                    5xx: the upstream index failed us and nothing is cached
         ├── UpstreamUnavailable    502   refused, reset, 5xx, unparseable page
@@ -27,10 +25,8 @@ __all__ = [
     "Forbidden",
     "IntegrityError",
     "InvalidRequest",
-    "MethodNotAllowed",
     "NotFound",
     "ProxyIndexError",
-    "RangeNotSatisfiable",
     "TooLarge",
     "UpstreamError",
     "UpstreamTimeout",
@@ -64,20 +60,12 @@ class NotFound(ClientError):
     status = 404
 
 
-class MethodNotAllowed(ClientError):
-    status = 405
-
-
 class FileExists(ClientError):
     status = 409
 
 
 class TooLarge(ClientError):
     status = 413
-
-
-class RangeNotSatisfiable(ClientError):
-    status = 416
 
 
 class UpstreamError(ProxyIndexError):

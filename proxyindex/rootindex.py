@@ -162,10 +162,6 @@ class RootIndex:
         if (self._refresh is None or self._refresh.done()) and not recently_failed:
             self._refresh = asyncio.create_task(self._fetch_names())
 
-    async def wait_refreshed(self) -> None:
-        if self._refresh is not None:
-            await asyncio.gather(self._refresh, return_exceptions=True)
-
     async def _fetch_names(self) -> None:
         """Stream the upstream root into the names file, then rebuild."""
         url = str(self._upstream.base)

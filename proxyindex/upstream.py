@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -83,24 +83,17 @@ class UpstreamClient:
         if cached is not None and cached.etag and cached.page is not None:
             headers["If-None-Match"] = cached.etag
         started = time.monotonic()
-        try:
+        with _mapped_errors(url, "failed for"):
             async with self._session.get(url, headers=headers, timeout=self._page_timeout) as resp:
                 if resp.status == 304 and cached is not None:
                     return PageEntry(cached.page, time.time(), cached.etag)
                 if resp.status == 404:
                     return PageEntry(None, time.time())
-                if resp.status != 200:
-                    raise UpstreamUnavailable(
-                        f"upstream answered {resp.status} for {mask_url(url)}"
-                    )
+                _require_200(resp, url)
                 body = await resp.read()
                 content_type = resp.headers.get("Content-Type", "")
                 etag = resp.headers.get("ETag")
                 final_url = str(resp.url)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream failed for {mask_url(url)}: {exc}") from exc
         try:
             if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
                 page = await asyncio.to_thread(parse_project, body, content_type, final_url, name)
@@ -112,60 +105,47 @@ class UpstreamClient:
         return PageEntry(page, time.time(), etag)
 
     @asynccontextmanager
-    async def open_file(self, url: str) -> AsyncIterator[UpstreamFile]:
-        """Stream an upstream file; raises UpstreamError on refusal, non-200 or timeout."""
-        try:
+    async def _stream(
+        self, url: str, headers: dict[str, str], *, decompress: bool
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET a body to stream; UpstreamError on refusal, non-200 or timeout."""
+        with _mapped_errors(url, "failed for"):
             async with self._session.get(
-                url,
-                timeout=self._file_timeout,
-                headers={"Accept-Encoding": "identity"},
-                auto_decompress=False,
+                url, headers=headers, timeout=self._file_timeout, auto_decompress=decompress
             ) as resp:
-                if resp.status != 200:
-                    raise UpstreamUnavailable(
-                        f"upstream answered {resp.status} for {mask_url(url)}"
-                    )
-                yield UpstreamFile(resp.content_length, self._chunks(resp, url))
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream failed for {mask_url(url)}: {exc}") from exc
+                _require_200(resp, url)
+                yield resp
+
+    @asynccontextmanager
+    async def open_file(self, url: str) -> AsyncIterator[UpstreamFile]:
+        """Stream an upstream file, exactly as stored (no content decoding)."""
+        async with self._stream(url, {"Accept-Encoding": "identity"}, decompress=False) as resp:
+            yield UpstreamFile(resp.content_length, self._chunks(resp, url))
 
     @asynccontextmanager
     async def open_root(self, url: str) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         """Stream the upstream root list: (Content-Type, chunks)."""
-        try:
-            async with self._session.get(
-                url, headers={"Accept": UPSTREAM_ACCEPT}, timeout=self._file_timeout
-            ) as resp:
-                if resp.status != 200:
-                    raise UpstreamUnavailable(
-                        f"upstream answered {resp.status} for {mask_url(url)}"
-                    )
-                yield resp.headers.get("Content-Type", ""), self._chunks(resp, url)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream failed for {mask_url(url)}: {exc}") from exc
+        async with self._stream(url, {"Accept": UPSTREAM_ACCEPT}, decompress=True) as resp:
+            yield resp.headers.get("Content-Type", ""), self._chunks(resp, url)
 
     @staticmethod
     async def _chunks(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
-        try:
+        with _mapped_errors(url, "broke off"):
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 yield chunk
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream stalled sending {mask_url(url)}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream broke off {mask_url(url)}: {exc}") from exc
 
-    async def read_small(self, url: str, limit: int = 16 << 20) -> bytes:
-        """A whole small body (``.metadata`` files)."""
-        async with self.open_file(url) as upstream:
-            parts = []
-            total = 0
-            async for chunk in upstream.chunks:
-                total += len(chunk)
-                if total > limit:
-                    raise UpstreamUnavailable(f"upstream body too large: {mask_url(url)}")
-                parts.append(chunk)
-            return b"".join(parts)
+
+def _require_200(resp: aiohttp.ClientResponse, url: str | URL) -> None:
+    if resp.status != 200:
+        raise UpstreamUnavailable(f"upstream answered {resp.status} for {mask_url(url)}")
+
+
+@contextmanager
+def _mapped_errors(url: str | URL, doing: str) -> Iterator[None]:
+    """aiohttp's timeouts and connection errors as our UpstreamError leaves (502/504)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"upstream {doing} {mask_url(url)}: {exc}") from exc
