@@ -17,7 +17,7 @@ import email.parser
 import logging
 import platform
 from collections.abc import Awaitable, Callable, Iterable
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 PageSource = Callable[[NormalizedName], Awaitable[ProjectPage | None]]
 
 _MAX_DEPTH = 12
+_CHOOSE_INLINE_FILES = 100
 _CONCURRENCY = 32  # guesses in flight at once; uv itself runs up to 50 requests
 
 
@@ -52,14 +53,20 @@ def _tag_rank() -> dict[Tag, int]:
     return {tag: rank for rank, tag in enumerate(sys_tags())}
 
 
+@lru_cache(maxsize=1024)
+def _allows(requires_python: str, python: str) -> bool:
+    """Memoised: a PyPI page repeats the same few Requires-Python strings thousands of times."""
+    try:
+        return python in SpecifierSet(requires_python)
+    except InvalidSpecifier:
+        return False
+
+
 def _candidate(dist: DistFile, python: str) -> tuple[Version, int] | None:
     """(version, tag rank) of a file this machine could install; None if it can't."""
     if dist.yanked is not False:
         return None
-    try:
-        if dist.requires_python and python not in SpecifierSet(dist.requires_python):
-            return None
-    except InvalidSpecifier:
+    if dist.requires_python and not _allows(dist.requires_python, python):
         return None
     try:
         if dist.filename.endswith(".whl"):
@@ -140,7 +147,10 @@ class Prefetcher:
     async def _prefetch(
         self, page: ProjectPage, specifier: SpecifierSet | None, depth: int
     ) -> None:
-        dist = choose_file(page, specifier)
+        if len(page.files) > _CHOOSE_INLINE_FILES:  # thousands of filenames to parse: a thread
+            dist = await asyncio.to_thread(choose_file, page, specifier)
+        else:
+            dist = choose_file(page, specifier)
         if dist is None:
             return
         try:
