@@ -95,7 +95,10 @@ def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False
 
 
 async def _serve(
-    config: Config, sock: socket.socket, on_ready: Callable[[], None] | None = None
+    config: Config,
+    sock: socket.socket,
+    on_ready: Callable[[], None] | None = None,
+    parent: int | None = None,
 ) -> None:
     """Run one server process on a listening socket until SIGTERM/SIGINT."""
     # File reads and writes go through to_thread; the default pool (cores + 4) is too small
@@ -114,7 +117,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if on_ready else None
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop, parent)) if parent else None
     try:
         await stop.wait()
     finally:
@@ -123,9 +126,9 @@ async def _serve(
         await runner.cleanup()
 
 
-async def _stop_when_orphaned(stop: asyncio.Event) -> None:
-    """A worker whose parent died (killed, or its stderr closed) stops instead of serving on."""
-    parent = os.getppid()
+async def _stop_when_orphaned(stop: asyncio.Event, parent: int) -> None:
+    """A worker whose parent died (killed, or its stderr closed) stops instead of serving on.
+    ``parent`` is the pid taken before the fork: read later, it may already be the reaper's."""
     while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
         await asyncio.sleep(1.0)
     log.warning("the parent process is gone; stopping")
@@ -137,6 +140,7 @@ def _run_workers(config: Config, host: str, port: int) -> int:
     socket on the port (SO_REUSEPORT): the kernel spreads connections evenly, where one
     shared socket let one busy worker take most of them. Returns once they have all exited."""
     ready_read, ready_write = os.pipe()
+    parent = os.getpid()
     children: list[int] = []
     for _ in range(config.server.workers):
         pid = os.fork()
@@ -148,7 +152,7 @@ def _run_workers(config: Config, host: str, port: int) -> int:
                 def ready() -> None:
                     os.write(ready_write, b".")
 
-                asyncio.run(_serve(config, sock, ready))
+                asyncio.run(_serve(config, sock, ready, parent))
             finally:
                 os._exit(0)
         children.append(pid)
