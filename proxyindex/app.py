@@ -145,6 +145,10 @@ _ACTIONS: dict[str, dict[str, str]] = {
     "/simple/{name}/": {"GET": "list", "HEAD": "list"},
     "/simple/{name}": {"GET": "list", "HEAD": "list"},
     "/packages/{name}/{filename}": {"GET": "download", "HEAD": "download"},
+    "/pypi/{name}/json": {"GET": "list", "HEAD": "list"},
+    "/pypi/{name}/json/": {"GET": "list", "HEAD": "list"},
+    "/pypi/{name}/{version}/json": {"GET": "list", "HEAD": "list"},
+    "/pypi/{name}/{version}/json/": {"GET": "list", "HEAD": "list"},
     "/": {"POST": "upload"},
     "/legacy": {"POST": "upload"},
     "/legacy/": {"POST": "upload"},
@@ -167,6 +171,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/simple/{name}/", views.project_page)
     app.router.add_get("/simple/{name}", views.project_redirect)
     app.router.add_get("/packages/{name}/{filename}", views.dist_file)
+    for path in ("/pypi/{name}/json", "/pypi/{name}/{version}/json"):
+        app.router.add_get(path, views.project_json)
+        app.router.add_get(path + "/", views.project_json)
     for path in ("/", "/legacy", "/legacy/"):
         app.router.add_post(path, upload.handle_upload)
     return app

@@ -269,7 +269,7 @@ class ProjectIndex:
             and now < cached.valid_until
             and cached.generation == self.storage.generation
         ):
-            return cached.page, self._max_age(cached.page, cached.fetched_at)
+            return cached.page, self.client_max_age(cached.page.private, cached.fetched_at)
         generation = self.storage.generation
         resolved = await self.page(name)
         if cached is not None and cached.token.same(resolved.token):
@@ -291,16 +291,16 @@ class ProjectIndex:
         self._rendered[(name, fmt)] = _Rendering(
             rendered, resolved.token, generation, fetched_at, valid_until
         )
-        return rendered, self._max_age(rendered, fetched_at)
+        return rendered, self.client_max_age(rendered.private, fetched_at)
 
     def _build(self, resolved: Resolved, fmt: SimpleFormat) -> RenderedPage:
         body = render_project(resolved.page, fmt, self.config.server.base_url)
         private = resolved.page.has_private_files or resolved.owner is Owner.PRIVATE
         return RenderedPage.build(body, private)
 
-    def _max_age(self, rendered: RenderedPage, fetched_at: float | None) -> int:
+    def client_max_age(self, private: bool, fetched_at: float | None) -> int:
         """Seconds a client may reuse a page: 0 with private files (CC-01), else the TTL left."""
-        if rendered.private or fetched_at is None:
+        if private or fetched_at is None:
             return 0
         left = self.config.upstream.page_ttl - (time.time() - fetched_at)
         return max(0, min(600, int(left)))

@@ -11,18 +11,27 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
-from proxyindex import appkeys
+from proxyindex import appkeys, jsonapi
 from proxyindex.cache import BlobStore
 from proxyindex.downloads import Download, FileRange
 from proxyindex.errors import NotFound
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index import RenderedPage
-from proxyindex.models import DistFile, is_valid_name, normalize
+from proxyindex.models import DistFile, Origin, is_valid_name, normalize
+from proxyindex.policy import Owner
 from proxyindex.responses import IMMUTABLE, StoredFile, etag_matches, not_modified
 from proxyindex.simple import SimpleFormat, negotiate
 from proxyindex.storage import project_of
 
-__all__ = ["dist_file", "health", "home", "project_page", "project_redirect", "root_page"]
+__all__ = [
+    "dist_file",
+    "health",
+    "home",
+    "project_json",
+    "project_page",
+    "project_redirect",
+    "root_page",
+]
 
 _VARY = "Accept, Accept-Encoding"
 
@@ -191,6 +200,70 @@ async def _metadata(
     if blob is None:
         blob = await request.app[appkeys.DOWNLOADER].fetch(meta)
     return StoredFile(blob, headers={hdrs.CACHE_CONTROL: IMMUTABLE})
+
+
+# Pages with more files than this are rendered in a thread (PyPI-sized projects).
+_JSON_INLINE_FILES = 200
+_MAX_VERSION_LENGTH = 100
+
+
+async def project_json(request: web.Request) -> web.StreamResponse:
+    """PyPI's JSON API for one project or one release (PJ-02), from the merged page: the
+    same dependency-confusion rules as ``/simple/<name>/``."""
+    name = _canonical(request)
+    version = request.match_info.get("version")
+    if version is not None and (len(version) > _MAX_VERSION_LENGTH or not version.isprintable()):
+        raise NotFound("not a valid version")
+    index = request.app[appkeys.INDEX]
+    resolved = await index.page(name)
+    found = jsonapi.find_release(resolved.page, version)
+    if found is None:
+        what = f"no release {version!r}" if version else "no release"
+        raise NotFound(f"{what} of project {name!r}")
+    release, every = found
+    metadata = await _release_metadata(request, name, release)
+    config = request.app[appkeys.CONFIG]
+    base_url = config.server.base_url or f"{request.scheme}://{request.host}"
+
+    def build() -> bytes:
+        return jsonapi.render(
+            resolved.page, release, every, metadata, base_url, with_releases=version is None
+        )
+
+    if len(resolved.page.files) > _JSON_INLINE_FILES:
+        body = await asyncio.to_thread(build)
+    else:
+        body = build()
+    private = resolved.page.has_private_files or resolved.owner is Owner.PRIVATE
+    max_age = index.client_max_age(private, resolved.fetched_at)
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers: dict[str, str] = {
+        hdrs.ETAG: etag,
+        hdrs.CACHE_CONTROL: f"max-age={max_age}" + (", must-revalidate" if private else ""),
+    }
+    if resolved.page.serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(resolved.page.serial)
+    if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return not_modified(headers)
+    return web.Response(body=body, headers=headers, content_type="application/json")
+
+
+async def _release_metadata(
+    request: web.Request, name: NormalizedName, release: jsonapi.Release
+) -> bytes | None:
+    """The METADATA of the release's best wheel: from storage, or through the file cache."""
+    source = jsonapi.metadata_source(release)
+    if source is None:
+        return None
+    if source.origin is Origin.PRIVATE:
+        return await request.app[appkeys.INDEX].private_metadata(name, source.filename)
+    meta = source.metadata_file()
+    if meta is None:
+        return None
+    blob = await _cached_blob(request, meta)
+    if blob is None:
+        blob = await request.app[appkeys.DOWNLOADER].fetch(meta)
+    return await asyncio.to_thread(blob.read_bytes)
 
 
 async def health(request: web.Request) -> web.StreamResponse:
