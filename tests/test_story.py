@@ -132,6 +132,13 @@ def test_uv_publish_of_a_second_version_and_credentials_in_the_index_url(
     ]  # fmt: skip
     run(publish, client_env(client_tmp / "pub"), cwd=client_tmp)
     assert stored(proxy) == sorted(p.name for p in dists)
+    # U-06: uv's --check-url reads the simple page and skips files already there (same sha256)
+    again = run(
+        [*publish, "--check-url", with_credentials(proxy.index_url)],
+        client_env(client_tmp / "pub2"),
+        cwd=client_tmp,
+    )
+    assert again.stderr.count("already exists, skipping") == len(dists), again.stderr
 
     anonymous = run_uv_pip_install(
         client_tmp / "anon",
