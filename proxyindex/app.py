@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -25,6 +26,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _SCAN_INTERVAL = 1.0  # seconds: a dropped file shows within ~1 s (the promise is 2 s)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,6 +61,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, str(exc))
     except ProxyIndexError as exc:
         return error_response(exc.status, str(exc))
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        # A full disk is the operator's to fix: one log line, and a status and message that
+        # say what happened (twine prints them), instead of a 500 and a traceback.
+        log.error("%s %s -> 507: %s", request.method, request.path, exc)
+        return error_response(507, "the server has no disk space left to store this file")
     except web.HTTPMethodNotAllowed as exc:
         # uv prints a hint for 405; say where uploads go (U-01).
         message = f"{request.method} is not allowed here; upload to {request.url.origin()}/"

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
+import io
 import logging
 import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
+from proxyindex import fsutil
 from proxyindex.auth import add_user
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
@@ -194,6 +197,42 @@ async def test_not_multipart_and_too_large_are_refused(
     resp = await upload(client, form(wheel))
     assert resp.status == 413
     assert stored(tmp_path) == []
+
+
+class _FullDisk(io.BytesIO):
+    """A temp file on a disk that fills up after the first few bytes."""
+
+    def __init__(self, real: BinaryIO) -> None:
+        super().__init__()
+        self.real = real
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        self.real.close()
+        super().close()
+
+
+async def test_full_disk_is_a_507_and_leaves_nothing_behind(
+    make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    client = await make_client()
+    real_open_temp = fsutil.open_temp
+
+    def open_temp_on_full_disk(directory: Path) -> tuple[BinaryIO, Path]:
+        fh, path = real_open_temp(directory)
+        return _FullDisk(fh), path
+
+    monkeypatch.setattr(fsutil, "open_temp", open_temp_on_full_disk)
+    resp = await upload(client, form(wheel))
+    assert resp.status == 507
+    assert "no disk space" in await resp.text()
+    assert stored(tmp_path) == []  # the temp file is gone too
+    monkeypatch.undo()
+    assert (await upload(client, form(wheel))).status == 200  # space freed: works again
+    assert stored(tmp_path) == [f"corp-lib/{wheel.name}"]
 
 
 async def test_sdist_upload_and_legacy_sdist_names(make_client: MakeClient, tmp_path: Path) -> None:
