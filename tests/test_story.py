@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,50 @@ def test_poetry_publish_to_the_private_index(
     assert stored(proxy) == sorted(p.name for p in dists)
     again = run([*poetry, "publish", "-r", "private"], env, cwd=project, check=False)
     assert again.returncode == 0  # identical files: 200, nothing changes (U-05)
+
+
+def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
+    story_proxy: ProxyServer,
+    fake_pypi: FakePyPI,
+    sample_dists: list[Path],
+    client_tmp: Path,
+) -> None:
+    run_twine_upload(client_tmp / "up", story_proxy.upload_url, sample_dists, "alice", PASSWORD)
+    project = client_tmp / "app"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        "[project]\n"
+        'name = "app"\n'
+        'version = "0.1.0"\n'
+        f'requires-python = ">={sys.version_info.major}.{sys.version_info.minor}"\n'
+        'dependencies = ["sample", "public-dep"]\n\n'
+        "[tool.poetry]\n"
+        "package-mode = false\n"
+    )
+    env = client_env(
+        client_tmp / "poetry",
+        POETRY_NO_INTERACTION="1",
+        POETRY_VIRTUALENVS_IN_PROJECT="true",
+        POETRY_HTTP_BASIC_PROXYINDEX_USERNAME="alice",  # read access needs no login here,
+        POETRY_HTTP_BASIC_PROXYINDEX_PASSWORD=PASSWORD,  # but this is how poetry would send one
+    )
+    poetry = [sys.executable, "-m", "poetry"]
+    # What the README tells poetry users to run: a primary source replaces PyPI.
+    run([*poetry, "source", "add", "--priority=primary", "proxyindex", story_proxy.index_url],
+        env, cwd=project)  # fmt: skip
+    run([*poetry, "lock"], env, cwd=project, timeout=300)
+    lock = tomllib.loads((project / "poetry.lock").read_text())
+    locked = {pkg["name"]: pkg for pkg in lock["package"]}
+    assert locked["sample"]["version"] == "0.1.0"  # the private one, not the public 9.9
+    assert locked["public-dep"]["version"] == "2.0"
+    for pkg in locked.values():
+        source = pkg["source"]  # poetry stores the URL without its trailing slash
+        assert (source["reference"], source["url"]) == ("proxyindex", f"{story_proxy.url}/simple")
+        assert pkg["files"] and all(f["hash"].startswith("sha256:") for f in pkg["files"])
+    run([*poetry, "install"], env, cwd=project, timeout=300)
+    assert "hello" in call_sample(project / ".venv" / "bin" / "python", client_tmp)
+    assert fake_pypi.count("/simple/public-dep/") >= 1
+    assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
 
 
 def test_index_set_by_environment_for_pip_and_uv(
