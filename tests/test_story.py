@@ -42,6 +42,13 @@ def story_proxy(make_proxy: MakeProxy, fake_pypi: FakePyPI, tmp_path: Path) -> P
     return make_proxy(extra_args=["--htpasswd", str(htpasswd)])
 
 
+@pytest.fixture
+def published(story_proxy: ProxyServer, sample_dists: list[Path], client_tmp: Path) -> ProxyServer:
+    """The story's server with ``sample`` 0.1.0 (wheel and sdist) uploaded by twine."""
+    run_twine_upload(client_tmp / "up", story_proxy.upload_url, sample_dists, "alice", PASSWORD)
+    return story_proxy
+
+
 def with_credentials(url: str, user: str = "alice", password: str = PASSWORD) -> str:
     return url.replace("http://", f"http://{user}:{password.replace(' ', '%20')}@", 1)
 
@@ -169,17 +176,13 @@ def test_uv_publish_of_a_second_version_and_credentials_in_the_index_url(
 
 
 def test_pipenv_locks_and_installs_private_and_public_packages_from_one_source(
-    story_proxy: ProxyServer,
-    fake_pypi: FakePyPI,
-    sample_dists: list[Path],
-    client_tmp: Path,
+    published: ProxyServer, fake_pypi: FakePyPI, client_tmp: Path
 ) -> None:
-    run_twine_upload(client_tmp / "up", story_proxy.upload_url, sample_dists, "alice", PASSWORD)
     project = client_tmp / "project"
     project.mkdir()
     (project / "Pipfile").write_text(
         "[[source]]\n"
-        f'url = "{story_proxy.index_url}"\n'
+        f'url = "{published.index_url}"\n'
         "verify_ssl = false\n"
         'name = "proxyindex"\n\n'
         "[packages]\n"
@@ -202,7 +205,7 @@ def test_pipenv_locks_and_installs_private_and_public_packages_from_one_source(
     assert lock["default"]["sample"]["version"] == "==0.1.0"
     assert lock["default"]["public-dep"]["version"] == "==2.0"
     assert all(h.startswith("sha256:") for h in lock["default"]["sample"]["hashes"])
-    assert lock["_meta"]["sources"][0]["url"] == story_proxy.index_url
+    assert lock["_meta"]["sources"][0]["url"] == published.index_url
     run([*pipenv, "install", "--deploy"], env, cwd=project, timeout=300)
     python = project / ".venv" / "bin" / "python"
     assert "hello" in call_sample(python, client_tmp)
@@ -233,12 +236,8 @@ def test_poetry_publish_to_the_private_index(
 
 
 def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
-    story_proxy: ProxyServer,
-    fake_pypi: FakePyPI,
-    sample_dists: list[Path],
-    client_tmp: Path,
+    published: ProxyServer, fake_pypi: FakePyPI, client_tmp: Path
 ) -> None:
-    run_twine_upload(client_tmp / "up", story_proxy.upload_url, sample_dists, "alice", PASSWORD)
     project = client_tmp / "app"
     project.mkdir()
     (project / "pyproject.toml").write_text(
@@ -259,7 +258,7 @@ def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
     )
     poetry = [sys.executable, "-m", "poetry"]
     # What the README tells poetry users to run: a primary source replaces PyPI.
-    run([*poetry, "source", "add", "--priority=primary", "proxyindex", story_proxy.index_url],
+    run([*poetry, "source", "add", "--priority=primary", "proxyindex", published.index_url],
         env, cwd=project)  # fmt: skip
     run([*poetry, "lock"], env, cwd=project, timeout=300)
     lock = tomllib.loads((project / "poetry.lock").read_text())
@@ -268,7 +267,7 @@ def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
     assert locked["public-dep"]["version"] == "2.0"
     for pkg in locked.values():
         source = pkg["source"]  # poetry stores the URL without its trailing slash
-        assert (source["reference"], source["url"]) == ("proxyindex", f"{story_proxy.url}/simple")
+        assert (source["reference"], source["url"]) == ("proxyindex", f"{published.url}/simple")
         assert pkg["files"] and all(f["hash"].startswith("sha256:") for f in pkg["files"])
     run([*poetry, "install"], env, cwd=project, timeout=300)
     assert "hello" in call_sample(project / ".venv" / "bin" / "python", client_tmp)
@@ -276,23 +275,20 @@ def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
     assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
 
 
-def test_index_set_by_environment_for_pip_and_uv(
-    story_proxy: ProxyServer, sample_dists: list[Path], client_tmp: Path
-) -> None:
-    run_twine_upload(client_tmp / "up", story_proxy.upload_url, sample_dists, "alice", PASSWORD)
-    pip_env = client_env(client_tmp / "pip", PIP_INDEX_URL=story_proxy.index_url)
+def test_index_set_by_environment_for_pip_and_uv(published: ProxyServer, client_tmp: Path) -> None:
+    pip_env = client_env(client_tmp / "pip", PIP_INDEX_URL=published.index_url)
     venv = make_venv(client_tmp / "venv-pip")
     report = client_tmp / "report.json"
     pip: list[str | Path] = [sys.executable, "-m", "pip", "--python", venv, "install"]
     pip += ["--report", report, "sample"]
     run(pip, pip_env, client_tmp)
     (item,) = json.loads(report.read_text())["install"]
-    assert item["download_info"]["url"].startswith(story_proxy.url + "/packages/sample/")
+    assert item["download_info"]["url"].startswith(published.url + "/packages/sample/")
     assert "hello" in call_sample(venv, client_tmp)
-    uv_env = client_env(client_tmp / "uv", UV_DEFAULT_INDEX=story_proxy.index_url)
+    uv_env = client_env(client_tmp / "uv", UV_DEFAULT_INDEX=published.index_url)
     venv2 = make_venv(client_tmp / "venv-uv")
     uv: list[str | Path] = [*uv_command(), "pip", "install", "--python", venv2, "-v", "sample"]
     result = run(uv, uv_env, client_tmp)
     assert "sample==0.1.0" in result.stderr
-    assert story_proxy.url in result.stderr  # uv -v names the index it used
+    assert published.url in result.stderr  # uv -v names the index it used
     assert "hello" in call_sample(venv2, client_tmp)
