@@ -7,6 +7,7 @@ checked header by header. IDs refer to PROTOCOL.md.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import json
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -466,6 +468,29 @@ async def test_concurrent_first_requests_share_one_download(
 
     bodies = await asyncio.gather(*(fetch() for _ in range(30)))
     assert all(body == wheel.read_bytes() for body in bodies)
+    assert len([r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]) == 1
+
+
+async def test_a_client_that_goes_away_does_not_throw_the_download_away(
+    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path
+) -> None:
+    """devpi #1119: uv disconnecting at 99% left the file uncached; here the download runs on."""
+    noise = base64.b64encode(os.urandom(3_000_000)).decode()  # incompressible: a big wheel
+    wheel = fake_pypi.add_wheel("demo-pkg", "1.0", modules={"demo_pkg/data.py": noise})
+    client = await make_client(upstream={"prefetch": False})
+    await page_json(client, "demo-pkg")
+    url = f"/packages/demo-pkg/{wheel.name}"
+    fake_pypi.delay = 0.3
+    with pytest.raises(asyncio.TimeoutError):  # gone before the upstream even answers
+        await client.get(url, timeout=aiohttp.ClientTimeout(total=0.1))
+    resp = await client.get(url)  # gone after the first bytes
+    assert resp.status == 200
+    await resp.content.readexactly(65536)
+    resp.close()
+    assert await becomes_cached(tmp_path, wheel.read_bytes())
+    fake_pypi.delay = 0
+    again = await client.get(url)
+    assert await again.read() == wheel.read_bytes()
     assert len([r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]) == 1
 
 
