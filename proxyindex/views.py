@@ -203,7 +203,7 @@ async def _metadata(
 
 
 # Pages with more files than this are rendered in a thread (PyPI-sized projects).
-_JSON_INLINE_FILES = 200
+_JSON_INLINE_FILES = 100
 _MAX_VERSION_LENGTH = 100
 
 
@@ -216,7 +216,11 @@ async def project_json(request: web.Request) -> web.StreamResponse:
         raise NotFound("not a valid version")
     index = request.app[appkeys.INDEX]
     resolved = await index.page(name)
-    found = jsonapi.find_release(resolved.page, version)
+    big = len(resolved.page.files) > _JSON_INLINE_FILES  # parsing thousands of filenames
+    if big:
+        found = await asyncio.to_thread(jsonapi.find_release, resolved.page, version)
+    else:
+        found = jsonapi.find_release(resolved.page, version)
     if found is None:
         what = f"no release {version!r}" if version else "no release"
         raise NotFound(f"{what} of project {name!r}")
@@ -230,7 +234,7 @@ async def project_json(request: web.Request) -> web.StreamResponse:
             resolved.page, release, every, metadata, base_url, with_releases=version is None
         )
 
-    if len(resolved.page.files) > _JSON_INLINE_FILES:
+    if big:
         body = await asyncio.to_thread(build)
     else:
         body = build()

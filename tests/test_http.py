@@ -589,6 +589,8 @@ async def test_large_pages_are_rendered_and_parsed_off_the_event_loop_the_same_w
     assert doc["versions"][-1] == "1.199"
     html = await client.get("/simple/big-pkg/", headers={"Accept": "text/html"})
     assert (await html.text()).count('data-requires-python="&gt;=3.8"') == 200
+    api = await (await client.get("/pypi/big-pkg/json")).json()  # also built in a thread
+    assert (api["info"]["version"], len(api["releases"])) == ("1.199", 200)
 
 
 async def test_cache_size_limit_evicts_the_least_recently_used_files(
