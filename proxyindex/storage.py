@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.parser
 import hashlib
+import logging
 import os
 import tarfile
 import threading
@@ -36,6 +37,8 @@ from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.simple import project_versions
 
 __all__ = ["FileInfo", "PrivateStorage", "project_of", "read_wheel_metadata"]
+
+log = logging.getLogger(__name__)
 
 _MAX_METADATA = 10 << 20  # a METADATA larger than this is not a real one
 
@@ -157,6 +160,7 @@ class PrivateStorage:
     def __init__(self, root: Path, meta_dir: Path) -> None:
         self.root = root
         self._dirs: dict[str, _DirState] = {}
+        self._unreadable: set[str] = set()
         self._project_dirs: dict[NormalizedName, set[str]] = {}
         self._projects: dict[NormalizedName, dict[str, _Entry]] = {}
         self._infos: OrderedDict[tuple[str, int, int], FileInfo] = OrderedDict()
@@ -199,7 +203,10 @@ class PrivateStorage:
                 project = project_of(entry.name)
                 if not entry.is_file() or project is None:
                     continue
-                st = entry.stat()
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # removed since the listing: not a folder failure
+                    continue
                 found = _Entry(entry.path, st.st_size, st.st_mtime_ns, entry.inode())
                 files[entry.name] = (project, found)
                 by_project.setdefault(project, {})[entry.name] = found
@@ -213,29 +220,54 @@ class PrivateStorage:
         folder, and a dropped-in file costs a listing of its folder.
         """
         with self._lock:
+            root = str(self.root)
             seen: dict[str, _DirState] = {}
             changed: list[tuple[str, _DirState | None, _DirState | None]] = []
-            pending = [str(self.root)]
+            unreadable: set[str] = set()
+            pending = [root]
             while pending:
                 directory = pending.pop()
-                try:
-                    mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116 - str paths: 100k
-                except OSError:
-                    continue
                 old = self._dirs.get(directory)
-                state = old
-                if old is None or old.mtime_ns != mtime_ns:
-                    try:
-                        state = self._scan_dir(directory, old, mtime_ns)
-                    except OSError:
+                try:
+                    state = self._fresh_state(directory, old)
+                except FileNotFoundError:
+                    if directory == root:
+                        unreadable.add(directory)  # a missing root is a failing mount
+                        break
+                    continue  # removed: its projects go with it
+                except OSError:
+                    # Unreadable (permissions, a failing disk or mount): keep what we knew.
+                    # Forgetting would make its private names fall through to the upstream
+                    # (dependency confusion, DC-04).
+                    unreadable.add(directory)
+                    if old is None:
                         continue
+                    state = old
+                if state is not old:
                     changed.append((directory, old, state))
-                assert state is not None
                 seen[directory] = state
                 pending.extend(state.subdirs)
+            self._report_unreadable(unreadable)
+            if root in unreadable:
+                return False  # nothing can be told about any file: keep the whole view
             changed.extend((d, self._dirs[d], None) for d in self._dirs.keys() - seen.keys())
             self._dirs = seen
             return self._update(changed)
+
+    def _fresh_state(self, directory: str, old: _DirState | None) -> _DirState:
+        mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116 - str paths: 100k folders
+        if old is not None and old.mtime_ns == mtime_ns:
+            return old
+        return self._scan_dir(directory, old, mtime_ns)
+
+    def _report_unreadable(self, unreadable: set[str]) -> None:
+        """Log a folder when it becomes unreadable and when it is readable again, not on
+        every poll."""
+        for directory in sorted(unreadable - self._unreadable):
+            log.error("cannot read %s; serving what was last seen there", directory)
+        for directory in sorted(self._unreadable - unreadable):
+            log.info("%s is readable again", directory)
+        self._unreadable = unreadable
 
     def _update(self, changed: list[tuple[str, _DirState | None, _DirState | None]]) -> bool:
         """Rebuild the projects with files in changed folders; new dicts are swapped in, so

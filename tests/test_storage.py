@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from packaging.utils import NormalizedName
 
 from proxyindex import fsutil
@@ -116,3 +121,90 @@ def test_commit_exclusive_lets_exactly_one_of_many_writers_win(tmp_path: Path) -
     data = dest.read_bytes()
     assert len(data) == 100_000 and len(set(data)) == 1  # one writer's bytes, never mixed
     assert sorted(p.name for p in dest.parent.iterdir()) == ["file.whl"]  # no temp left
+
+
+# --- a failing folder never makes private names disappear (DC-04) ---------------------------
+
+
+class _Entry:
+    """An ``os.DirEntry`` whose file was removed between the listing and the stat."""
+
+    def __init__(self, entry: os.DirEntry[str]) -> None:
+        self._entry = entry
+        self.name, self.path = entry.name, entry.path
+
+    def inode(self) -> int:
+        return self._entry.inode()
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        return False
+
+    def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        return True
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise FileNotFoundError(self.path)
+
+
+def test_an_unreadable_folder_keeps_its_files_and_is_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    team = tmp_path / "packages" / "team"
+    make_wheel(team, "corp-lib", "1.0")
+    store = storage(tmp_path)
+    make_wheel(team, "corp-lib", "2.0")  # the folder changes, so the next poll lists it
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> Any:
+        if Path(path) == team:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.INFO, logger="proxyindex.storage"):
+        assert store.rescan() is False
+        assert store.rescan() is False
+        assert filenames(store) == ["corp_lib-1.0-py3-none-any.whl"]  # what was last seen
+        assert caplog.text.count("cannot read") == 1
+        monkeypatch.undo()
+        assert store.rescan() is True
+    assert filenames(store) == ["corp_lib-1.0-py3-none-any.whl", "corp_lib-2.0-py3-none-any.whl"]
+    assert "readable again" in caplog.text
+
+
+def test_a_missing_packages_folder_is_a_failure_not_an_empty_index(tmp_path: Path) -> None:
+    make_wheel(tmp_path / "packages", "corp-lib", "1.0")
+    store = storage(tmp_path)
+    (tmp_path / "packages").rename(tmp_path / "elsewhere")  # e.g. a volume that went away
+    assert store.rescan() is False
+    assert store.has(CORP)
+    (tmp_path / "elsewhere").rename(tmp_path / "packages")
+    shutil.rmtree(tmp_path / "packages")  # a real removal: the folder is there, empty
+    (tmp_path / "packages").mkdir()
+    assert store.rescan() is True
+    assert not store.has(CORP)
+
+
+def test_a_file_removed_while_its_folder_is_listed_spares_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = storage(tmp_path)
+    folder = tmp_path / "packages"
+    make_wheel(folder, "corp-lib", "1.0")
+    make_wheel(folder, "corp-lib", "2.0")
+    real_scandir = os.scandir
+
+    class Listing:
+        def __init__(self, path: str) -> None:
+            self._it = real_scandir(path)
+
+        def __enter__(self) -> Iterator[Any]:
+            entries = list(self._it)
+            return iter(_Entry(e) if e.name.startswith("corp_lib-2.0") else e for e in entries)
+
+        def __exit__(self, *exc: object) -> None:
+            self._it.close()
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    assert store.rescan() is True
+    assert filenames(store) == ["corp_lib-1.0-py3-none-any.whl"]
