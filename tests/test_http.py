@@ -348,6 +348,30 @@ async def test_expired_page_is_revalidated_with_if_none_match(
     assert (await page_json(client, "demo-pkg"))["versions"] == ["1.0", "1.1"]
 
 
+async def test_refreshed_pages_follow_yanks_unyanks_and_removed_files(
+    make_client: MakeClient, fake_pypi: FakePyPI
+) -> None:
+    """UP-06: a yank can flip both ways; UP-05: files the upstream stops listing (removed,
+    quarantined) are neither listed nor served, even once cached."""
+    kept = fake_pypi.add_wheel("demo-pkg", "1.0")
+    dropped = fake_pypi.add_wheel("demo-pkg", "1.1")
+    client = await make_client(upstream={"page_ttl": 0, "prefetch": False})
+
+    async def yanked() -> dict[str, Any]:
+        return {f["filename"]: f["yanked"] for f in (await page_json(client, "demo-pkg"))["files"]}
+
+    assert await yanked() == {kept.name: False, dropped.name: False}
+    got = await client.get(f"/packages/demo-pkg/{dropped.name}")
+    assert await got.read() == dropped.read_bytes()
+    fake_pypi.set_yanked(kept.name, "broken build")
+    assert (await yanked())[kept.name] == "broken build"
+    fake_pypi.set_yanked(kept.name, False)
+    assert (await yanked())[kept.name] is False
+    fake_pypi.remove_dist(dropped.name)
+    assert await yanked() == {kept.name: False}
+    assert (await client.get(f"/packages/demo-pkg/{dropped.name}")).status == 404
+
+
 async def test_one_upstream_fetch_per_page_however_many_clients(
     make_client: MakeClient, fake_pypi: FakePyPI
 ) -> None:
