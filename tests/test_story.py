@@ -275,6 +275,44 @@ def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
     assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
 
 
+def test_pdm_locks_and_installs_from_the_index_as_its_pypi_source(
+    published: ProxyServer, fake_pypi: FakePyPI, client_tmp: Path
+) -> None:
+    project = client_tmp / "app"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        "[project]\n"
+        'name = "app"\n'
+        'version = "0.1.0"\n'
+        f'requires-python = ">={sys.version_info.major}.{sys.version_info.minor}"\n'
+        'dependencies = ["sample", "public-dep"]\n\n'
+        "[tool.pdm]\n"
+        "distribution = false\n\n"
+        "[[tool.pdm.source]]\n"
+        'name = "pypi"\n'  # a source named pypi replaces PyPI (pdm's documented way)
+        f'url = "{published.index_url}"\n'
+    )
+    venv = make_venv(project / ".venv")  # pdm would install into the venv it runs from
+    env = client_env(
+        client_tmp / "pdm", PDM_CHECK_UPDATE="false", PDM_PYTHON=str(venv), PDM_USE_UV="false"
+    )
+    pdm = [sys.executable, "-m", "pdm"]
+    run([*pdm, "lock", "--static-urls"], env, cwd=project, timeout=300)
+    lock = tomllib.loads((project / "pdm.lock").read_text())
+    locked = {pkg["name"]: pkg for pkg in lock["package"]}
+    assert locked["sample"]["version"] == "0.1.0"  # the private one, not the public 9.9
+    assert locked["public-dep"]["version"] == "2.0"
+    for pkg in locked.values():
+        assert pkg["files"]
+        for entry in pkg["files"]:
+            assert entry["url"].startswith(f"{published.url}/packages/"), entry
+            assert entry["hash"].startswith("sha256:")
+    run([*pdm, "install"], env, cwd=project, timeout=300)
+    assert "hello" in call_sample(venv, client_tmp)
+    assert fake_pypi.count("/simple/public-dep/") >= 1
+    assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
+
+
 def test_index_set_by_environment_for_pip_and_uv(published: ProxyServer, client_tmp: Path) -> None:
     pip_env = client_env(client_tmp / "pip", PIP_INDEX_URL=published.index_url)
     venv = make_venv(client_tmp / "venv-pip")
