@@ -76,13 +76,34 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
+def _children(pid: int) -> list[int] | None:
+    """``pid``'s children from /proc/PID/task/*/children (a few small reads), or None where
+    the kernel lacks that file."""
+    kids: list[int] = []
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            kids.extend(int(k) for k in Path(task.path, "children").read_bytes().split())
+    except FileNotFoundError:
+        return None if not Path(f"/proc/{pid}").exists() else kids
+    except OSError:
+        return kids
+    return kids
+
+
 def process_tree(pid: int) -> list[int]:
-    kids = _children_map()
+    """``pid`` and its descendants. Sampled every 50 ms during the measured installs, so it
+    must be cheap: scanning all of /proc cost 1.4 ms per sample (0.1 ms this way), taken from
+    the clients being timed, and the runs straight at the upstream have no server to sample."""
     out, todo = [], [pid]
+    kids_map: dict[int, list[int]] | None = None
     while todo:
         p = todo.pop()
         out.append(p)
-        todo.extend(kids.get(p, []))
+        kids = _children(p)
+        if kids is None:  # no children files: fall back to one scan of /proc
+            kids_map = kids_map if kids_map is not None else _children_map()
+            kids = kids_map.get(p, [])
+        todo.extend(kids)
     return out
 
 

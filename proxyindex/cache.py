@@ -97,7 +97,10 @@ def is_sha256(value: str) -> bool:
 
 
 class BlobStore:
-    """Immutable files by sha256: ``<root>/ab/cd/<sha256>``.
+    """Immutable files by sha256: ``<root>/ab/<sha256>``.
+
+    The 256 folders are made once, up front: creating folders (and lock files) per download
+    put inode creations on every cold download's path, slow on ext4 right after deletions.
 
     With a size limit, the least recently used blobs are deleted when the total goes over it
     (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`get` at most once an
@@ -108,14 +111,16 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.temp_dir = root / "tmp"
-        self.lock_dir = root.parent / "locks"  # cross-process download locks (``downloads``)
+        self.lock_file = root.parent / "downloads.lock"  # shared by worker processes
         root.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
+        for prefix in range(256):
+            (root / f"{prefix:02x}").mkdir(exist_ok=True)
 
     def path(self, sha256: str) -> Path:
         if not is_sha256(sha256):
             raise ValueError("not a sha256 hex digest")
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return self.root / sha256[:2] / sha256
 
     def get(self, sha256: str) -> Path | None:
         path = self.path(sha256)

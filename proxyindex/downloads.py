@@ -33,6 +33,7 @@ Hasher = Any  # hashlib's sha256 object; its type is private
 
 _READ_CHUNK = 64 * 1024
 _WRITE_BATCH = 256 * 1024
+_IN_MEMORY = 256 * 1024  # files up to this size are also kept in memory while downloading
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class Download:
         self.length: int | None = dist.size
         self.result: Path | None = None
         self.verified = False  # length and sha256 checked: the bytes may all go out
+        # Small files (.metadata) are also kept here, so that readers need no file opens or
+        # reads in threads: on a resolver's critical path, each thread hop costs ms under load.
+        self.body: bytearray | None = None
         self.error: UpstreamError | None = None
         self.started = asyncio.Event()  # headers known (length) or failed
         self._progress = asyncio.Event()
@@ -80,6 +84,18 @@ class Download:
         except FileNotFoundError:
             return await asyncio.to_thread((await self.wait()).open, "rb")
 
+    async def read(self) -> bytes:
+        """The whole file once verified, without waiting for it to be committed to the cache
+        (an fsync): for small files, such as ``.metadata``, on a resolver's critical path."""
+        parts: list[bytes] = []
+        async for part in self.stream():
+            if isinstance(part, FileRange):
+                fd = part.file.fileno()
+                parts.append(await asyncio.to_thread(os.pread, fd, part.count, part.offset))
+            else:
+                parts.append(part)
+        return b"".join(parts)
+
     async def stream(self) -> AsyncIterator[bytes | FileRange]:
         """The file's bytes as they arrive, then, once the download is verified, one
         :class:`FileRange` for whatever is left (to send with sendfile, no copies).
@@ -90,6 +106,10 @@ class Download:
         await self.started.wait()
         if self.error is not None:
             raise self.error
+        if self.body is not None:
+            async for chunk in self._stream_memory():
+                yield chunk
+            return
         fh = await self._open()
         try:
             sent = 0
@@ -113,6 +133,21 @@ class Download:
         finally:
             await asyncio.to_thread(fh.close)
 
+    async def _stream_memory(self) -> AsyncIterator[bytes]:
+        assert self.body is not None
+        sent = 0
+        while True:
+            progress = self._progress
+            if self.error is not None:
+                raise self.error
+            end = len(self.body) if self.verified else len(self.body) - 1
+            if end > sent:
+                yield bytes(self.body[sent:end])
+                sent = end
+            if self.verified:
+                return
+            await progress.wait()
+
 
 class Downloader:
     def __init__(
@@ -130,6 +165,7 @@ class Downloader:
         self._upstream = upstream
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lock_fd: int | None = None  # open for the process's life: closing drops locks
 
     def start(self, dist: DistFile) -> Download:
         """Join the running download of ``dist`` or start one."""
@@ -143,26 +179,26 @@ class Downloader:
             task.add_done_callback(self._tasks.discard)
         return download
 
-    async def fetch(self, dist: DistFile) -> Path:
-        """The cached blob of ``dist``, downloading it first if needed."""
-        return await self.start(dist).wait()
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def _run(self, download: Download, key: str) -> None:
         lock = None
         try:
             lock = await self._lock(key)
-            download.result = await self._already_cached(download.dist)
-            if download.result is not None:  # another worker process fetched it meanwhile
-                download.written = (await asyncio.to_thread(download.result.stat)).st_size
+            prepared = await self._prepare(download.dist)
+            if isinstance(prepared, Path):  # cached, maybe by another worker meanwhile
+                download.result = prepared
+                download.written = (await asyncio.to_thread(prepared.stat)).st_size
                 download.length = download.written
                 download.verified = True
             else:
-                download.result = await self._transfer(download)
+                download.result = await self._transfer(download, *prepared)
         except UpstreamError as exc:
             download.error = exc
             log.warning("download failed: %s", exc)
@@ -177,7 +213,7 @@ class Downloader:
             if download.result is None and download.temp is not None:
                 await asyncio.to_thread(download.temp.unlink, True)
             if lock is not None:
-                await asyncio.to_thread(os.close, lock)  # closing releases the flock
+                self._unlock(lock)
 
     def _added(self, size: int) -> None:
         """Count a new blob; check the cache size limit when it may be exceeded."""
@@ -205,31 +241,44 @@ class Downloader:
         pending.clear()
         await asyncio.to_thread(_hash_write_flush, fh, data, digest)
         download.written += len(data)
+        if download.body is not None:
+            download.body += data
         download._notify()
 
     async def _lock(self, key: str) -> int:
-        """An exclusive lock shared with other worker processes, so that they download a file
-        once between them; polled, so a waiting download holds no thread."""
-        stripe = hashlib.sha256(key.encode()).hexdigest()[:3]  # 4096 lock files at most
-        path = self._blobs.lock_dir / stripe
-        fd = await asyncio.to_thread(_open_lock_file, path)
+        """Lock the key's byte in the shared lock file, so that worker processes download a
+        file once between them; polled, so a waiting download holds no thread. Returns the
+        byte's offset.
+
+        POSIX record locks belong to the process: downloads in this process never wait for
+        each other (single flight already keeps them apart), where a per-stripe ``flock``
+        made unrelated downloads whose keys shared a stripe queue behind each other.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = await asyncio.to_thread(_open_lock_file, self._blobs.lock_file)
+        offset = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                return offset
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held elsewhere
                 await asyncio.sleep(0.02)
-            except BaseException:
-                os.close(fd)
-                raise
 
-    async def _already_cached(self, dist: DistFile) -> Path | None:
+    def _unlock(self, offset: int) -> None:
+        if self._lock_fd is not None:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
+
+    async def _prepare(self, dist: DistFile) -> Path | tuple[BinaryIO, Path]:
+        """The cached blob, or a new temp file to download into: one thread hop for both."""
         sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
-        return await asyncio.to_thread(self._blobs.get, sha256) if sha256 else None
+        return await asyncio.to_thread(self._blob_or_temp, sha256)
 
-    async def _transfer(self, download: Download) -> Path:
+    def _blob_or_temp(self, sha256: str | None) -> Path | tuple[BinaryIO, Path]:
+        blob = self._blobs.get(sha256) if sha256 else None
+        return blob if blob is not None else fsutil.open_temp(self._blobs.temp_dir)
+
+    async def _transfer(self, download: Download, fh: BinaryIO, temp: Path) -> Path:
         dist = download.dist
-        fh, temp = await asyncio.to_thread(fsutil.open_temp, self._blobs.temp_dir)
         download.temp = temp
         digest = hashlib.sha256()
         try:
@@ -241,6 +290,8 @@ class Downloader:
                             f"the index says {dist.size}"
                         )
                     download.length = upstream.length
+                if download.length is not None and download.length <= _IN_MEMORY:
+                    download.body = bytearray()
                 download.started.set()
                 pending = bytearray()
                 async for chunk in upstream.chunks:
@@ -269,7 +320,6 @@ class Downloader:
 
 
 def _open_lock_file(path: Path) -> int:
-    path.parent.mkdir(exist_ok=True)
     return os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
 
 

@@ -18,7 +18,6 @@ import logging
 import platform
 from collections.abc import Awaitable, Callable, Iterable
 from functools import cache, lru_cache
-from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -173,8 +172,7 @@ class Prefetcher:
         meta = dist.metadata_file()
         if meta is None or not dist.filename.endswith(".whl"):
             return None
-        path: Path = await self._downloader.fetch(meta)
-        return await asyncio.to_thread(path.read_bytes)
+        return await self._downloader.start(meta).read()
 
     async def _follow(self, name: NormalizedName, specifier: SpecifierSet, depth: int) -> None:
         async with self._limit:

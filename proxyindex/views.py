@@ -120,13 +120,19 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     if filename.endswith(".metadata"):
         return await _metadata(request, name, filename.removesuffix(".metadata"))
     target = await request.app[appkeys.INDEX].locate(name, filename)
-    headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE}
     if isinstance(target, Path):
-        return StoredFile(target, headers=headers)
-    blob = await _cached_blob(request, target)
+        return StoredFile(target, headers={hdrs.CACHE_CONTROL: IMMUTABLE})
+    return await _upstream_file(request, target)
+
+
+async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResponse:
+    """An upstream file from the cache, or following its one download (streamed to every
+    client as it arrives, the last byte once verified)."""
+    headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE}
+    blob = await _cached_blob(request, dist)
     if blob is not None:
         return StoredFile(blob, headers=headers)
-    download = request.app[appkeys.DOWNLOADER].start(target)
+    download = request.app[appkeys.DOWNLOADER].start(dist)
     if request.method != hdrs.METH_GET or hdrs.RANGE in request.headers:
         return StoredFile(await download.wait(), headers=headers)
     return await _follow_download(request, download, headers)
@@ -196,10 +202,7 @@ async def _metadata(
     meta = target.metadata_file()
     if meta is None:
         raise NotFound(f"the upstream has no metadata file for {filename!r}")
-    blob = await _cached_blob(request, meta)
-    if blob is None:
-        blob = await request.app[appkeys.DOWNLOADER].fetch(meta)
-    return StoredFile(blob, headers={hdrs.CACHE_CONTROL: IMMUTABLE})
+    return await _upstream_file(request, meta)
 
 
 # Pages with more files than this are rendered in a thread (PyPI-sized projects).
@@ -266,7 +269,7 @@ async def _release_metadata(
         return None
     blob = await _cached_blob(request, meta)
     if blob is None:
-        blob = await request.app[appkeys.DOWNLOADER].fetch(meta)
+        return await request.app[appkeys.DOWNLOADER].start(meta).read()
     return await asyncio.to_thread(blob.read_bytes)
 
 

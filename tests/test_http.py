@@ -51,7 +51,7 @@ def blobs(tmp_path: Path) -> list[Path]:
 def is_cached(tmp_path: Path, data: bytes) -> bool:
     """Whether the blob cache holds exactly these bytes (blobs are named by sha256)."""
     sha = hashlib.sha256(data).hexdigest()
-    return (tmp_path / "cache" / "files" / sha[:2] / sha[2:4] / sha).is_file()
+    return (tmp_path / "cache" / "files" / sha[:2] / sha).is_file()
 
 
 async def becomes_cached(tmp_path: Path, data: bytes, seconds: float = 5.0) -> bool:
@@ -455,10 +455,14 @@ async def test_range_head_and_if_range_on_cached_files(
 
 
 @pytest.mark.parametrize("knob", ["wrong_hash", "truncate_files"])
+@pytest.mark.parametrize("large", [False, True], ids=["in-memory", "from-temp-file"])
 async def test_corrupt_or_short_upstream_file_is_never_cached_or_served(
-    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path, knob: str
+    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path, knob: str, large: bool
 ) -> None:
-    wheel = fake_pypi.add_wheel("demo-pkg", "1.0", modules={"demo_pkg": "x = 1\n" * 5000})
+    # Small downloads are followed from memory, large ones from their temp file.
+    source = base64.b64encode(os.urandom(600_000)).decode() if large else "x = 1\n" * 5000
+    wheel = fake_pypi.add_wheel("demo-pkg", "1.0", modules={"demo_pkg/data.py": source})
+    assert (wheel.stat().st_size > 256 * 1024) is large
     client = await make_client(upstream={"prefetch": False})  # no good copy fetched ahead
     await page_json(client, "demo-pkg")
     url = f"/packages/demo-pkg/{wheel.name}"
