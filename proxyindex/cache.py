@@ -97,10 +97,8 @@ def is_sha256(value: str) -> bool:
 
 
 class BlobStore:
-    """Immutable files by sha256: ``<root>/ab/<sha256>``.
-
-    The 256 folders are made once, up front: creating folders (and lock files) per download
-    put inode creations on every cold download's path, slow on ext4 right after deletions.
+    """Immutable files by sha256: ``<root>/ab/<sha256>`` (one level: at most 256 folders to
+    create, off the readers' path since they are served before the commit).
 
     With a size limit, the least recently used blobs are deleted when the total goes over it
     (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`get` at most once an
@@ -114,8 +112,6 @@ class BlobStore:
         self.lock_file = root.parent / "downloads.lock"  # shared by worker processes
         root.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
-        for prefix in range(256):
-            (root / f"{prefix:02x}").mkdir(exist_ok=True)
 
     def path(self, sha256: str) -> Path:
         if not is_sha256(sha256):

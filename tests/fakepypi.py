@@ -171,6 +171,16 @@ def _corrupt(data: bytes) -> bytes:
     return data[:mid] + window + data[mid + len(window) :]
 
 
+async def _shutdown(runner: web.AppRunner) -> None:
+    """Stop serving, then cancel handlers still sleeping in ``delay`` (the shutdown timeout
+    left them pending, and a closed loop would drop them with a warning)."""
+    await runner.cleanup()
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
 class FakePyPI:
     """A PEP 503/691 index with files, served from its own thread. See the module docstring."""
 
@@ -272,7 +282,7 @@ class FakePyPI:
             return
         self._runner = self._loop = self._thread = None
         try:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+            asyncio.run_coroutine_threadsafe(_shutdown(runner), loop).result(10)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
