@@ -167,6 +167,10 @@ class Downloader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock_fd: int | None = None  # open for the process's life: closing drops locks
 
+    def running(self, dist: DistFile) -> Download | None:
+        """The download of ``dist`` in progress in this process, if any."""
+        return self._active.get(dist.sha256 or dist.url)
+
     def start(self, dist: DistFile) -> Download:
         """Join the running download of ``dist`` or start one."""
         key = dist.sha256 or dist.url

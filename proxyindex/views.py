@@ -129,10 +129,13 @@ async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResp
     """An upstream file from the cache, or following its one download (streamed to every
     client as it arrives, the last byte once verified)."""
     headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE}
-    blob = await _cached_blob(request, dist)
-    if blob is not None:
-        return StoredFile(blob, headers=headers)
-    download = request.app[appkeys.DOWNLOADER].start(dist)
+    downloader = request.app[appkeys.DOWNLOADER]
+    download = downloader.running(dist)  # fetched ahead already: join it, no cache lookup
+    if download is None:
+        blob = await _cached_blob(request, dist)
+        if blob is not None:
+            return StoredFile(blob, headers=headers)
+        download = downloader.start(dist)
     if request.method != hdrs.METH_GET or hdrs.RANGE in request.headers:
         return StoredFile(await download.wait(), headers=headers)
     return await _follow_download(request, download, headers)
