@@ -195,14 +195,14 @@ class Downloader:
         lock = None
         try:
             lock = await self._lock(key)
-            prepared = await self._prepare(download.dist)
-            if isinstance(prepared, Path):  # cached, maybe by another worker meanwhile
-                download.result = prepared
-                download.written = (await asyncio.to_thread(prepared.stat)).st_size
+            cached = await self._already_cached(download.dist)
+            if cached is not None:  # fetched ahead, or by another worker meanwhile
+                download.result = cached
+                download.written = (await asyncio.to_thread(cached.stat)).st_size
                 download.length = download.written
                 download.verified = True
             else:
-                download.result = await self._transfer(download, *prepared)
+                download.result = await self._transfer(download)
         except UpstreamError as exc:
             download.error = exc
             log.warning("download failed: %s", exc)
@@ -272,21 +272,20 @@ class Downloader:
         if self._lock_fd is not None:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
 
-    async def _prepare(self, dist: DistFile) -> Path | tuple[BinaryIO, Path]:
-        """The cached blob, or a new temp file to download into: one thread hop for both."""
+    async def _already_cached(self, dist: DistFile) -> Path | None:
         sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
-        return await asyncio.to_thread(self._blob_or_temp, sha256)
+        return await asyncio.to_thread(self._blobs.get, sha256) if sha256 else None
 
-    def _blob_or_temp(self, sha256: str | None) -> Path | tuple[BinaryIO, Path]:
-        blob = self._blobs.get(sha256) if sha256 else None
-        return blob if blob is not None else fsutil.open_temp(self._blobs.temp_dir)
-
-    async def _transfer(self, download: Download, fh: BinaryIO, temp: Path) -> Path:
+    async def _transfer(self, download: Download) -> Path:
         dist = download.dist
-        download.temp = temp
+        # The temp file is created while the upstream answers, not before asking: creating
+        # a file can take ms (ext4 right after deletions) on every cold download's path.
+        opening = asyncio.ensure_future(asyncio.to_thread(fsutil.open_temp, self._blobs.temp_dir))
+        fh: BinaryIO | None = None
         digest = hashlib.sha256()
         try:
             async with self._upstream.open_file(dist.url) as upstream:
+                fh, download.temp = await opening
                 if upstream.length is not None:
                     if dist.size is not None and dist.size != upstream.length:
                         raise IntegrityError(
@@ -305,7 +304,10 @@ class Downloader:
                 if pending:
                     await self._append(download, fh, pending, digest)
         finally:
-            await asyncio.to_thread(fh.close)
+            if fh is None:  # the upstream failed first: drop the temp file once it exists
+                await _discard(opening)
+            else:
+                await asyncio.to_thread(fh.close)
         if download.length is not None and download.written != download.length:
             raise IntegrityError(
                 f"{dist.filename}: got {download.written} of {download.length} bytes"
@@ -316,11 +318,25 @@ class Downloader:
         # Verified: readers may send the last bytes now, while the file is committed.
         download.verified = True
         download._notify()
-        blob = await asyncio.to_thread(self._blobs.commit, temp, actual)
+        assert download.temp is not None
+        blob = await asyncio.to_thread(self._blobs.commit, download.temp, actual)
         self._added(download.written)
         if dist.sha256 is None:
             await self._pages.remember_blob(dist.url, actual)
         return blob
+
+
+async def _discard(opening: asyncio.Future[tuple[BinaryIO, Path]]) -> None:
+    try:
+        fh, temp = await asyncio.shield(opening)
+    except Exception:
+        return
+    await asyncio.to_thread(_close_and_remove, fh, temp)
+
+
+def _close_and_remove(fh: BinaryIO, temp: Path) -> None:
+    fh.close()
+    temp.unlink(missing_ok=True)
 
 
 def _open_lock_file(path: Path) -> int:

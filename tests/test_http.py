@@ -482,6 +482,22 @@ async def test_corrupt_or_short_upstream_file_is_never_cached_or_served(
     assert await becomes_cached(tmp_path, wheel.read_bytes())
 
 
+async def test_a_file_the_upstream_refuses_is_a_502_and_leaves_no_temp_file(
+    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path
+) -> None:
+    wheel = fake_pypi.add_wheel("demo-pkg", "1.0")
+    client = await make_client(upstream={"prefetch": False})
+    await page_json(client, "demo-pkg")
+    fake_pypi.status = {"/files/": 503}
+    resp = await client.get(f"/packages/demo-pkg/{wheel.name}")
+    assert resp.status == 502
+    await asyncio.sleep(0.2)  # the temp file, created while the upstream answered, goes too
+    assert list((tmp_path / "cache" / "files" / "tmp").iterdir()) == []
+    fake_pypi.status = None
+    again = await client.get(f"/packages/demo-pkg/{wheel.name}")
+    assert await again.read() == wheel.read_bytes()
+
+
 async def test_concurrent_first_requests_share_one_download(
     make_client: MakeClient, fake_pypi: FakePyPI
 ) -> None:
