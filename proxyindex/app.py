@@ -102,6 +102,13 @@ async def _scan_forever(storage: PrivateStorage) -> None:
             log.exception("scanning %s failed", storage.root)
 
 
+async def _list_page_names(pages: PageCache) -> None:
+    try:
+        await pages.load_names()
+    except Exception:  # without the list every lookup asks the disk: slower, still right
+        log.exception("could not list the cached pages")
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     """Everything with a lifetime: created before the ``yield``, closed after it."""
     config = app[appkeys.CONFIG]
@@ -131,12 +138,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.ROOT] = root
     scanner = asyncio.create_task(_scan_forever(storage))
     warm = asyncio.create_task(asyncio.to_thread(storage.warm))
+    listing = asyncio.create_task(_list_page_names(pages))
     try:
         yield
     finally:
         scanner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await scanner
+        await listing
         storage.stop_warming()
         await warm
         await root.close()

@@ -201,6 +201,8 @@ class ProjectIndex:
             flight.set_result(entry)
             return entry
         except UpstreamError as exc:
+            if cached is None:  # another worker process may have stored one meanwhile
+                cached = await self.pages.get(name, any_writer=True)
             if cached is None:
                 flight.set_exception(exc)
                 return None

@@ -10,6 +10,7 @@ from packaging.utils import NormalizedName
 
 from proxyindex.cache import PageCache, PageEntry
 from proxyindex.config import load_config
+from proxyindex.errors import UpstreamUnavailable
 from proxyindex.index import ProjectIndex
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.storage import PrivateStorage
@@ -56,4 +57,38 @@ async def test_a_page_with_a_lower_serial_than_the_cached_one_is_ignored(tmp_pat
     finally:
         await index.close()
         pages.close()
+        storage.close()
+
+
+class FailingUpstream:
+    async def fetch_page(self, name: NormalizedName, cached: PageEntry | None) -> PageEntry:
+        raise UpstreamUnavailable("upstream answered 503")
+
+
+async def test_page_cache_lookups_skip_names_never_stored_but_a_failure_asks_the_disk(
+    tmp_path: Path,
+) -> None:
+    """Two worker processes share the folder: each lists the names once, then knows only its
+    own writes. A page the other stored is not looked up, unless the upstream fails."""
+    worker_a, worker_b = PageCache(tmp_path / "pages"), PageCache(tmp_path / "pages")
+    storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    config = load_config(None)
+    index_b = ProjectIndex(config, storage, worker_b, cast(UpstreamClient, FailingUpstream()))
+    try:
+        entry = PageEntry(_page(3, "1.0"), time.time() - 3600, etag='"e"')
+        await worker_a.put(NAME, entry)
+        await worker_b.load_names()
+        await worker_a.load_names()
+        other = NormalizedName("other-pkg")
+        await worker_a.put(other, entry)
+        assert await worker_a.get(other) is not None  # its own write
+        assert await worker_b.get(NAME) is not None  # listed at start
+        assert await worker_b.get(other) is None  # stored by the other process since
+        assert await worker_b.get(other, any_writer=True) is not None
+        stale = await index_b.upstream_entry(other)  # the upstream fails: served stale
+        assert stale.page is not None and stale.page.versions == {"1.0"}
+    finally:
+        await index_b.close()
+        worker_a.close()
+        worker_b.close()
         storage.close()
