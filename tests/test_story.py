@@ -11,6 +11,7 @@ import json
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -235,9 +236,8 @@ def test_poetry_publish_to_the_private_index(
     assert again.returncode == 0  # identical files: 200, nothing changes (U-05)
 
 
-def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
-    published: ProxyServer, fake_pypi: FakePyPI, client_tmp: Path
-) -> None:
+def app_project(client_tmp: Path, tool_tables: str) -> Path:
+    """A project that depends on the private ``sample`` and the public ``public-dep``."""
     project = client_tmp / "app"
     project.mkdir()
     (project / "pyproject.toml").write_text(
@@ -245,10 +245,24 @@ def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
         'name = "app"\n'
         'version = "0.1.0"\n'
         f'requires-python = ">={sys.version_info.major}.{sys.version_info.minor}"\n'
-        'dependencies = ["sample", "public-dep"]\n\n'
-        "[tool.poetry]\n"
-        "package-mode = false\n"
+        'dependencies = ["sample", "public-dep"]\n\n' + tool_tables
     )
+    return project
+
+
+def assert_locked_private_sample(locked: dict[str, dict[str, Any]], fake_pypi: FakePyPI) -> None:
+    """The lock has the private sample (not the public 9.9) and the public dependency, which
+    came through the upstream cache; the upstream was never asked for sample's files."""
+    assert locked["sample"]["version"] == "0.1.0"
+    assert locked["public-dep"]["version"] == "2.0"
+    assert fake_pypi.count("/simple/public-dep/") >= 1
+    assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
+
+
+def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
+    published: ProxyServer, fake_pypi: FakePyPI, client_tmp: Path
+) -> None:
+    project = app_project(client_tmp, "[tool.poetry]\npackage-mode = false\n")
     env = client_env(
         client_tmp / "poetry",
         POETRY_NO_INTERACTION="1",
@@ -263,35 +277,21 @@ def test_poetry_locks_and_installs_from_the_index_as_its_primary_source(
     run([*poetry, "lock"], env, cwd=project, timeout=300)
     lock = tomllib.loads((project / "poetry.lock").read_text())
     locked = {pkg["name"]: pkg for pkg in lock["package"]}
-    assert locked["sample"]["version"] == "0.1.0"  # the private one, not the public 9.9
-    assert locked["public-dep"]["version"] == "2.0"
     for pkg in locked.values():
         source = pkg["source"]  # poetry stores the URL without its trailing slash
         assert (source["reference"], source["url"]) == ("proxyindex", f"{published.url}/simple")
         assert pkg["files"] and all(f["hash"].startswith("sha256:") for f in pkg["files"])
     run([*poetry, "install"], env, cwd=project, timeout=300)
     assert "hello" in call_sample(project / ".venv" / "bin" / "python", client_tmp)
-    assert fake_pypi.count("/simple/public-dep/") >= 1
-    assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
+    assert_locked_private_sample(locked, fake_pypi)
 
 
 def test_pdm_locks_and_installs_from_the_index_as_its_pypi_source(
     published: ProxyServer, fake_pypi: FakePyPI, client_tmp: Path
 ) -> None:
-    project = client_tmp / "app"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        "[project]\n"
-        'name = "app"\n'
-        'version = "0.1.0"\n'
-        f'requires-python = ">={sys.version_info.major}.{sys.version_info.minor}"\n'
-        'dependencies = ["sample", "public-dep"]\n\n'
-        "[tool.pdm]\n"
-        "distribution = false\n\n"
-        "[[tool.pdm.source]]\n"
-        'name = "pypi"\n'  # a source named pypi replaces PyPI (pdm's documented way)
-        f'url = "{published.index_url}"\n'
-    )
+    # A source named pypi replaces PyPI (pdm's documented way).
+    source = f'[[tool.pdm.source]]\nname = "pypi"\nurl = "{published.index_url}"\n'
+    project = app_project(client_tmp, "[tool.pdm]\ndistribution = false\n\n" + source)
     venv = make_venv(project / ".venv")  # pdm would install into the venv it runs from
     env = client_env(
         client_tmp / "pdm", PDM_CHECK_UPDATE="false", PDM_PYTHON=str(venv), PDM_USE_UV="false"
@@ -300,8 +300,6 @@ def test_pdm_locks_and_installs_from_the_index_as_its_pypi_source(
     run([*pdm, "lock", "--static-urls"], env, cwd=project, timeout=300)
     lock = tomllib.loads((project / "pdm.lock").read_text())
     locked = {pkg["name"]: pkg for pkg in lock["package"]}
-    assert locked["sample"]["version"] == "0.1.0"  # the private one, not the public 9.9
-    assert locked["public-dep"]["version"] == "2.0"
     for pkg in locked.values():
         assert pkg["files"]
         for entry in pkg["files"]:
@@ -309,8 +307,7 @@ def test_pdm_locks_and_installs_from_the_index_as_its_pypi_source(
             assert entry["hash"].startswith("sha256:")
     run([*pdm, "install"], env, cwd=project, timeout=300)
     assert "hello" in call_sample(venv, client_tmp)
-    assert fake_pypi.count("/simple/public-dep/") >= 1
-    assert [p for p in fake_pypi.paths() if "/sample" in p] == ["/simple/sample/"]
+    assert_locked_private_sample(locked, fake_pypi)
 
 
 def test_index_set_by_environment_for_pip_and_uv(published: ProxyServer, client_tmp: Path) -> None:
