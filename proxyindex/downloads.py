@@ -97,8 +97,8 @@ class Download:
         return b"".join(parts)
 
     async def stream(self) -> AsyncIterator[bytes | FileRange]:
-        """The file's bytes as they arrive, then, once the download is verified, one
-        :class:`FileRange` for whatever is left (to send with sendfile, no copies).
+        """The file's bytes as they arrive, then, once the download is verified, the rest:
+        from memory for a small file, else one :class:`FileRange` (to send with sendfile).
 
         Raises if the download fails at any point. Chunks are small (64 KiB) because a
         hundred clients may be following one download, each holding a chunk in flight.
@@ -106,47 +106,35 @@ class Download:
         await self.started.wait()
         if self.error is not None:
             raise self.error
-        if self.body is not None:
-            async for chunk in self._stream_memory():
-                yield chunk
-            return
-        fh = await self._open()
+        fh = None if self.body is not None else await self._open()
         try:
             sent = 0
             while True:
                 progress = self._progress
                 if self.error is not None:
                     raise self.error
-                if self.verified:
+                if self.verified and fh is not None:
                     if sent < self.written:
                         yield FileRange(fh, sent, self.written - sent)
                     return
                 # The last byte waits for the hash check: a client never holds a complete
                 # body that turns out to be corrupt.
-                available = self.written - sent - 1
-                if available > 0:
-                    chunk = await asyncio.to_thread(fh.read, min(available, _READ_CHUNK))
+                end = self.written if self.verified else self.written - 1
+                if end > sent:
+                    if self.body is not None:
+                        chunk = bytes(self.body[sent:end])
+                    else:
+                        assert fh is not None
+                        chunk = await asyncio.to_thread(fh.read, min(end - sent, _READ_CHUNK))
                     sent += len(chunk)
                     yield chunk
                     continue
+                if self.verified:
+                    return
                 await progress.wait()
         finally:
-            await asyncio.to_thread(fh.close)
-
-    async def _stream_memory(self) -> AsyncIterator[bytes]:
-        assert self.body is not None
-        sent = 0
-        while True:
-            progress = self._progress
-            if self.error is not None:
-                raise self.error
-            end = len(self.body) if self.verified else len(self.body) - 1
-            if end > sent:
-                yield bytes(self.body[sent:end])
-                sent = end
-            if self.verified:
-                return
-            await progress.wait()
+            if fh is not None:
+                await asyncio.to_thread(fh.close)
 
 
 class Downloader:
@@ -169,11 +157,11 @@ class Downloader:
 
     def running(self, dist: DistFile) -> Download | None:
         """The download of ``dist`` in progress in this process, if any."""
-        return self._active.get(dist.sha256 or dist.url)
+        return self._active.get(_key(dist))
 
     def start(self, dist: DistFile) -> Download:
         """Join the running download of ``dist`` or start one."""
-        key = dist.sha256 or dist.url
+        key = _key(dist)
         download = self._active.get(key)
         if download is None:
             download = Download(dist)
@@ -324,6 +312,10 @@ class Downloader:
         if dist.sha256 is None:
             await self._pages.remember_blob(dist.url, actual)
         return blob
+
+
+def _key(dist: DistFile) -> str:
+    return dist.sha256 or dist.url
 
 
 async def _discard(opening: asyncio.Future[tuple[BinaryIO, Path]]) -> None:

@@ -83,6 +83,11 @@ class Resolved:
     token: _Token
     fetched_at: float | None
 
+    @property
+    def private(self) -> bool:
+        """Private files in it: clients must revalidate (CC-01)."""
+        return self.page.has_private_files or self.owner is Owner.PRIVATE
+
 
 class ProjectIndex:
     def __init__(
@@ -297,8 +302,7 @@ class ProjectIndex:
 
     def _build(self, resolved: Resolved, fmt: SimpleFormat) -> RenderedPage:
         body = render_project(resolved.page, fmt, self.config.server.base_url)
-        private = resolved.page.has_private_files or resolved.owner is Owner.PRIVATE
-        return RenderedPage.build(body, private)
+        return RenderedPage.build(body, resolved.private)
 
     def client_max_age(self, private: bool, fetched_at: float | None) -> int:
         """Seconds a client may reuse a page: 0 with private files (CC-01), else the TTL left."""

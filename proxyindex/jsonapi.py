@@ -18,7 +18,7 @@ from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
 from proxyindex.models import DistFile, ProjectPage
-from proxyindex.simple import file_href, version_of
+from proxyindex.simple import file_href, version_key, version_of
 
 __all__ = ["Release", "find_release", "metadata_source", "render"]
 
@@ -50,11 +50,6 @@ def _parsed(version: str) -> Version | None:
         return None
 
 
-def _order(version: str) -> tuple[int, Version | str]:
-    parsed = _parsed(version)
-    return (1, parsed) if parsed is not None else (0, version)
-
-
 def releases(page: ProjectPage) -> list[Release]:
     """Every version, oldest first; a version the index lists without files has none."""
     by_version: dict[str, list[DistFile]] = {}
@@ -65,7 +60,7 @@ def releases(page: ProjectPage) -> list[Release]:
         found = version_of(dist.filename)
         if found is not None:
             by_version.setdefault(found, []).append(dist)
-    ordered = sorted(by_version, key=_order)
+    ordered = sorted(by_version, key=version_key)
     return [Release(v, tuple(by_version[v])) for v in ordered]
 
 

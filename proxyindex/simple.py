@@ -38,6 +38,7 @@ __all__ = [
     "render_root_entry",
     "render_root_footer",
     "render_root_header",
+    "version_key",
     "version_of",
 ]
 
@@ -128,7 +129,7 @@ def version_of(filename: str) -> str | None:
         return None
 
 
-def _version_key(version: str) -> tuple[int, Version | str]:
+def version_key(version: str) -> tuple[int, Version | str]:
     try:
         return (1, Version(version))
     except InvalidVersion:
@@ -214,7 +215,7 @@ def _render_json(page: ProjectPage, base_url: str) -> bytes:
         "meta": {"api-version": API_VERSION},
         "name": page.name,
         "files": [_file_json(page, dist, base_url) for dist in page.files],
-        "versions": sorted(page.versions, key=_version_key),
+        "versions": sorted(page.versions, key=version_key),
     }
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -18,7 +18,6 @@ from proxyindex.errors import NotFound
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
-from proxyindex.policy import Owner
 from proxyindex.responses import IMMUTABLE, StoredFile, etag_matches, not_modified
 from proxyindex.simple import SimpleFormat, negotiate
 from proxyindex.storage import project_of
@@ -66,6 +65,10 @@ def _format(request: web.Request) -> SimpleFormat:
     return negotiate(request.headers.get(hdrs.ACCEPT), request.query.get("format"))
 
 
+def _cache_control(max_age: int, private: bool) -> str:
+    return f"max-age={max_age}" + (", must-revalidate" if private else "")
+
+
 def _page_response(
     request: web.Request, rendered: RenderedPage, fmt: SimpleFormat, max_age: int
 ) -> web.Response:
@@ -73,8 +76,11 @@ def _page_response(
         hdrs.ACCEPT_ENCODING, ""
     )
     etag = rendered.etag[:-1] + '-gz"' if use_gzip else rendered.etag
-    cache_control = f"max-age={max_age}" + (", must-revalidate" if rendered.private else "")
-    headers: dict[str, str] = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: cache_control, hdrs.VARY: _VARY}
+    headers: dict[str, str] = {
+        hdrs.ETAG: etag,
+        hdrs.CACHE_CONTROL: _cache_control(max_age, rendered.private),
+        hdrs.VARY: _VARY,
+    }
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return not_modified(headers)
     headers[hdrs.CONTENT_TYPE] = fmt.content_type
@@ -244,12 +250,11 @@ async def project_json(request: web.Request) -> web.StreamResponse:
         body = await asyncio.to_thread(build)
     else:
         body = build()
-    private = resolved.page.has_private_files or resolved.owner is Owner.PRIVATE
-    max_age = index.client_max_age(private, resolved.fetched_at)
+    max_age = index.client_max_age(resolved.private, resolved.fetched_at)
     etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
     headers: dict[str, str] = {
         hdrs.ETAG: etag,
-        hdrs.CACHE_CONTROL: f"max-age={max_age}" + (", must-revalidate" if private else ""),
+        hdrs.CACHE_CONTROL: _cache_control(max_age, resolved.private),
     }
     if resolved.page.serial is not None:
         headers["X-PyPI-Last-Serial"] = str(resolved.page.serial)
@@ -270,10 +275,7 @@ async def _release_metadata(
     meta = source.metadata_file()
     if meta is None:
         return None
-    blob = await _cached_blob(request, meta)
-    if blob is None:
-        return await request.app[appkeys.DOWNLOADER].start(meta).read()
-    return await asyncio.to_thread(blob.read_bytes)
+    return await request.app[appkeys.DOWNLOADER].start(meta).read()  # cached: read from there
 
 
 async def health(request: web.Request) -> web.StreamResponse:

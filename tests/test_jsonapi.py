@@ -142,20 +142,14 @@ def test_document_has_pypis_shape() -> None:
 # --- over HTTP -------------------------------------------------------------------------------
 
 
-def packages(tmp_path: Path) -> Path:
-    path = tmp_path / "packages"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 async def test_private_project_json_describes_the_stored_files(
     make_app_client: MakeAppClient, fake_pypi: FakePyPI, tmp_path: Path
 ) -> None:
     fake_pypi.add_wheel("corp-lib", "99.0")  # the public namesake must never leak in (DC-01)
     wheel = make_wheel(
-        packages(tmp_path), "Corp.Lib", "1.0", requires_dist=["idna>=3"], requires_python=">=3.9"
+        tmp_path / "packages", "Corp.Lib", "1.0", requires_dist=["idna>=3"], requires_python=">=3.9"
     )
-    sdist = make_sdist(packages(tmp_path), "corp-lib", "1.0")
+    sdist = make_sdist(tmp_path / "packages", "corp-lib", "1.0")
     client = await make_app_client()
     resp = await client.get("/pypi/corp-lib/json")
     assert resp.status == 200
@@ -244,7 +238,7 @@ async def test_unknown_projects_and_versions_are_404s_nobody_caches(
 async def test_json_api_is_protected_like_the_simple_pages(
     make_app_client: MakeAppClient, tmp_path: Path
 ) -> None:
-    make_wheel(packages(tmp_path), "corp-lib", "1.0")
+    make_wheel(tmp_path / "packages", "corp-lib", "1.0")
     htpasswd = tmp_path / "htpasswd"
     add_user(htpasswd, "alice", "s3cret")
     client = await make_app_client(auth={"htpasswd": str(htpasswd), "protect": ["list"]})
