@@ -88,6 +88,7 @@ class AuthConfig:
     protect: tuple[str, ...] = ("upload",)
     realm: str = "proxyindex"
     uploaders: tuple[str, ...] = ()
+    anonymous_upload: bool = True
 
 
 @dataclass(frozen=True, slots=True)
