@@ -46,6 +46,8 @@ from measure import (
     stop_process,
 )
 
+from proxyindex.config import DEFAULT_UPSTREAM
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORK = HERE / ".work"
@@ -60,7 +62,7 @@ CLIENTS = (
     if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK)
     else WORK / "clients"
 )
-PYPI = "https://pypi.org/simple/"
+PYPI = DEFAULT_UPSTREAM
 PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
     "text/html; q=0.01"
@@ -1080,6 +1082,8 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
+    import realpypi  # imports this module: not at the top, to keep the import order simple
+
     p = argparse.ArgumentParser(description="proxyindex benchmark harness")
     p.add_argument(
         "--peers",
@@ -1119,7 +1123,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--keep", action="store_true", help="keep data dirs and client output")
     p.add_argument("--json", help="also write the raw results to this JSON file")
+    p.add_argument(
+        "--real-upstream",
+        nargs="?",
+        const=DEFAULT_UPSTREAM,
+        metavar="URL",
+        help="instead: installs straight at the real upstream (default: the public PyPI) and "
+        "through proxyindex, interleaved (benchmarks/realpypi.py; needs the network)",
+    )
+    realpypi.add_arguments(p)
     args = p.parse_args(argv)
+    if args.real_upstream:
+        return realpypi.run_real(args)
     if args.quick:
         args.latency_ms, args.root_names, args.repeat, args.peers = 50.0, 20_000, 1, False
         args.duration = 3.0
