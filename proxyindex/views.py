@@ -29,6 +29,7 @@ __all__ = [
     "project_json",
     "project_page",
     "project_redirect",
+    "root_name_redirect",
     "root_page",
 ]
 
@@ -59,6 +60,29 @@ async def project_redirect(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"not a valid project name: {raw[:100]!r}")
     location = request.rel_url.with_path(f"/simple/{normalize(raw)}/", keep_query=True)
     raise web.HTTPMovedPermanently(location)
+
+
+async def root_name_redirect(request: web.Request) -> web.StreamResponse:
+    """``/<name>/`` (and ``/<name>``): 301 to ``/simple/<name>/``, for clients migrated from
+    pypiserver with the server root as their index URL, which would otherwise get 404 and
+    "No matching distribution". Never for the first segment of one of our own routes (read
+    from the router, so a route added later is covered): those stay 404."""
+    raw = request.match_info["name"]
+    if raw in _route_segments(request.app.router) or not is_valid_name(raw):
+        raise NotFound(f"no page at {request.path[:100]!r}")
+    location = request.rel_url.with_path(f"/simple/{normalize(raw)}/", keep_query=True)
+    raise web.HTTPMovedPermanently(location)
+
+
+def _route_segments(router: web.UrlDispatcher) -> frozenset[str]:
+    """First path segments of the fixed routes: ``/health`` -> ``health``, ``/simple/{name}/``
+    -> ``simple``; routes that start with a variable (``/{name}/``) name none."""
+    segments = set()
+    for resource in router.resources():
+        first = resource.canonical.lstrip("/").partition("/")[0]
+        if first and "{" not in first:
+            segments.add(first)
+    return frozenset(segments)
 
 
 def _format(request: web.Request) -> SimpleFormat:
