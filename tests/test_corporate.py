@@ -7,6 +7,7 @@ upstream's certificate are made by trustme, and the fake upstream serves HTTPS w
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.error
 import urllib.request
@@ -26,9 +27,10 @@ from proxyindex.network import (
     parse_proxy,
     tls_context,
 )
-from tests.clients import run_pip_install, run_twine_upload
+from tests.clients import client_env, run, run_pip_install, run_twine_upload
 from tests.fakepypi import FakePyPI
 from tests.forwardproxy import ForwardProxy
+from tests.test_docker import dockerfile_instructions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -394,3 +396,22 @@ def test_twine_refuses_skip_existing_here_and_identical_reuploads_are_accepted(
     assert "--skip-existing" in skip.stdout + skip.stderr
     again = run_twine_upload(client_tmp / "again", server.upload_url, sample_dists)
     assert again.returncode == 0
+
+
+@pytest.mark.e2e
+def test_the_image_health_check_is_not_sent_to_the_proxy(
+    make_proxy: MakeProxy, client_tmp: Path
+) -> None:
+    """A container given HTTP_PROXY for its upstream must still find itself healthy."""
+    server = make_proxy()
+    healthcheck = json.loads(dict(dockerfile_instructions())["HEALTHCHECK"].partition("CMD ")[2])
+    nobody = "http://127.0.0.1:9"  # a proxy nobody listens on
+    env = client_env(
+        client_tmp,
+        PROXYINDEX_SERVER_PORT=str(server.port),
+        HTTP_PROXY=nobody,
+        http_proxy=nobody,
+        NO_PROXY="",
+        no_proxy="",
+    )
+    run(healthcheck, env, cwd=client_tmp, timeout=10)
