@@ -173,26 +173,32 @@ def _has_port(entry: str) -> bool:
     return tail.isdigit() and bool(head) and (head.endswith("]") or ":" not in head)
 
 
-def tls_context(ca_file: Path | None, *, platform: str = sys.platform) -> ssl.SSLContext:
-    """The context that verifies upstream (and HTTPS proxy) certificates.
+def tls_context(ca_file: Path | None, *, platform: str = sys.platform) -> ssl.SSLContext | None:
+    """The context that verifies upstream (and HTTPS proxy) certificates, or None for
+    aiohttp's default one, when that is already exactly the system's trust store.
 
     The operating system's trust store: on macOS and Windows through truststore (Keychain,
     the Windows certificate store, where companies push their CAs); on Linux OpenSSL's
-    system bundle, loaded once here. truststore's Linux backend loads that same bundle, but
-    again at every TLS handshake, on the event loop (~100 ms for Debian's 144 CAs measured on
-    a loaded 2-core machine), so it is not used there. ``ca_file`` (PEM) is trusted in
-    addition. Blocking: it reads certificate files, so call it in a thread.
+    system bundle, loaded once. truststore's Linux backend loads that same bundle, but again
+    at every TLS handshake, on the event loop (~100 ms for Debian's 144 CAs measured on a
+    loaded 2-core machine), so it is not used there; and when OpenSSL finds the bundle by
+    itself and there is no ``ca_file``, aiohttp's default context (made once per process) is
+    that very bundle, so None saves loading it again (~60 ms per app). ``ca_file`` (PEM) is
+    trusted in addition. Blocking: it reads certificate files, so call it in a thread.
     """
     context: ssl.SSLContext
     if platform in ("darwin", "win32"):
         context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     else:
-        context = ssl.create_default_context()
         defaults = ssl.get_default_verify_paths()
-        if defaults.cafile is None and not _has_certs(defaults.capath):
-            bundle = next((p for p in _CA_BUNDLES if Path(p).is_file()), None)
-            if bundle is not None:
-                context.load_verify_locations(cafile=bundle)
+        openssl_finds_it = defaults.cafile is not None or _has_certs(defaults.capath)
+        if openssl_finds_it and ca_file is None:
+            return None
+        context = ssl.create_default_context()
+        bundle = next((p for p in _CA_BUNDLES if Path(p).is_file()), None)
+        if not openssl_finds_it and bundle is not None:
+            context.load_verify_locations(cafile=bundle)
+    context.set_alpn_protocols(["http/1.1"])  # as aiohttp's own contexts do
     if ca_file is not None:
         context.load_verify_locations(cafile=ca_file)
     return context

@@ -76,8 +76,8 @@ class UpstreamClient:
     @staticmethod
     def make_session(tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
         """The one session; ``tls`` from :func:`proxyindex.network.tls_context` (the system's
-        CAs plus ``upstream.ca_file``). No ``trust_env``: proxies are chosen per request from
-        :class:`ProxyRoutes`, and ``~/.netrc`` is never read."""
+        CAs plus ``upstream.ca_file``; None: aiohttp's default). No ``trust_env``: proxies
+        are chosen per request from :class:`ProxyRoutes`, and ``~/.netrc`` is never read."""
         connector = aiohttp.TCPConnector(
             limit=64, limit_per_host=32, ttl_dns_cache=300, ssl=tls if tls is not None else True
         )

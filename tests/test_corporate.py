@@ -27,7 +27,14 @@ from proxyindex.network import (
     parse_proxy,
     tls_context,
 )
-from tests.clients import client_env, run, run_pip_install, run_twine_upload
+from tests.clients import (
+    client_env,
+    make_venv,
+    run,
+    run_pip_install,
+    run_twine_upload,
+    run_uv_pip_install,
+)
 from tests.fakepypi import FakePyPI
 from tests.forwardproxy import ForwardProxy
 from tests.test_docker import dockerfile_instructions
@@ -182,13 +189,16 @@ async def test_tls_context_trusts_the_ca_file_in_addition_to_the_system(
     """Both backends: OpenSSL's system bundle (Linux) and truststore (macOS, Windows), which
     also runs on Linux, so its ``load_verify_locations`` is checked here too."""
     url = tls_upstream.simple_url
-    system_only = tls_context(None, platform=platform)
-    assert system_only.verify_mode == ssl.CERT_REQUIRED
-    assert system_only.check_hostname
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=system_only)) as s:
+    system_only = tls_context(None, platform=platform)  # None: aiohttp's default, the same
+    if system_only is not None:
+        assert system_only.verify_mode == ssl.CERT_REQUIRED
+        assert system_only.check_hostname
+    connector = aiohttp.TCPConnector(ssl=system_only if system_only is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as s:
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await s.get(url)
     with_ca = tls_context(ca_file, platform=platform)
+    assert with_ca is not None
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=with_ca)) as s,
         s.get(url) as resp,
@@ -373,12 +383,16 @@ def test_pip_installs_from_an_https_upstream_signed_by_the_ca_file(
 def test_pip_with_the_server_root_as_index_url_installs(
     make_proxy: MakeProxy, fake_pypi: FakePyPI, client_tmp: Path
 ) -> None:
-    """A pypiserver migrant's ``--index-url http://host:port/``: pip asks ``/<name>/``."""
+    """A pypiserver migrant's ``--index-url http://host:port/``: pip and uv ask ``/<name>/``."""
     fake_pypi.add_wheel("corp-tool", "1.0", requires_dist=["Corp_Dep"])
     fake_pypi.add_wheel("corp-dep", "2.0")
     server = make_proxy()
     report = run_pip_install(client_tmp, server.url + "/", "corp-tool", target=client_tmp / "t")
     assert report.versions() == {"corp-tool": "1.0", "corp-dep": "2.0"}
+    uv = run_uv_pip_install(
+        client_tmp / "uv", server.url + "/", "corp-tool", python=make_venv(client_tmp / "venv")
+    )
+    assert uv.installed == {"corp-tool": "1.0", "corp-dep": "2.0"}
 
 
 @pytest.mark.e2e
