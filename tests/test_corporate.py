@@ -145,6 +145,11 @@ def test_the_proxy_is_chosen_by_scheme_and_the_setting_wins_over_the_environment
     explicit = ProxyRoutes.from_settings("http://corp:3128", environ)
     assert explicit.for_url(URL("https://pypi.internal.example/simple/")) is not None
     assert ProxyRoutes.from_settings("", {}).for_url(URL("https://pypi.org/")) is None
+    socks = ProxyRoutes.from_settings("", {"HTTPS_PROXY": "socks5://proxy.corp:1080"})
+    assert socks.for_url(URL("https://pypi.org/")) is None  # cannot be used: said at start-up
+    assert socks.ignored == (
+        "HTTPS_PROXY: expected an http:// proxy URL, got socks5://proxy.corp:1080",
+    )
 
 
 def test_proxy_credentials_are_kept_apart_and_masked() -> None:
@@ -263,6 +268,8 @@ async def test_no_proxy_hosts_are_reached_directly(
     client = await make_app_client()
     assert (await client.get("/simple/corp-tool/")).status == 200
     assert fake_pypi.count("/simple/corp-tool/") == 1
+    # proxy.py adds "Via" to the first request of each connection it opens upstream.
+    assert not [r.path for r in fake_pypi.requests if "Via" in r.headers]
     assert forward_proxy.requests() == []
 
 
@@ -325,6 +332,7 @@ def test_pip_installs_through_the_proxy_named_by_http_proxy(
     report = run_pip_install(client_tmp, server.index_url, "corp-tool", target=client_tmp / "t")
     assert report.versions() == {"corp-tool": "1.0"}
     forward_proxy.wait_for("GET", f"127.0.0.1:{fake_pypi.port}/simple/corp-tool/")
+    assert "Via" in fake_pypi.requests_for("/simple/corp-tool/")[0].headers  # proxy.py's mark
     assert _get(server.index_url + "other-tool/")[0] == 200  # its page is cached now
 
     # Proof the proxy is the way out for pages and files: without it, the (running) upstream
@@ -399,7 +407,8 @@ def test_pip_with_the_server_root_as_index_url_installs(
 def test_twine_refuses_skip_existing_here_and_identical_reuploads_are_accepted(
     make_proxy: MakeProxy, sample_dists: list[Path], client_tmp: Path
 ) -> None:
-    """What the README's Publishing section tells ``--skip-existing`` users to do instead."""
+    """What the README's Publishing section tells ``--skip-existing`` users to do instead
+    (U-06); ``uv publish --check-url`` is covered in ``test_story``."""
     server = make_proxy(auth={"anonymous_upload": True})
     run_twine_upload(client_tmp / "first", server.upload_url, sample_dists)
     skip = run_twine_upload(
