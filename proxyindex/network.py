@@ -71,8 +71,8 @@ def parse_proxy(value: str, source: str) -> Proxy:
         text = "http://" + text
     try:
         url = URL(text)
-    except ValueError as exc:
-        raise ValueError(f"{source}: not a URL: {exc}") from exc
+    except ValueError:
+        raise ValueError(f"{source}: not a valid URL") from None  # its text may hold a password
     if url.scheme not in PROXY_SCHEMES or not url.host:
         raise ValueError(f"{source}: expected an http:// proxy URL, got {_masked(url)}")
     bare = url.with_user(None).with_path("").with_query(None).with_fragment(None)
@@ -142,9 +142,12 @@ class ProxyRoutes:
             return f"upstream requests go through {self.explicit.display()} (upstream.proxy)"
         if not self.by_scheme:
             return None
-        parts = [f"{p.display()} ({p.source})" for p in self.by_scheme.values()]
+        parts = [
+            f"to {scheme}:// URLs go through {p.display()} ({p.source})"
+            for scheme, p in self.by_scheme.items()
+        ]
         except_ = f", except NO_PROXY={self.no_proxy}" if self.no_proxy else ""
-        return "upstream requests go through " + " and ".join(parts) + except_
+        return "upstream requests " + " and ".join(parts) + except_
 
 
 def bypasses(no_proxy: str, host: str, port: int | None) -> bool:

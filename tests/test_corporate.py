@@ -169,6 +169,7 @@ def test_proxy_credentials_are_kept_apart_and_masked() -> None:
     [
         ("proxy", "socks5://proxy.corp:1080", "upstream.proxy: expected an http:// proxy URL"),
         ("proxy", "http://u:pw@:3128", "upstream.proxy"),
+        ("proxy", "http://u:pw@[bad:3128", "upstream.proxy: not a valid URL"),
         ("ca_file", "missing.pem", "upstream.ca_file: cannot load"),
         ("ca_file", "config.toml", "upstream.ca_file: cannot load"),
     ],
