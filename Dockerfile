@@ -25,7 +25,8 @@ ENV PROXYINDEX_SERVER_HOST=0.0.0.0 \
 USER proxyindex
 VOLUME ["/data"]
 EXPOSE 8080
+# No proxy for the health check: HTTP_PROXY set for the upstream must not take 127.0.0.1.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PROXYINDEX_SERVER_PORT', '8080'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/health' % os.environ.get('PROXYINDEX_SERVER_PORT', '8080'), timeout=4)"]
 
 ENTRYPOINT ["proxyindex", "serve", "--config", "/etc/proxyindex/config.toml"]

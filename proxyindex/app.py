@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import hdrs, web
@@ -17,6 +18,7 @@ from proxyindex.config import Config
 from proxyindex.downloads import Downloader
 from proxyindex.errors import AuthRequired, ProxyIndexError, UpstreamError
 from proxyindex.index import ProjectIndex
+from proxyindex.network import ProxyRoutes, tls_context
 from proxyindex.prefetch import Prefetcher
 from proxyindex.rootindex import RootIndex
 from proxyindex.storage import PrivateStorage
@@ -120,8 +122,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(storage.rescan)
     pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
     blobs = await asyncio.to_thread(BlobStore, cache_dir / "files")
-    session = UpstreamClient.make_session()
-    upstream = UpstreamClient(config.upstream, session)
+    # The proxy environment is read once, here; the CA files are read in a thread.
+    proxies = ProxyRoutes.from_settings(config.upstream.proxy, os.environ)
+    tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)
+    session = UpstreamClient.make_session(tls)
+    upstream = UpstreamClient(config.upstream, session, proxies)
     downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
     index = ProjectIndex(config, storage, pages, upstream)
     root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
@@ -194,6 +199,9 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get(path + "/", views.project_json)
     for path in ("/", "/legacy", "/legacy/"):
         app.router.add_post(path, upload.handle_upload)
+    # pypiserver-style index URLs (the server root): any fixed route above matches first.
+    app.router.add_get("/{name}/", views.root_name_redirect)
+    app.router.add_get("/{name}", views.root_name_redirect)
     return app
 
 

@@ -22,6 +22,7 @@ from proxyindex import __version__, fsutil
 from proxyindex.app import create_app
 from proxyindex.auth import add_user
 from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.network import ProxyRoutes
 from proxyindex.upstream import mask_url
 
 __all__ = ["main"]
@@ -193,6 +194,20 @@ def _announce(config: Config, host: str, port: int) -> None:
         config.storage.cache_dir,
         config.server.workers,
     )
+    _announce_network(config)
+
+
+def _announce_network(config: Config) -> None:
+    """How the upstream is reached, when it is not "directly, trusting the system's CAs":
+    the first thing to check when a corporate network blocks it (proxy passwords masked)."""
+    proxies = ProxyRoutes.from_settings(config.upstream.proxy, os.environ)
+    for problem in proxies.ignored:
+        log.warning("ignored: %s", problem)
+    described = proxies.describe()
+    if described is not None:
+        log.info("%s", described)
+    if config.upstream.ca_file is not None:
+        log.info("trusting the system's CAs and upstream.ca_file %s", config.upstream.ca_file)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from yarl import URL
+
+from proxyindex.network import parse_proxy
 
 __all__ = [
     "AuthConfig",
@@ -64,6 +67,8 @@ class UpstreamConfig:
     root_ttl: int = 21600
     prefetch: bool = True
     prefetch_max_size: int = 50 << 20
+    proxy: str = ""
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,7 @@ def _validate(config: Config) -> Config:
         config = dataclasses.replace(
             config, upstream=dataclasses.replace(config.upstream, url=config.upstream.url + "/")
         )
+    _check_network(config.upstream)
     if config.server.port > 65535:
         raise ConfigError(f"server.port: expected 0..65535, got {config.server.port}")
     if config.server.workers < 1:
@@ -169,6 +175,24 @@ def _validate(config: Config) -> Config:
         ),
     )
     return config
+
+
+def _check_network(upstream: UpstreamConfig) -> None:
+    """A proxy URL that cannot work, or a CA file that cannot be read, stops start-up here
+    with the key's name, rather than failing every upstream request later."""
+    if upstream.proxy:
+        try:
+            parse_proxy(upstream.proxy, "upstream.proxy")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if upstream.ca_file is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=upstream.ca_file)
+        except OSError as exc:  # ssl.SSLError is one too: not PEM, or no certificate in it
+            why = exc.strerror if not isinstance(exc, ssl.SSLError) and exc.strerror else exc
+            raise ConfigError(
+                f"upstream.ca_file: cannot load {upstream.ca_file} as PEM certificates: {why}"
+            ) from None
 
 
 def _normalize_pattern(pattern: str, key: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,6 +22,7 @@ from proxyindex import __version__
 from proxyindex.cache import PageEntry
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import UpstreamTimeout, UpstreamUnavailable
+from proxyindex.network import Proxy, ProxyRoutes
 from proxyindex.simple import parse_project
 
 __all__ = ["UPSTREAM_ACCEPT", "UpstreamClient", "UpstreamFile", "mask_url"]
@@ -53,10 +55,16 @@ class UpstreamFile:
 
 
 class UpstreamClient:
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        session: aiohttp.ClientSession,
+        proxies: ProxyRoutes | None = None,
+    ) -> None:
         self.config = config
         self.base = URL(config.url)
         self._session = session
+        self._proxies = proxies if proxies is not None else ProxyRoutes()
         self._page_timeout = aiohttp.ClientTimeout(
             total=config.timeout, sock_connect=config.connect_timeout
         )
@@ -66,10 +74,16 @@ class UpstreamClient:
         )
 
     @staticmethod
-    def make_session() -> aiohttp.ClientSession:
+    def make_session(tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
+        """The one session; ``tls`` from :func:`proxyindex.network.tls_context` (the system's
+        CAs plus ``upstream.ca_file``; None: aiohttp's default). No ``trust_env``: proxies
+        are chosen per request from :class:`ProxyRoutes`, and ``~/.netrc`` is never read."""
+        connector = aiohttp.TCPConnector(
+            limit=64, limit_per_host=32, ttl_dns_cache=300, ssl=tls if tls is not None else True
+        )
         return aiohttp.ClientSession(
             headers={"User-Agent": f"proxyindex/{__version__}"},
-            connector=aiohttp.TCPConnector(limit=64, limit_per_host=32, ttl_dns_cache=300),
+            connector=connector,
             auto_decompress=True,
         )
 
@@ -83,13 +97,20 @@ class UpstreamClient:
         if cached is not None and cached.etag and cached.page is not None:
             headers["If-None-Match"] = cached.etag
         started = time.monotonic()
-        with _mapped_errors(url, "failed for"):
-            async with self._session.get(url, headers=headers, timeout=self._page_timeout) as resp:
+        proxy = self._proxies.for_url(url)
+        with _mapped_errors(url, "failed for", proxy):
+            async with self._session.get(
+                url,
+                headers=headers,
+                timeout=self._page_timeout,
+                proxy=_proxy_url(proxy),
+                proxy_auth=_proxy_auth(proxy),
+            ) as resp:
                 if resp.status == 304 and cached is not None:
                     return PageEntry(cached.page, time.time(), cached.etag)
                 if resp.status == 404:
                     return PageEntry(None, time.time())
-                _require_200(resp, url)
+                _require_200(resp, url, proxy)
                 body = await resp.read()
                 content_type = resp.headers.get("Content-Type", "")
                 etag = resp.headers.get("ETag")
@@ -109,11 +130,17 @@ class UpstreamClient:
         self, url: str, headers: dict[str, str], *, decompress: bool
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET a body to stream; UpstreamError on refusal, non-200 or timeout."""
-        with _mapped_errors(url, "failed for"):
+        proxy = self._proxies.for_url(URL(url))
+        with _mapped_errors(url, "failed for", proxy):
             async with self._session.get(
-                url, headers=headers, timeout=self._file_timeout, auto_decompress=decompress
+                url,
+                headers=headers,
+                timeout=self._file_timeout,
+                auto_decompress=decompress,
+                proxy=_proxy_url(proxy),
+                proxy_auth=_proxy_auth(proxy),
             ) as resp:
-                _require_200(resp, url)
+                _require_200(resp, url, proxy)
                 yield resp
 
     @asynccontextmanager
@@ -135,17 +162,51 @@ class UpstreamClient:
                 yield chunk
 
 
-def _require_200(resp: aiohttp.ClientResponse, url: str | URL) -> None:
+def _proxy_url(proxy: Proxy | None) -> URL | None:
+    return None if proxy is None else proxy.url
+
+
+def _proxy_auth(proxy: Proxy | None) -> aiohttp.BasicAuth | None:
+    if proxy is None or proxy.login is None:
+        return None
+    return aiohttp.BasicAuth(proxy.login, proxy.password or "")
+
+
+def _via(proxy: Proxy | None) -> str:
+    return "" if proxy is None else f" via proxy {proxy.display()}"
+
+
+def _require_200(resp: aiohttp.ClientResponse, url: str | URL, proxy: Proxy | None) -> None:
     if resp.status != 200:
-        raise UpstreamUnavailable(f"upstream answered {resp.status} for {mask_url(url)}")
+        # Through a plain-http proxy, its own refusals (407, 403, 502) arrive as responses.
+        raise UpstreamUnavailable(
+            f"upstream answered {resp.status} for {mask_url(url)}{_via(proxy)}"
+        )
 
 
 @contextmanager
-def _mapped_errors(url: str | URL, doing: str) -> Iterator[None]:
-    """aiohttp's timeouts and connection errors as our UpstreamError leaves (502/504)."""
+def _mapped_errors(url: str | URL, doing: str, proxy: Proxy | None = None) -> Iterator[None]:
+    """aiohttp's timeouts and connection errors as our UpstreamError leaves (502/504), with a
+    reason that says which hop failed: the proxy, TLS verification, or the upstream."""
     try:
         yield
     except TimeoutError as exc:
-        raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}") from exc
+        raise UpstreamTimeout(f"upstream timed out for {mask_url(url)}{_via(proxy)}") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        cert_error = exc.certificate_error
+        why = getattr(cert_error, "verify_message", None) or cert_error
+        raise UpstreamUnavailable(
+            f"upstream TLS certificate not trusted for {mask_url(url)}{_via(proxy)}: {why}; "
+            "set upstream.ca_file to the CA that signed it"
+        ) from exc
+    except aiohttp.ClientProxyConnectionError as exc:
+        where = "" if proxy is None else f" {proxy.display()} ({proxy.source})"
+        raise UpstreamUnavailable(
+            f"cannot connect to the proxy{where} for {mask_url(url)}: {exc.os_error}"
+        ) from exc
+    except aiohttp.ClientHttpProxyError as exc:
+        raise UpstreamUnavailable(
+            f"the proxy refused {mask_url(url)}{_via(proxy)}: {exc.status} {exc.message}"
+        ) from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(f"upstream {doing} {mask_url(url)}: {exc}") from exc
+        raise UpstreamUnavailable(f"upstream {doing} {mask_url(url)}{_via(proxy)}: {exc}") from exc

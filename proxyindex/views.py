@@ -7,6 +7,7 @@ import hashlib
 import html
 from functools import lru_cache
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
@@ -29,6 +30,7 @@ __all__ = [
     "project_json",
     "project_page",
     "project_redirect",
+    "root_name_redirect",
     "root_page",
 ]
 
@@ -59,6 +61,44 @@ async def project_redirect(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"not a valid project name: {raw[:100]!r}")
     location = request.rel_url.with_path(f"/simple/{normalize(raw)}/", keep_query=True)
     raise web.HTTPMovedPermanently(location)
+
+
+async def root_name_redirect(request: web.Request) -> web.StreamResponse:
+    """``/<name>/`` (and ``/<name>``): 301 to ``/simple/<name>/``, for clients migrated from
+    pypiserver with the server root as their index URL, which would otherwise get 404 and
+    "No matching distribution". Never for the first segment of one of our own routes (read
+    from the router, so a route added later is covered): those answer as without this route."""
+    raw = request.match_info["name"]
+    if raw in _route_segments(request.app.router):
+        await _answer_as_without_redirects(request)
+    if not is_valid_name(raw):
+        raise NotFound(f"no page at {request.path[:100]!r}")
+    location = request.rel_url.with_path(f"/simple/{normalize(raw)}/", keep_query=True)
+    raise web.HTTPMovedPermanently(location)
+
+
+async def _answer_as_without_redirects(request: web.Request) -> NoReturn:
+    """405 where another route takes this path with other methods (``GET /legacy``: uploads
+    only), else 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise NotFound(f"no page at {request.path[:100]!r}")
+
+
+def _route_segments(router: web.UrlDispatcher) -> frozenset[str]:
+    """First path segments of the fixed routes: ``/health`` -> ``health``, ``/simple/{name}/``
+    -> ``simple``; routes that start with a variable (``/{name}/``) name none."""
+    segments = set()
+    for resource in router.resources():
+        first = resource.canonical.lstrip("/").partition("/")[0]
+        if first and "{" not in first:
+            segments.add(first)
+    return frozenset(segments)
 
 
 def _format(request: web.Request) -> SimpleFormat:

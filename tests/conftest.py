@@ -8,6 +8,7 @@ for it, and a test that asks gets a clean, running index on the same URL every t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +39,21 @@ class MakeProxy(Protocol):
         start: bool = True,
         **sections: Mapping[str, object],
     ) -> ProxyServer: ...
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loopback_never_proxied() -> Iterator[None]:
+    """In-process servers read HTTP(S)_PROXY like the real one (``tests.serverproc`` and
+    ``tests.clients`` do the same for subprocesses): a proxy set on the machine running the
+    tests must not take the requests to the fake upstream on 127.0.0.1."""
+    saved = {name: os.environ.get(name) for name in ("NO_PROXY", "no_proxy")}
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ import hashlib
 import html
 import json
 import shutil
+import ssl
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -184,9 +185,14 @@ async def _shutdown(runner: web.AppRunner) -> None:
 class FakePyPI:
     """A PEP 503/691 index with files, served from its own thread. See the module docstring."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: serve HTTPS with this server context (e.g. a trustme certificate)."""
         self.host = host
         self._port = port
+        self._tls = tls
+        self.scheme = "http" if tls is None else "https"
         self._lock = threading.Lock()
         self._projects: dict[NormalizedName, _Project] = {}
         self._by_sha: dict[str, _Dist] = {}
@@ -240,7 +246,7 @@ class FakePyPI:
     @property
     def url(self) -> str:
         """Base URL without a trailing slash, e.g. ``http://127.0.0.1:41237``."""
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def simple_url(self) -> str:
@@ -266,7 +272,7 @@ class FakePyPI:
         # shutdown_timeout: a request stuck in `delay` must not hold stop() for the default 60 s.
         runner = web.AppRunner(self._make_app(), access_log=None, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self._port, reuse_address=True, ssl_context=self._tls)
         try:
             await site.start()
         except BaseException:
