@@ -22,6 +22,8 @@ from proxyindex import __version__, fsutil
 from proxyindex.app import create_app
 from proxyindex.auth import add_user
 from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.models import is_valid_name, normalize
+from proxyindex.tombstones import PrivateNames, scan_names
 from proxyindex.upstream import mask_url
 
 __all__ = ["main"]
@@ -54,19 +56,35 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    _private_parser(commands)
     return parser
+
+
+def _private_parser(commands: Any) -> None:
+    private = commands.add_parser("private", help="names that stay private (tombstones)")
+    private_commands = private.add_subparsers(dest="private_command", required=True)
+    listing = private_commands.add_parser(
+        "list-tombstones", help="private names whose files were all removed"
+    )
+    release = private_commands.add_parser(
+        "release", help="let a tombstoned name come from the upstream again"
+    )
+    release.add_argument("name")
+    for sub in (listing, release):
+        sub.add_argument("--config", type=Path, help="TOML file (default: ./config.toml)")
+        sub.add_argument("--packages-dir", type=Path, help="folder of private packages")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     pairs = [
-        ("server", "host", args.host),
-        ("server", "port", args.port),
-        ("server", "workers", args.workers),
+        ("server", "host", getattr(args, "host", None)),
+        ("server", "port", getattr(args, "port", None)),
+        ("server", "workers", getattr(args, "workers", None)),
         ("storage", "packages_dir", args.packages_dir),
-        ("storage", "cache_dir", args.cache_dir),
-        ("upstream", "url", args.upstream),
-        ("auth", "htpasswd", args.htpasswd),
+        ("storage", "cache_dir", getattr(args, "cache_dir", None)),
+        ("upstream", "url", getattr(args, "upstream", None)),
+        ("auth", "htpasswd", getattr(args, "htpasswd", None)),
     ]
     for section, key, value in pairs:
         if value is not None:
@@ -256,6 +274,36 @@ def user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def private_command(args: argparse.Namespace) -> int:
+    """``private list-tombstones`` and ``private release NAME``: they edit the names log in
+    the packages folder; a running server reads the change within a second."""
+    packages_dir = _load(args).storage.packages_dir
+    names = PrivateNames(packages_dir)
+    names.refresh()
+    files = scan_names(packages_dir)
+    if args.private_command == "list-tombstones":
+        for name in sorted(names.names() - files.keys()):
+            removed = ", ".join(sorted(names.removed_files(name))) or "-"
+            print(f"{name}\tremoved: {removed}")
+        return 0
+    if not is_valid_name(args.name):
+        print(f"proxyindex: not a project name: {args.name!r}", file=sys.stderr)
+        return 2
+    name = normalize(args.name)
+    if files.get(name):
+        print(
+            f"proxyindex: {name} still has {files[name]} private file(s) in {packages_dir}; "
+            "remove them first",
+            file=sys.stderr,
+        )
+        return 1
+    if not names.release(name):
+        print(f"proxyindex: {name} is not a tombstoned private name", file=sys.stderr)
+        return 1
+    print(f"proxyindex: released {name}: it comes from the upstream again", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -263,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "user":
             return user_add(args)
+        if args.command == "private":
+            return private_command(args)
     except ConfigError as exc:
         print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ class PrivateConfig:
     reserved: tuple[str, ...] = ()
     merge_with_upstream: tuple[str, ...] = ()
     allow_overwrite: bool = False
-    refuse_shadowing_uploads: bool = False
+    refuse_shadowing_uploads: bool = True
     max_upload_size: int = 1 << 30
 
     def is_reserved(self, name: str) -> bool:
