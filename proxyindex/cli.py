@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on (0: any free port)")
+    serve.add_argument("--data-dir", type=Path, help="folder for packages and cache")
     serve.add_argument("--packages-dir", type=Path, help="folder of private packages")
     serve.add_argument("--cache-dir", type=Path, help="folder for the upstream cache")
     serve.add_argument("--upstream", help="upstream simple index URL")
@@ -81,6 +82,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("server", "host", getattr(args, "host", None)),
         ("server", "port", getattr(args, "port", None)),
         ("server", "workers", getattr(args, "workers", None)),
+        ("storage", "data_dir", getattr(args, "data_dir", None)),
         ("storage", "packages_dir", args.packages_dir),
         ("storage", "cache_dir", getattr(args, "cache_dir", None)),
         ("upstream", "url", getattr(args, "upstream", None)),
@@ -201,16 +203,37 @@ def _run_workers(config: Config, host: str, port: int) -> int:
 
 def _announce(config: Config, host: str, port: int) -> None:
     """The line scripts and tests wait for (the first line, printed once connections are
-    accepted), then what is being served."""
+    accepted), then what is being served: where data lives, which upstream, which auth."""
     shown = f"[{host}]" if ":" in host else host
     print(f"proxyindex: listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+    storage = config.storage
+    log.info("packages: %s", storage.packages)
+    log.info("cache: %s", storage.cache)
     log.info(
-        "upstream %s, packages %s, cache %s, %d worker(s)",
+        "upstream: %s (checked %s)",
         mask_url(config.upstream.url),
-        config.storage.packages_dir,
-        config.storage.cache_dir,
-        config.server.workers,
+        f"every {config.upstream.check_interval} s, see /ready"
+        if config.upstream.check_interval
+        else "never: upstream.check_interval = 0",
     )
+    log.info("%s", _auth_summary(config))
+    private = config.private
+    log.info(
+        "private names: uploads shadowing an upstream name %s; reserved %s; merged %s",
+        "refused" if private.refuse_shadowing_uploads else "ALLOWED",
+        list(private.reserved) or "none",
+        list(private.merge_with_upstream) or "none",
+    )
+    log.info("%d worker(s)", config.server.workers)
+
+
+def _auth_summary(config: Config) -> str:
+    auth = config.auth
+    if auth.htpasswd is None:
+        uploads = "anyone may upload" if auth.anonymous_upload else "uploads are refused"
+        return f"auth: off (no auth.htpasswd): anyone may list and download; {uploads}"
+    protected = ", ".join(a for a in ("list", "download", "upload") if a in auth.protect)
+    return f"auth: htpasswd {auth.htpasswd}; a login is needed to {protected or 'nothing'}"
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -219,8 +242,8 @@ def serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    removed = fsutil.remove_stale_temp_files(config.storage.packages_dir)
-    removed += fsutil.remove_stale_temp_files(config.storage.cache_dir)
+    removed = fsutil.remove_stale_temp_files(config.storage.packages)
+    removed += fsutil.remove_stale_temp_files(config.storage.cache)
     if removed:
         log.info("removed %d temp files left by an earlier crash", removed)
     workers = config.server.workers
@@ -277,7 +300,7 @@ def user_add(args: argparse.Namespace) -> int:
 def private_command(args: argparse.Namespace) -> int:
     """``private list-tombstones`` and ``private release NAME``: they edit the names log in
     the packages folder; a running server reads the change within a second."""
-    packages_dir = _load(args).storage.packages_dir
+    packages_dir = _load(args).storage.packages
     names = PrivateNames(packages_dir)
     names.refresh()
     files = scan_names(packages_dir)

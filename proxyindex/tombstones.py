@@ -69,20 +69,20 @@ class PrivateNames:
     def refresh(self) -> bool:
         """Read what was appended since the last call (by any process); True if it changed.
 
-        A replaced or truncated log is read again from the start; a deleted one empties the
-        set (the scanner records the names that still have files again).
+        A replaced or truncated log is read again from the start. A missing one (the packages
+        folder is an unmounted volume, or someone deleted the log) forgets nothing: only a
+        ``released`` line hands a name back.
         """
         with self._lock:
             try:
                 fh = self.path.open("rb")
             except FileNotFoundError:
-                changed = bool(self._names)
-                self._names, self._inode, self._offset = {}, None, 0
-                return changed
+                self._inode, self._offset = None, 0
+                return False
             with fh:
                 st = os.fstat(fh.fileno())
                 if st.st_ino != self._inode or st.st_size < self._offset:
-                    self._names, self._inode, self._offset = {}, st.st_ino, 0
+                    self._inode, self._offset = st.st_ino, 0
                 if st.st_size == self._offset:
                     return False
                 fh.seek(self._offset)
@@ -143,7 +143,7 @@ class PrivateNames:
         """
         data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(exist_ok=True)  # never the packages folder: a lost mount
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)

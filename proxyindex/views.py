@@ -18,6 +18,7 @@ from proxyindex.errors import NotFound
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
+from proxyindex.readiness import storage_problems
 from proxyindex.responses import (
     IMMUTABLE,
     PRIVATE_IMMUTABLE,
@@ -35,6 +36,7 @@ __all__ = [
     "project_json",
     "project_page",
     "project_redirect",
+    "ready",
     "root_page",
 ]
 
@@ -297,6 +299,34 @@ async def _release_metadata(
 
 async def health(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"}, headers={hdrs.CACHE_CONTROL: "no-store"})
+
+
+async def ready(request: web.Request) -> web.StreamResponse:
+    """200 when the server can serve: its folders are usable and the upstream answered the
+    last background check as a simple index; else 503 saying what is wrong (``/health``
+    only says the process is up)."""
+    config = request.app[appkeys.CONFIG]
+    problems = await asyncio.to_thread(
+        storage_problems, config.storage.packages, config.storage.cache
+    )
+    monitor = request.app[appkeys.UPSTREAM_CHECK]
+    if monitor.interval == 0:
+        upstream = "not checked (upstream.check_interval = 0)"
+    elif monitor.last is None:
+        upstream = f"upstream {monitor.url} not checked yet"
+        problems.append(upstream)
+    else:
+        upstream = monitor.last.detail
+        if not monitor.last.ok:
+            problems.append(upstream)
+    body = {
+        "status": "not ready" if problems else "ready",
+        "problems": problems,
+        "upstream": upstream,
+    }
+    return web.json_response(
+        body, status=503 if problems else 200, headers={hdrs.CACHE_CONTROL: "no-store"}
+    )
 
 
 _HOME = """<!DOCTYPE html>

@@ -9,6 +9,7 @@ and reserved names say why they answer 404.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp import FormData
+from packaging.utils import NormalizedName
 
+from proxyindex.storage import PrivateStorage
 from tests.clients import make_venv, run_pip_install, run_twine_upload, run_uv_pip_install
 from tests.conftest import AppClient, MakeAppClient, MakeProxy
 from tests.fakepypi import FakePyPI
@@ -176,3 +179,27 @@ def test_pip_and_uv_never_get_the_upstream_namesake_of_a_removed_private_name(
     )
     assert uv.proc.returncode != 0
     assert [p for p in fake_pypi.paths() if "corp" in p] == []
+
+
+def test_a_lost_packages_mount_forgets_no_tombstone_and_is_not_recreated(tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    wheel = make_wheel(packages, "corp-lib", "1.0")
+    sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    store = PrivateStorage(packages, tmp_path / "meta")
+    store.rescan()
+    name = NormalizedName("corp-lib")
+    assert store.page(name) is not None  # hashed while it is there
+    wheel.unlink()
+    store.rescan()
+    assert store.was_private(name) and not store.has(name)
+    packages.rename(tmp_path / "elsewhere")  # a volume that went away
+    store.rescan()
+    assert store.was_private(name)
+    assert not packages.exists()
+    store.close()
+    # A new cache folder: the log in the packages folder carries the tombstone.
+    restarted = PrivateStorage(tmp_path / "elsewhere", tmp_path / "meta2")
+    restarted.rescan()
+    assert restarted.was_private(name)
+    assert restarted.private_names.removed_files(name) == {wheel.name: sha256}
+    restarted.close()
