@@ -1,4 +1,5 @@
-"""Names that were private stay private: removing files never hands a name to the upstream.
+"""Private names are safe by default: an upload never hides a public project by accident, and
+names that were private stay private: removing files never hands a name to the upstream.
 
 Dependency confusion by deletion: a private ``corp-lib`` whose last version is removed must not
 make the next install fetch the upstream's ``corp-lib 99``. The name stays private (a tombstone)
@@ -203,3 +204,20 @@ def test_a_lost_packages_mount_forgets_no_tombstone_and_is_not_recreated(tmp_pat
     assert restarted.was_private(name)
     assert restarted.private_names.removed_files(name) == {wheel.name: sha256}
     restarted.close()
+
+
+@pytest.mark.e2e
+def test_twine_cannot_hide_a_public_project_by_default_so_uv_still_installs_it(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI, tmp_path: Path, client_tmp: Path
+) -> None:
+    """The issue's story: one upload of ``six`` made ``six>=1.16`` fail for everyone."""
+    fake_pypi.add_wheel("six", "1.16.0")
+    proxy = make_proxy(auth={"anonymous_upload": True})  # the shadowing default is on
+    mine = make_wheel(tmp_path / "dist", "six", "1.0")
+    refused = run_twine_upload(client_tmp / "up", proxy.upload_url, [mine], check=False)
+    assert refused.returncode != 0
+    assert "private.refuse_shadowing_uploads" in refused.stdout + refused.stderr
+    uv = run_uv_pip_install(
+        client_tmp / "uv", proxy.index_url, "six>=1.16", python=make_venv(client_tmp / "venv")
+    )
+    assert uv.installed == {"six": "1.16.0"}
