@@ -109,8 +109,11 @@ class PrivateNames:
         elif isinstance(filename := event.get("removed"), str):
             name, sha256 = event.get("name"), event.get("sha256")
             if isinstance(name, str) and is_valid_name(name):
-                files = self._names.setdefault(normalize(name), {})
+                # A new dict, not an update: the event loop may be copying the old one.
+                project = normalize(name)
+                files = {**self._names.get(project, {})}
                 files[filename] = sha256 if isinstance(sha256, str) else None
+                self._names[project] = files
 
     # --- writing --------------------------------------------------------------------------
 
