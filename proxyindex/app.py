@@ -20,6 +20,7 @@ from proxyindex.errors import AuthRequired, ProxyIndexError, UpstreamError
 from proxyindex.index import ProjectIndex
 from proxyindex.network import ProxyRoutes, tls_context
 from proxyindex.prefetch import Prefetcher
+from proxyindex.readiness import UpstreamMonitor
 from proxyindex.rootindex import RootIndex
 from proxyindex.storage import PrivateStorage
 from proxyindex.upstream import UpstreamClient
@@ -44,8 +45,8 @@ def error_response(status: int, message: str, realm: str | None = None) -> web.R
     headers = {hdrs.CACHE_CONTROL: "no-store"}
     if realm is not None:
         headers[hdrs.WWW_AUTHENTICATE] = f'Basic realm="{realm}"'
-    if status in (502, 503, 504):
-        headers[hdrs.RETRY_AFTER] = "30"
+    # No Retry-After on 502/504: pip honours it on every retry, so "30" made one failed
+    # install wait 5 x 30 s before saying anything; its own backoff retries within seconds.
     return web.Response(
         status=status, reason=_reason(message), text=message + "\n", headers=headers
     )
@@ -114,8 +115,8 @@ async def _list_page_names(pages: PageCache) -> None:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     """Everything with a lifetime: created before the ``yield``, closed after it."""
     config = app[appkeys.CONFIG]
-    cache_dir = config.storage.cache_dir
-    packages_dir = config.storage.packages_dir
+    cache_dir = config.storage.cache
+    packages_dir = config.storage.packages
     await asyncio.to_thread(packages_dir.mkdir, parents=True, exist_ok=True)
     # Opening the sqlite files and creating folders block: done in threads, like all file I/O.
     storage = await asyncio.to_thread(PrivateStorage, packages_dir, cache_dir / "private-meta")
@@ -141,12 +142,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.DOWNLOADER] = downloader
     app[appkeys.INDEX] = index
     app[appkeys.ROOT] = root
+    monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
+    app[appkeys.UPSTREAM_CHECK] = monitor
+    checker = asyncio.create_task(monitor.run_forever()) if config.upstream.check_interval else None
     scanner = asyncio.create_task(_scan_forever(storage))
     warm = asyncio.create_task(asyncio.to_thread(storage.warm))
     listing = asyncio.create_task(_list_page_names(pages))
     try:
         yield
     finally:
+        if checker is not None:
+            checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checker
         scanner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await scanner
@@ -189,6 +197,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/", views.home)
     app.router.add_get("/health", views.health)
+    app.router.add_get("/ready", views.ready)
     app.router.add_get("/simple/", views.root_page)
     app.router.add_get("/simple", _simple_slash)
     app.router.add_get("/simple/{name}/", views.project_page)

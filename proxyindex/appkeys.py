@@ -9,10 +9,21 @@ from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
 from proxyindex.downloads import Downloader
 from proxyindex.index import ProjectIndex
+from proxyindex.readiness import UpstreamMonitor
 from proxyindex.rootindex import RootIndex
 from proxyindex.storage import PrivateStorage
 
-__all__ = ["AUTH", "BLOBS", "CONFIG", "DOWNLOADER", "INDEX", "PAGES", "ROOT", "STORAGE"]
+__all__ = [
+    "AUTH",
+    "BLOBS",
+    "CONFIG",
+    "DOWNLOADER",
+    "INDEX",
+    "PAGES",
+    "ROOT",
+    "STORAGE",
+    "UPSTREAM_CHECK",
+]
 
 CONFIG = web.AppKey("config", Config)
 AUTH = web.AppKey("auth", Authenticator)
@@ -22,3 +33,4 @@ BLOBS = web.AppKey("blobs", BlobStore)
 INDEX = web.AppKey("index", ProjectIndex)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 ROOT = web.AppKey("root", RootIndex)
+UPSTREAM_CHECK = web.AppKey("upstream_check", UpstreamMonitor)

@@ -22,7 +22,9 @@ from proxyindex import __version__, fsutil
 from proxyindex.app import create_app
 from proxyindex.auth import add_user
 from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.models import is_valid_name, normalize
 from proxyindex.network import ProxyRoutes
+from proxyindex.tombstones import PrivateNames, scan_names
 from proxyindex.upstream import mask_url
 
 __all__ = ["main"]
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on (0: any free port)")
+    serve.add_argument("--data-dir", type=Path, help="folder for packages and cache")
     serve.add_argument("--packages-dir", type=Path, help="folder of private packages")
     serve.add_argument("--cache-dir", type=Path, help="folder for the upstream cache")
     serve.add_argument("--upstream", help="upstream simple index URL")
@@ -55,19 +58,36 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    _private_parser(commands)
     return parser
+
+
+def _private_parser(commands: Any) -> None:
+    private = commands.add_parser("private", help="names that stay private (tombstones)")
+    private_commands = private.add_subparsers(dest="private_command", required=True)
+    listing = private_commands.add_parser(
+        "list-tombstones", help="private names whose files were all removed"
+    )
+    release = private_commands.add_parser(
+        "release", help="let a tombstoned name come from the upstream again"
+    )
+    release.add_argument("name")
+    for sub in (listing, release):
+        sub.add_argument("--config", type=Path, help="TOML file (default: ./config.toml)")
+        sub.add_argument("--packages-dir", type=Path, help="folder of private packages")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     pairs = [
-        ("server", "host", args.host),
-        ("server", "port", args.port),
-        ("server", "workers", args.workers),
+        ("server", "host", getattr(args, "host", None)),
+        ("server", "port", getattr(args, "port", None)),
+        ("server", "workers", getattr(args, "workers", None)),
+        ("storage", "data_dir", getattr(args, "data_dir", None)),
         ("storage", "packages_dir", args.packages_dir),
-        ("storage", "cache_dir", args.cache_dir),
-        ("upstream", "url", args.upstream),
-        ("auth", "htpasswd", args.htpasswd),
+        ("storage", "cache_dir", getattr(args, "cache_dir", None)),
+        ("upstream", "url", getattr(args, "upstream", None)),
+        ("auth", "htpasswd", getattr(args, "htpasswd", None)),
     ]
     for section, key, value in pairs:
         if value is not None:
@@ -184,16 +204,28 @@ def _run_workers(config: Config, host: str, port: int) -> int:
 
 def _announce(config: Config, host: str, port: int) -> None:
     """The line scripts and tests wait for (the first line, printed once connections are
-    accepted), then what is being served."""
+    accepted), then what is being served: where data lives, which upstream, which auth."""
     shown = f"[{host}]" if ":" in host else host
     print(f"proxyindex: listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+    storage = config.storage
+    log.info("packages: %s", storage.packages)
+    log.info("cache: %s", storage.cache)
     log.info(
-        "upstream %s, packages %s, cache %s, %d worker(s)",
+        "upstream: %s (checked %s)",
         mask_url(config.upstream.url),
-        config.storage.packages_dir,
-        config.storage.cache_dir,
-        config.server.workers,
+        f"every {config.upstream.check_interval} s, see /ready"
+        if config.upstream.check_interval
+        else "never: upstream.check_interval = 0",
     )
+    log.info("%s", _auth_summary(config))
+    private = config.private
+    log.info(
+        "private names: uploads shadowing an upstream name %s; reserved %s; merged %s",
+        "refused" if private.refuse_shadowing_uploads else "ALLOWED",
+        list(private.reserved) or "none",
+        list(private.merge_with_upstream) or "none",
+    )
+    log.info("%d worker(s)", config.server.workers)
     _announce_network(config)
 
 
@@ -210,14 +242,23 @@ def _announce_network(config: Config) -> None:
         log.info("trusting the system's CAs and upstream.ca_file %s", config.upstream.ca_file)
 
 
+def _auth_summary(config: Config) -> str:
+    auth = config.auth
+    if auth.htpasswd is None:
+        uploads = "anyone may upload" if auth.anonymous_upload else "uploads are refused"
+        return f"auth: off (no auth.htpasswd): anyone may list and download; {uploads}"
+    protected = ", ".join(a for a in ("list", "download", "upload") if a in auth.protect)
+    return f"auth: htpasswd {auth.htpasswd}; a login is needed to {protected or 'nothing'}"
+
+
 def serve(args: argparse.Namespace) -> int:
     config = _load(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    removed = fsutil.remove_stale_temp_files(config.storage.packages_dir)
-    removed += fsutil.remove_stale_temp_files(config.storage.cache_dir)
+    removed = fsutil.remove_stale_temp_files(config.storage.packages)
+    removed += fsutil.remove_stale_temp_files(config.storage.cache)
     if removed:
         log.info("removed %d temp files left by an earlier crash", removed)
     workers = config.server.workers
@@ -271,6 +312,36 @@ def user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def private_command(args: argparse.Namespace) -> int:
+    """``private list-tombstones`` and ``private release NAME``: they edit the names log in
+    the packages folder; a running server reads the change within a second."""
+    packages_dir = _load(args).storage.packages
+    names = PrivateNames(packages_dir)
+    names.refresh()
+    files = scan_names(packages_dir)
+    if args.private_command == "list-tombstones":
+        for name in sorted(names.names() - files.keys()):
+            removed = ", ".join(sorted(names.removed_files(name))) or "-"
+            print(f"{name}\tremoved: {removed}")
+        return 0
+    if not is_valid_name(args.name):
+        print(f"proxyindex: not a project name: {args.name!r}", file=sys.stderr)
+        return 2
+    name = normalize(args.name)
+    if files.get(name):
+        print(
+            f"proxyindex: {name} still has {files[name]} private file(s) in {packages_dir}; "
+            "remove them first",
+            file=sys.stderr,
+        )
+        return 1
+    if not names.release(name):
+        print(f"proxyindex: {name} is not a tombstoned private name", file=sys.stderr)
+        return 1
+    print(f"proxyindex: released {name}: it comes from the upstream again", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -278,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "user":
             return user_add(args)
+        if args.command == "private":
+            return private_command(args)
     except ConfigError as exc:
         print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
         return 2

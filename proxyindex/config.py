@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import re
 import ssl
 import tomllib
@@ -30,6 +31,7 @@ __all__ = [
     "StorageConfig",
     "UpstreamConfig",
     "as_toml",
+    "default_data_dir",
     "load_config",
 ]
 
@@ -50,11 +52,40 @@ class ServerConfig:
     workers: int = 1
 
 
+def default_data_dir(environ: Mapping[str, str], euid: int) -> Path:
+    """Where a server keeps its data when the config names no folder: never the current
+    directory (a source checkout, a home folder). ``$XDG_DATA_HOME/proxyindex`` when that is
+    set, else ``/var/lib/proxyindex`` for root (a system service), else
+    ``~/.local/share/proxyindex``."""
+    xdg = environ.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "proxyindex"
+    if euid == 0:
+        return Path("/var/lib/proxyindex")
+    home = environ.get("HOME")
+    return (Path(home) if home else Path.home()) / ".local" / "share" / "proxyindex"
+
+
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
-    packages_dir: Path = Path("packages")
-    cache_dir: Path = Path("cache")
+    data_dir: Path | None = None  # None: default_data_dir(), filled in by load_config
+    packages_dir: Path | None = None  # None: <data_dir>/packages
+    cache_dir: Path | None = None  # None: <data_dir>/cache
     cache_max_size: int = 0
+
+    @property
+    def data(self) -> Path:
+        return self.data_dir or default_data_dir(os.environ, os.geteuid())
+
+    @property
+    def packages(self) -> Path:
+        """The private packages folder (``packages_dir``, else ``<data_dir>/packages``)."""
+        return self.packages_dir or self.data / "packages"
+
+    @property
+    def cache(self) -> Path:
+        """The cache folder (``cache_dir``, else ``<data_dir>/cache``)."""
+        return self.cache_dir or self.data / "cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +100,7 @@ class UpstreamConfig:
     prefetch_max_size: int = 50 << 20
     proxy: str = ""
     ca_file: Path | None = None
+    check_interval: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +108,7 @@ class PrivateConfig:
     reserved: tuple[str, ...] = ()
     merge_with_upstream: tuple[str, ...] = ()
     allow_overwrite: bool = False
-    refuse_shadowing_uploads: bool = False
+    refuse_shadowing_uploads: bool = True
     max_upload_size: int = 1 << 30
 
     def is_reserved(self, name: str) -> bool:
@@ -138,7 +170,12 @@ def _coerce(key: str, kind: Any, value: Any, base_dir: Path) -> Any:
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - a programming error
 
 
-def _validate(config: Config) -> Config:
+def _validate(config: Config, environ: Mapping[str, str]) -> Config:
+    if config.storage.data_dir is None:
+        data_dir = default_data_dir(environ, os.geteuid())
+        config = dataclasses.replace(
+            config, storage=dataclasses.replace(config.storage, data_dir=data_dir)
+        )
     upstream = URL(config.upstream.url)
     if upstream.scheme not in ("http", "https") or not upstream.host:
         raise ConfigError(f"upstream.url: expected an http(s) URL, got {config.upstream.url!r}")
@@ -279,7 +316,7 @@ def load_config(
     if later:
         as_dict = _merge(as_toml(config), later)
         config = _build(as_dict, cwd)
-    return _validate(config)
+    return _validate(config, environ or {})
 
 
 def as_toml(config: Config) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,7 @@ from proxyindex.cache import PageCache, PageEntry
 from proxyindex.config import Config
 from proxyindex.errors import NotFound, UpstreamError
 from proxyindex.models import DistFile, ProjectPage
-from proxyindex.policy import Owner, merge_pages, owner_of
+from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
 from proxyindex.simple import SimpleFormat, render_project
 from proxyindex.storage import PrivateStorage
 from proxyindex.upstream import UpstreamClient
@@ -116,7 +116,9 @@ class ProjectIndex:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def owner(self, name: NormalizedName) -> Owner:
-        return owner_of(name, self.storage.has(name), self.config.private)
+        # A name that had private files stays private when they are removed (a tombstone).
+        private = self.storage.has(name) or self.storage.was_private(name)
+        return owner_of(name, private, self.config.private)
 
     # --- upstream pages -------------------------------------------------------------------
 
@@ -260,7 +262,8 @@ class ProjectIndex:
         upstream = entry.page if entry else None
         page = merge_pages(private, upstream)
         if page is None:
-            raise NotFound(f"no project named {name!r}")
+            tombstone = self.storage.was_private(name)
+            raise NotFound(not_found_reason(name, owner, tombstone, self.config.private))
         return Resolved(page, owner, _Token(private, upstream), entry.fetched_at if entry else None)
 
     async def render(self, name: NormalizedName, fmt: SimpleFormat) -> tuple[RenderedPage, int]:

@@ -11,7 +11,7 @@ from proxyindex.config import PrivateConfig
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.simple import project_versions
 
-__all__ = ["Owner", "merge_pages", "owner_of"]
+__all__ = ["Owner", "merge_pages", "not_found_reason", "owner_of"]
 
 
 class Owner(Enum):
@@ -28,6 +28,22 @@ def owner_of(name: str, has_private_files: bool, config: PrivateConfig) -> Owner
     if has_private_files or config.is_reserved(name):
         return Owner.PRIVATE
     return Owner.UPSTREAM
+
+
+def not_found_reason(name: str, owner: Owner, tombstone: bool, config: PrivateConfig) -> str:
+    """Why a project page is 404: a private name without files says so, because "no
+    project" would hide that the upstream's project of that name is withheld on purpose."""
+    if owner is Owner.PRIVATE and config.is_reserved(name):
+        return (
+            f"{name!r} is reserved for private packages (private.reserved) and has no files; "
+            "the upstream is not asked for it"
+        )
+    if owner is Owner.PRIVATE and tombstone:
+        return (
+            f"{name!r} is a private name whose files were all removed; it stays private (the "
+            f"upstream is not asked) until an admin runs: proxyindex private release {name}"
+        )
+    return f"no project named {name!r}"
 
 
 def merge_pages(private: ProjectPage | None, upstream: ProjectPage | None) -> ProjectPage | None:

@@ -12,12 +12,16 @@ from multidict import CIMultiDict
 
 __all__ = [
     "IMMUTABLE",
+    "PRIVATE_IMMUTABLE",
     "StoredFile",
     "etag_matches",
     "not_modified",
 ]
 
 IMMUTABLE = "public, max-age=31536000, immutable"  # files never change (F-06)
+# Behind a login: a shared cache (a CDN, a corporate proxy) must not keep a copy to serve
+# to anyone; the client's own cache may (RFC 9111 5.2.2.7).
+PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
 OCTET_STREAM = "application/octet-stream"
 
 

@@ -35,6 +35,7 @@ from packaging.version import InvalidVersion
 from proxyindex import fsutil
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.simple import project_versions
+from proxyindex.tombstones import PrivateNames
 
 __all__ = ["FileInfo", "PrivateStorage", "project_of", "read_wheel_metadata"]
 
@@ -168,6 +169,8 @@ class PrivateStorage:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.generation = 0
+        # Every name that ever had a private file, kept in the packages folder (tombstones).
+        self.private_names = PrivateNames(root)
 
     def stop_warming(self) -> None:
         """Make a running :meth:`warm` return soon (shutdown must not wait for 100k hashes)."""
@@ -220,6 +223,9 @@ class PrivateStorage:
         folder, and a dropped-in file costs a listing of its folder.
         """
         with self._lock:
+            if self.private_names.refresh():  # another process recorded or released names
+                self.private_names.record_seen(self._projects)
+                self.generation += 1
             root = str(self.root)
             seen: dict[str, _DirState] = {}
             changed: list[tuple[str, _DirState | None, _DirState | None]] = []
@@ -300,10 +306,34 @@ class PrivateStorage:
             else:
                 projects.pop(project, None)
                 project_dirs.pop(project, None)
+        removed: dict[NormalizedName, dict[str, _Entry]] = {}
+        for project in touched:
+            now = projects.get(project, {})
+            gone = {f: e for f, e in self._projects.get(project, {}).items() if f not in now}
+            if gone:
+                removed[project] = gone
         self._project_dirs = project_dirs
         self._projects = projects
         self.generation += 1
+        self._record(touched, removed)
         return True
+
+    def _record(
+        self, touched: set[NormalizedName], removed: dict[NormalizedName, dict[str, _Entry]]
+    ) -> None:
+        """Keep the names and removed files in the durable log (``tombstones``), whether
+        the files went through ``remove_pkg`` or were deleted by hand."""
+        self.private_names.record_seen(p for p in touched if p in self._projects)
+        for project, entries in removed.items():
+            gone = {f: self._known_sha256(e) for f, e in entries.items()}
+            if gone:
+                self.private_names.record_removed(project, gone)
+
+    def _known_sha256(self, entry: _Entry) -> str | None:
+        """The sha256 of a file that is gone, if it was hashed while it was there."""
+        key = (str(Path(entry.path).relative_to(self.root)), entry.size, entry.mtime_ns)
+        info: Any = self._infos.get(key) or self._store.get(("info", key))
+        return info.sha256 if isinstance(info, FileInfo) else None
 
     # --- reading --------------------------------------------------------------------------
 
@@ -312,6 +342,10 @@ class PrivateStorage:
 
     def has(self, name: NormalizedName) -> bool:
         return name in self._projects
+
+    def was_private(self, name: NormalizedName) -> bool:
+        """The name had private files once (all may be removed now: a tombstone)."""
+        return name in self.private_names
 
     def _info(self, entry: _Entry) -> FileInfo:
         key = (str(Path(entry.path).relative_to(self.root)), entry.size, entry.mtime_ns)

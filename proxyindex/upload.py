@@ -37,7 +37,7 @@ from proxyindex.errors import (
 )
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.policy import Owner
-from proxyindex.storage import metadata_fields, read_wheel_metadata
+from proxyindex.storage import PrivateStorage, metadata_fields, read_wheel_metadata
 
 __all__ = ["handle_upload"]
 
@@ -212,6 +212,18 @@ def _exists_message(filename: str, sha256: str) -> str:
     return f"File already exists ({filename!r}, with sha256 hash {sha256!r})"
 
 
+def _check_filename_reuse(storage: PrivateStorage, dist: _Dist, sha256: str) -> None:
+    """A removed filename may only come back with the same bytes: a pinned hash in someone's
+    lock file must never meet different content under the same name (PyPI never allows it)."""
+    removed = storage.private_names.removed_files(dist.name)
+    if dist.filename in removed and removed[dist.filename] != sha256:
+        # PyPI's wording and status (400), so twine users recognise it.
+        raise InvalidRequest(
+            f"This filename has already been used, use a different version: {dist.filename} "
+            "was removed and can only be uploaded again with the same content"
+        )
+
+
 async def _check_shadowing(request: web.Request, name: NormalizedName) -> None:
     """Warn (or refuse, if configured) when a new private name hides a public project."""
     index = request.app[appkeys.INDEX]
@@ -253,6 +265,8 @@ async def _file_upload(request: web.Request, received: _Received) -> web.Respons
         if not overwrite:
             raise FileExists(_exists_message(dist.filename, existing_sha))
     else:
+        if not overwrite:
+            _check_filename_reuse(storage, dist, sha256)
         await _check_shadowing(request, dist.name)
     dest = existing or storage.project_dir(dist.name) / dist.filename
     if existing is not None:

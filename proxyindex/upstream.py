@@ -125,6 +125,22 @@ class UpstreamClient:
         log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)
         return PageEntry(page, time.time(), etag)
 
+    async def probe(self, limit: int = 64 * 1024) -> tuple[int, str, bytes]:
+        """GET the upstream's root and read only its first ``limit`` bytes (PyPI's root is
+        40 MB): (status, Content-Type, first bytes). UpstreamError if it cannot be reached."""
+        head = bytearray()
+        with _mapped_errors(self.base, "failed for"):
+            async with self._session.get(
+                self.base, headers={"Accept": UPSTREAM_ACCEPT}, timeout=self._page_timeout
+            ) as resp:
+                while resp.status == 200 and len(head) < limit:
+                    chunk = await resp.content.read(limit - len(head))
+                    if not chunk:
+                        break
+                    head += chunk
+                # Leaving the block with the body unread closes the connection.
+                return resp.status, resp.headers.get("Content-Type", ""), bytes(head)
+
     @asynccontextmanager
     async def _stream(
         self, url: str, headers: dict[str, str], *, decompress: bool

@@ -19,7 +19,14 @@ from proxyindex.errors import NotFound
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
-from proxyindex.responses import IMMUTABLE, StoredFile, etag_matches, not_modified
+from proxyindex.readiness import storage_problems
+from proxyindex.responses import (
+    IMMUTABLE,
+    PRIVATE_IMMUTABLE,
+    StoredFile,
+    etag_matches,
+    not_modified,
+)
 from proxyindex.simple import SimpleFormat, negotiate
 from proxyindex.storage import project_of
 
@@ -30,6 +37,7 @@ __all__ = [
     "project_json",
     "project_page",
     "project_redirect",
+    "ready",
     "root_name_redirect",
     "root_page",
 ]
@@ -105,8 +113,16 @@ def _format(request: web.Request) -> SimpleFormat:
     return negotiate(request.headers.get(hdrs.ACCEPT), request.query.get("format"))
 
 
-def _cache_control(max_age: int, private: bool) -> str:
-    return f"max-age={max_age}" + (", must-revalidate" if private else "")
+def _cache_control(request: web.Request, max_age: int, private: bool) -> str:
+    """Pages: behind a login (``list`` protected) never stored by a shared cache; with
+    private files always revalidated (CC-01); never ``public``."""
+    value = f"max-age={max_age}" + (", must-revalidate" if private else "")
+    return "private, " + value if request.app[appkeys.AUTH].protects("list") else value
+
+
+def _file_cache_control(request: web.Request) -> str:
+    """Files and ``.metadata`` never change; behind a login they are ``private``."""
+    return PRIVATE_IMMUTABLE if request.app[appkeys.AUTH].protects("download") else IMMUTABLE
 
 
 def _page_response(
@@ -118,7 +134,7 @@ def _page_response(
     etag = rendered.etag[:-1] + '-gz"' if use_gzip else rendered.etag
     headers: dict[str, str] = {
         hdrs.ETAG: etag,
-        hdrs.CACHE_CONTROL: _cache_control(max_age, rendered.private),
+        hdrs.CACHE_CONTROL: _cache_control(request, max_age, rendered.private),
         hdrs.VARY: _VARY,
     }
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
@@ -143,7 +159,7 @@ async def root_page(request: web.Request) -> web.StreamResponse:
     use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
     return StoredFile(
         path.with_name(path.name + ".gz") if use_gzip else path,
-        headers={hdrs.CACHE_CONTROL: "max-age=300", hdrs.VARY: _VARY},
+        headers={hdrs.CACHE_CONTROL: _cache_control(request, 300, False), hdrs.VARY: _VARY},
         content_type=fmt.content_type,
         precompressed="gzip" if use_gzip else None,
     )
@@ -167,14 +183,14 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         return await _metadata(request, name, filename.removesuffix(".metadata"))
     target = await request.app[appkeys.INDEX].locate(name, filename)
     if isinstance(target, Path):
-        return StoredFile(target, headers={hdrs.CACHE_CONTROL: IMMUTABLE})
+        return StoredFile(target, headers={hdrs.CACHE_CONTROL: _file_cache_control(request)})
     return await _upstream_file(request, target)
 
 
 async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResponse:
     """An upstream file from the cache, or following its one download (streamed to every
     client as it arrives, the last byte once verified)."""
-    headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE}
+    headers: dict[str, str] = {hdrs.CACHE_CONTROL: _file_cache_control(request)}
     downloader = request.app[appkeys.DOWNLOADER]
     download = downloader.running(dist)  # fetched ahead already: join it, no cache lookup
     if download is None:
@@ -244,7 +260,10 @@ async def _metadata(
         if data is None:
             raise NotFound(f"no metadata for {filename!r}")
         etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
-        headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE, hdrs.ETAG: etag}
+        headers: dict[str, str] = {
+            hdrs.CACHE_CONTROL: _file_cache_control(request),
+            hdrs.ETAG: etag,
+        }
         if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
             return not_modified(headers)
         return web.Response(body=data, headers=headers, content_type="application/octet-stream")
@@ -294,7 +313,7 @@ async def project_json(request: web.Request) -> web.StreamResponse:
     etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
     headers: dict[str, str] = {
         hdrs.ETAG: etag,
-        hdrs.CACHE_CONTROL: _cache_control(max_age, resolved.private),
+        hdrs.CACHE_CONTROL: _cache_control(request, max_age, resolved.private),
     }
     if resolved.page.serial is not None:
         headers["X-PyPI-Last-Serial"] = str(resolved.page.serial)
@@ -320,6 +339,34 @@ async def _release_metadata(
 
 async def health(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"}, headers={hdrs.CACHE_CONTROL: "no-store"})
+
+
+async def ready(request: web.Request) -> web.StreamResponse:
+    """200 when the server can serve: its folders are usable and the upstream answered the
+    last background check as a simple index; else 503 saying what is wrong (``/health``
+    only says the process is up)."""
+    config = request.app[appkeys.CONFIG]
+    problems = await asyncio.to_thread(
+        storage_problems, config.storage.packages, config.storage.cache
+    )
+    monitor = request.app[appkeys.UPSTREAM_CHECK]
+    if monitor.interval == 0:
+        upstream = "not checked (upstream.check_interval = 0)"
+    elif monitor.last is None:
+        upstream = f"upstream {monitor.url} not checked yet"
+        problems.append(upstream)
+    else:
+        upstream = monitor.last.detail
+        if not monitor.last.ok:
+            problems.append(upstream)
+    body = {
+        "status": "not ready" if problems else "ready",
+        "problems": problems,
+        "upstream": upstream,
+    }
+    return web.json_response(
+        body, status=503 if problems else 200, headers={hdrs.CACHE_CONTROL: "no-store"}
+    )
 
 
 _HOME = """<!DOCTYPE html>

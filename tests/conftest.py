@@ -111,7 +111,12 @@ def make_proxy(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[MakeProxy]:
         tables: dict[str, dict[str, object]] = {
             "server": {"host": "127.0.0.1"},
             "storage": {"packages_dir": "packages", "cache_dir": "cache"},
-            "upstream": {"url": upstream_url if upstream_url is not None else fake_pypi.simple_url},
+            "upstream": {
+                "url": upstream_url if upstream_url is not None else fake_pypi.simple_url,
+                # The start-up check GETs the upstream's /simple/: tests that count upstream
+                # requests must not see it; tests of the check turn it on.
+                "check_interval": 0,
+            },
         }
         for name, values in sections.items():
             tables.setdefault(name, {}).update(values)
@@ -149,7 +154,12 @@ def make_app_client(
                 "packages_dir": str(tmp_path / "packages"),
                 "cache_dir": str(tmp_path / "cache"),
             },
-            "upstream": {"url": fake_pypi.simple_url, "timeout": 5, "connect_timeout": 2},
+            "upstream": {
+                "url": fake_pypi.simple_url,
+                "timeout": 5,
+                "connect_timeout": 2,
+                "check_interval": 0,  # no start-up request in the fake's log (see above)
+            },
         }
         for section, values in sections.items():
             overrides.setdefault(section, {}).update(values)

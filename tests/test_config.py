@@ -43,7 +43,7 @@ def test_public_pypi_is_the_default_upstream() -> None:
         ("[private]\nallow_overwrite = 1\n", "private.allow_overwrite"),
         ('[private]\nreserved = "acme-*"\n', "private.reserved"),
         ('[auth]\nprotect = ["everything"]\n', "auth.protect"),
-        ('[storage]\npackages_dir = ""\n', "storage.packages_dir"),
+        ("[storage]\npackages_dir = 1\n", "storage.packages_dir"),
         ("[server\n", "not valid TOML"),
     ],
 )

@@ -36,9 +36,10 @@ def make_client(make_app_client: MakeAppClient) -> MakeAppClient:
 
 
 def stored(tmp_path: Path) -> list[str]:
-    """Every file under the packages folder, temp files included."""
+    """Every file under the packages folder, temp files included (not the names log)."""
     root = tmp_path / "packages"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    files = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    return sorted(str(p) for p in files if p.parts[0] != ".proxyindex")
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -278,23 +279,31 @@ async def test_remove_pkg_removes_one_version(make_client: MakeClient, tmp_path:
     assert (await client.post("/", data=missing)).status == 400
 
 
-async def test_shadowing_upload_warns_by_default_and_can_be_refused(
+async def test_shadowing_upload_is_refused_by_default_and_can_be_allowed(
     make_client: MakeClient,
     fake_pypi: FakePyPI,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """One upload of a public name must not hide the public project from every user."""
     fake_pypi.add_wheel("requests", "2.0")
     wheel = make_wheel(tmp_path / "dist", "requests", "1.0")
-    strict = await make_client(private={"refuse_shadowing_uploads": True})
+    strict = await make_client()
     resp = await upload(strict, form(wheel))
     assert resp.status == 403  # DC-03
-    assert "refuse_shadowing_uploads" in await resp.text()
+    text = await resp.text()
+    assert "private.refuse_shadowing_uploads" in text
+    assert "private.reserved" in text
     assert stored(tmp_path) == []
     await strict.close()
-    lenient = await make_client()
+    reserved = await make_client(private={"reserved": ["requests"]})
+    assert (await upload(reserved, form(wheel))).status == 200  # the documented recipe
+    await reserved.close()
+    fake_pypi.add_wheel("other-pub", "1.0")
+    own = make_wheel(tmp_path / "dist2", "other-pub", "0.1")
+    lenient = await make_client(private={"refuse_shadowing_uploads": False})
     with caplog.at_level(logging.WARNING):
-        assert (await upload(lenient, form(wheel))).status == 200
+        assert (await upload(lenient, form(own))).status == 200
     assert "hides the upstream project" in caplog.text
 
 
