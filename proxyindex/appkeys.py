@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxyindex.auth import Authenticator
+from proxyindex.auth import Authenticator, Identity
 from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
 from proxyindex.downloads import Downloader
@@ -12,7 +12,7 @@ from proxyindex.index import ProjectIndex
 from proxyindex.rootindex import RootIndex
 from proxyindex.storage import PrivateStorage
 
-__all__ = ["AUTH", "BLOBS", "CONFIG", "DOWNLOADER", "INDEX", "PAGES", "ROOT", "STORAGE"]
+__all__ = ["AUTH", "BLOBS", "CONFIG", "DOWNLOADER", "IDENTITY", "INDEX", "PAGES", "ROOT", "STORAGE"]
 
 CONFIG = web.AppKey("config", Config)
 AUTH = web.AppKey("auth", Authenticator)
@@ -22,3 +22,6 @@ BLOBS = web.AppKey("blobs", BlobStore)
 INDEX = web.AppKey("index", ProjectIndex)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 ROOT = web.AppKey("root", RootIndex)
+
+# Per request: who logged in (set by the auth middleware when a login was checked).
+IDENTITY = web.RequestKey("identity", Identity)
