@@ -11,8 +11,8 @@ import logging
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiohttp
