@@ -176,6 +176,8 @@ class Authenticator:
         self._users: HtpasswdFile | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._unreadable = False
+        self._generation = 0  # bumped (in a thread) each time the htpasswd file is loaded
+        self._remembered_generation = 0
         self._refresh_lock = threading.Lock()
         self._tokens = TokenFile(config.tokens_file)
         self._salt = secrets.token_bytes(16)
@@ -226,8 +228,7 @@ class Authenticator:
                     log.error("%s; keeping the users loaded before", exc)
                 else:
                     self._users = users
-                    self._remembered = set()
-                    self._failed = collections.OrderedDict()
+                    self._generation += 1  # the loop forgets what it remembered (_forget)
                     log.info("loaded %s", path)
             self._stamp = stamp
         self._tokens.refresh()
@@ -237,6 +238,14 @@ class Authenticator:
             )
 
     # -- checks -------------------------------------------------------------------------------
+
+    def _forget_if_reloaded(self) -> None:
+        """On the loop: remembered successes and failures were checked against the old file.
+        (Only the loop touches these caches, so no lock and no half-cleared state.)"""
+        if self._remembered_generation != self._generation:
+            self._remembered_generation = self._generation
+            self._remembered.clear()
+            self._failed.clear()
 
     def _key(self, user: str, password: str) -> bytes:
         return hashlib.sha256(self._salt + f"{user}\0{password}".encode()).digest()
@@ -274,20 +283,25 @@ class Authenticator:
             self._budget.fail(client)
             raise AuthRequired("wrong user name or password")
         self._budget.begin(client)
+        generation = self._remembered_generation
         try:
             loop = asyncio.get_running_loop()
             ok = await loop.run_in_executor(self._executor, self._hash_check, user, password)
         finally:
             self._budget.end(client)
+        # Checked against the file as it was; if it has been reloaded since, remember nothing.
+        current = generation == self._remembered_generation
         if ok:
-            if len(self._remembered) >= _REMEMBERED_MAX:
-                self._remembered.clear()
-            self._remembered.add(key)
+            if current:
+                if len(self._remembered) >= _REMEMBERED_MAX:
+                    self._remembered.clear()
+                self._remembered.add(key)
             return Identity(user)
-        self._failed[key] = time.monotonic() + _FAILED_TTL
-        self._failed.move_to_end(key)
-        if len(self._failed) > _REMEMBERED_MAX:
-            self._failed.popitem(last=False)
+        if current:
+            self._failed[key] = time.monotonic() + _FAILED_TTL
+            self._failed.move_to_end(key)
+            if len(self._failed) > _REMEMBERED_MAX:
+                self._failed.popitem(last=False)
         self._budget.fail(client)
         raise AuthRequired("wrong user name or password")
 
@@ -321,6 +335,7 @@ class Authenticator:
         if credentials is None:
             raise AuthRequired(f"{action} needs a login")
         await asyncio.to_thread(self.refresh)
+        self._forget_if_reloaded()
         user, password = credentials
         if user == TOKEN_USER:
             identity = self._token(password, client)

@@ -46,7 +46,8 @@ def htpasswd(tmp_path: Path) -> Path:
 
 
 def auth_of(client: Client) -> Authenticator:
-    return client.app[appkeys.AUTH]
+    app: web.Application = client.app
+    return app[appkeys.AUTH]
 
 
 def touch_later(path: Path) -> None:

@@ -79,7 +79,7 @@ def test_ci_publishes_with_twine_and_uv_and_installs_with_pip_and_uv_using_token
     tool = make_wheel(dist, "corp-tool", "1.0")
 
     run_twine_upload(client_tmp / "twine", proxy.upload_url, [lib], "__token__", upload_token)
-    publish = [
+    publish: list[str | Path] = [
         *uv_command(), "publish", "--publish-url", proxy.upload_url,
         "--username", "__token__", "--password", project_token, tool,
     ]  # fmt: skip
