@@ -24,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -140,8 +141,17 @@ class FailureBudget:
             del self._in_flight[client]
 
     def fail(self, client: str) -> None:
-        if self.limit:
-            self._recent(client).append(self._clock())
+        if not self.limit:
+            return
+        failures = self._recent(client)
+        failures.append(self._clock())
+        if len(failures) == self.limit:  # once per window and client, not once per request
+            log.warning(
+                "%s failed to log in %d times within %d s: answering 429 until it waits",
+                client,
+                self.limit,
+                self.window,
+            )
 
 
 _MALFORMED_LINE = re.compile(r"line (\d+)")
@@ -257,11 +267,18 @@ class Authenticator:
         with self._hash_lock:
             self.hash_checks += 1
         if users.get_hash(user) is None:
-            # Unknown user: spend the same time as for a known one (bcrypt, as written by
-            # ``user add``), so the answer's timing does not reveal which names exist.
-            if self._dummy_hash is None:
-                self._dummy_hash = bcrypt.hash(secrets.token_hex(8))
-            bcrypt.verify(password, self._dummy_hash)
+            # Unknown user: spend the same time as for a known one, so the answer's timing
+            # does not reveal which names exist. Checking against another user's entry costs
+            # what the file's own scheme and rounds cost (apr1 is ~1 ms, bcrypt ~0.5 s); the
+            # result is thrown away.
+            other = next(iter(users.users()), None)
+            dummy = users.get_hash(other) if other is not None else None
+            if dummy is None:
+                if self._dummy_hash is None:
+                    self._dummy_hash = bcrypt.hash(secrets.token_hex(8))
+                dummy = self._dummy_hash
+            with contextlib.suppress(ValueError, TypeError):
+                users.context.verify(password, dummy)
             return False
         try:
             return bool(users.check_password(user, password))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from proxyindex import fsutil
+from proxyindex.models import normalize
 
 __all__ = [
     "SCOPES",
@@ -149,7 +150,10 @@ def create_token(
     expires_in: timedelta | None = None,
     now: datetime | None = None,
 ) -> tuple[Token, str]:
-    """Add a token to the file; returns it and its secret (shown once, never stored)."""
+    """Add a token to the file; returns it and its secret (shown once, never stored).
+    ``project`` is compared with normalised names, so it is stored normalised."""
+    if project is not None:
+        project = normalize(project)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     now = now or datetime.now(UTC)

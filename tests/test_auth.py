@@ -103,7 +103,7 @@ async def test_an_htpasswd_that_never_loaded_answers_503(
 
 
 async def test_failed_logins_over_the_budget_get_429_with_retry_after(
-    make_app_client: MakeAppClient, htpasswd: Path
+    make_app_client: MakeAppClient, htpasswd: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await make_app_client(
         auth={"htpasswd": str(htpasswd), "protect": ["list"], "max_failed_logins": 3}
@@ -114,8 +114,11 @@ async def test_failed_logins_over_the_budget_get_429_with_retry_after(
         wrong = basic("alice", f"guess{attempt}")
         assert (await client.get("/simple/", headers=wrong)).status == 401
     checks = auth_of(client).hash_checks
-    limited = await client.get("/simple/", headers=basic("alice", "guess9"))
+    with caplog.at_level(logging.WARNING):
+        limited = await client.get("/simple/", headers=basic("alice", "guess9"))
+        assert (await client.get("/simple/", headers=basic("alice", "x"))).status == 429
     assert limited.status == 429
+    assert caplog.text.count("failed to log in 3 times") == 1
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert auth_of(client).hash_checks == checks  # refused before any hashing
     # A user whose login was already checked is not locked out by someone else's guesses.
