@@ -14,8 +14,9 @@ send credentials on every request, so:
 - a failed check is remembered for ``_FAILED_TTL``: the same wrong password is not re-hashed;
 - each client address has a budget of failed (and in-flight) checks; over it: 429 with
   Retry-After, before any hashing;
-- an unknown user costs one check against a dummy hash, so timing does not tell which user
-  names exist (3.7 ms against 669 ms before).
+- an unknown user costs one check against another user's entry (same scheme and cost), so
+  timing does not tell which user names exist (measured before: 1 ms for an unknown name,
+  770 ms for a known one with a wrong password; now ~600 ms both).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ class Authenticator:
                     log.error("%s; keeping the users loaded before", exc)
                 else:
                     self._users = users
-                    self._generation += 1  # the loop forgets what it remembered (_forget)
+                    self._generation += 1  # the loop then forgets what it remembered
                     log.info("loaded %s", path)
             self._stamp = stamp
         self._tokens.refresh()
