@@ -168,17 +168,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 # access"). A route missing here needs a login whenever auth is on (fail closed), and
 # tests/test_auth.py fails for it: give every new route its action, PUBLIC only on purpose.
 _ACTIONS: dict[str, dict[str, str]] = {
-    "/": {"GET": PUBLIC, "POST": "upload"},
-    "/health": {"GET": PUBLIC},
-    "/simple": {"GET": PUBLIC},
-    "/simple/": {"GET": "list"},
-    "/simple/{name}/": {"GET": "list"},
-    "/simple/{name}": {"GET": "list"},
-    "/packages/{name}/{filename}": {"GET": "download"},
-    "/pypi/{name}/json": {"GET": "list"},
-    "/pypi/{name}/json/": {"GET": "list"},
-    "/pypi/{name}/{version}/json": {"GET": "list"},
-    "/pypi/{name}/{version}/json/": {"GET": "list"},
+    "/health": {"GET": PUBLIC, "HEAD": PUBLIC},
+    "/simple": {"GET": PUBLIC, "HEAD": PUBLIC},
+    "/simple/": {"GET": "list", "HEAD": "list"},
+    "/simple/{name}/": {"GET": "list", "HEAD": "list"},
+    "/simple/{name}": {"GET": "list", "HEAD": "list"},
+    "/packages/{name}/{filename}": {"GET": "download", "HEAD": "download"},
+    "/pypi/{name}/json": {"GET": "list", "HEAD": "list"},
+    "/pypi/{name}/json/": {"GET": "list", "HEAD": "list"},
+    "/pypi/{name}/{version}/json": {"GET": "list", "HEAD": "list"},
+    "/pypi/{name}/{version}/json/": {"GET": "list", "HEAD": "list"},
+    "/": {"GET": PUBLIC, "HEAD": PUBLIC, "POST": "upload"},
     "/legacy": {"POST": "upload"},
     "/legacy/": {"POST": "upload"},
 }
@@ -186,10 +186,8 @@ _UNLISTED = "unlisted route"  # not an action anyone can leave unprotected
 
 
 def route_action(path: str, method: str) -> str:
-    """The action of a route; HEAD is GET's. An unlisted route gets an action that always
-    needs a login."""
-    methods = _ACTIONS.get(path, {})
-    return methods.get(method) or methods.get("GET" if method == "HEAD" else "") or _UNLISTED
+    """The action of a route; an unlisted route or method gets one that always needs a login."""
+    return _ACTIONS.get(path, {}).get(method, _UNLISTED)
 
 
 async def _auth_resources(app: web.Application) -> AsyncIterator[None]:

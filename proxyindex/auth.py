@@ -375,12 +375,13 @@ class Authenticator:
 
 
 def _save_htpasswd(path: Path, users: HtpasswdFile) -> None:
-    """Atomic (temp + fsync + rename), so a server re-reading it never sees half a file; an
-    existing file keeps its mode, a new one is 0600."""
+    """Atomic (temp + fsync + rename), so a server re-reading it never sees half a file. An
+    existing file keeps its mode; a new one is 0644 like Apache's ``htpasswd -c`` makes it, so
+    a server running as another user (the Docker image) can read a mounted file."""
     try:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
-        mode = 0o600
+        mode = 0o644
     write_private(path, users.to_string(), mode)
 
 

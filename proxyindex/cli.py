@@ -357,7 +357,7 @@ def token_command(args: argparse.Namespace) -> int:
                 return _fail(f"no token {args.id!r} in {path}")
             print(f"proxyindex: token {args.id} of {revoked.user} revoked", file=sys.stderr)
             return 0
-        _token_list(path)
+        _token_list(path, auth.htpasswd)
     except ValueError as exc:
         return _fail(str(exc), 2)
     return 0
@@ -388,16 +388,30 @@ def _token_create(args: argparse.Namespace, htpasswd: Path, path: Path) -> int:
     return 0
 
 
-def _token_list(path: Path) -> None:
+def _token_list(path: Path, htpasswd: Path) -> None:
+    """A table without secrets (none are stored); tokens that no longer work say why."""
     now = datetime.now(UTC)
-    print("id        user  scope  project  created  expires")
+    users = set(list_users(htpasswd)) if htpasswd.exists() else set()
+    rows = [("id", "user", "scope", "project", "created", "expires", "")]
     for token in tokens.load_tokens(path):
-        expires = f"{token.expires:%Y-%m-%d}" if token.expires else "never"
-        if token.expired(now):
-            expires += " (expired)"
+        status = "expired" if token.expired(now) else ""
+        if token.user not in users:
+            status = "user removed"
+        rows.append(
+            (
+                token.id,
+                token.user,
+                token.scope,
+                token.project or "*",
+                f"{token.created:%Y-%m-%d}",
+                f"{token.expires:%Y-%m-%d %H:%M}" if token.expires else "never",
+                status,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
         print(
-            f"{token.id}  {token.user}  {token.scope}  {token.project or '*'}  "
-            f"{token.created:%Y-%m-%d}  {expires}"
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
 
 
