@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import hdrs, web
 
 from proxyindex import appkeys, upload, views
-from proxyindex.auth import Authenticator
+from proxyindex.auth import PUBLIC, Authenticator
 from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
 from proxyindex.downloads import Downloader
-from proxyindex.errors import AuthRequired, ProxyIndexError, UpstreamError
+from proxyindex.errors import AuthRequired, ProxyIndexError, TooManyRequests, UpstreamError
 from proxyindex.index import ProjectIndex
 from proxyindex.network import ProxyRoutes, tls_context
 from proxyindex.prefetch import Prefetcher
@@ -59,6 +59,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except AuthRequired as exc:
         return error_response(exc.status, str(exc), request.app[appkeys.CONFIG].auth.realm)
+    except TooManyRequests as exc:
+        response = error_response(exc.status, str(exc))
+        response.headers[hdrs.RETRY_AFTER] = str(exc.retry_after)
+        return response
     except UpstreamError as exc:
         log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
         return error_response(exc.status, str(exc))
@@ -85,14 +89,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Ask for a login where the config protects the route's action (A-01)."""
+    """Ask for a login where the config protects the route's action (A-01); refuse uploads
+    when nobody can log in, unless anonymous uploads are allowed."""
     resource = request.match_info.route.resource
-    action = _ACTIONS.get(resource.canonical, {}).get(request.method) if resource else None
-    authenticator = request.app[appkeys.AUTH]
-    if action is not None and authenticator.protects(action):
-        await asyncio.to_thread(
-            authenticator.authorize, action, request.headers.get(hdrs.AUTHORIZATION)
+    if resource is not None:  # None: aiohttp's own 404/405 answers
+        action = route_action(resource.canonical, request.method)
+        authenticator = request.app[appkeys.AUTH]
+        identity = await authenticator.authorize(
+            action, request.headers.get(hdrs.AUTHORIZATION), request.remote or ""
         )
+        if identity is not None:
+            request[appkeys.IDENTITY] = identity
     return await handler(request)
 
 
@@ -170,8 +177,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(storage.close)
 
 
-# Which protectable action each route is: resource path -> method -> action.
+# Which action each route is: resource path -> method -> action (README "Users, tokens and
+# access"). A route missing here needs a login whenever auth is on (fail closed), and
+# tests/test_auth.py fails for it: give every new route its action, PUBLIC only on purpose.
 _ACTIONS: dict[str, dict[str, str]] = {
+    "/health": {"GET": PUBLIC, "HEAD": PUBLIC},
+    # Load balancers and Kubernetes probe it without credentials; it names no project.
+    "/ready": {"GET": PUBLIC, "HEAD": PUBLIC},
+    "/simple": {"GET": PUBLIC, "HEAD": PUBLIC},
     "/simple/": {"GET": "list", "HEAD": "list"},
     "/simple/{name}/": {"GET": "list", "HEAD": "list"},
     "/simple/{name}": {"GET": "list", "HEAD": "list"},
@@ -180,20 +193,31 @@ _ACTIONS: dict[str, dict[str, str]] = {
     "/pypi/{name}/json/": {"GET": "list", "HEAD": "list"},
     "/pypi/{name}/{version}/json": {"GET": "list", "HEAD": "list"},
     "/pypi/{name}/{version}/json/": {"GET": "list", "HEAD": "list"},
-    "/": {"POST": "upload"},
+    "/": {"GET": PUBLIC, "HEAD": PUBLIC, "POST": "upload"},
     "/legacy": {"POST": "upload"},
     "/legacy/": {"POST": "upload"},
+    # pypiserver-style project URLs at the root redirect to /simple/<name>/ (a listing).
+    "/{name}/": {"GET": "list", "HEAD": "list"},
+    "/{name}": {"GET": "list", "HEAD": "list"},
 }
+_UNLISTED = "unlisted route"  # not an action anyone can leave unprotected
+
+
+def route_action(path: str, method: str) -> str:
+    """The action of a route; an unlisted route or method gets one that always needs a login."""
+    return _ACTIONS.get(path, {}).get(method, _UNLISTED)
+
+
+async def _auth_resources(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[appkeys.AUTH].close()
 
 
 def create_app(config: Config) -> web.Application:
-    # No htpasswd: no auth middleware at all (it would cost every request a lookup).
-    middlewares = (
-        [error_middleware, auth_middleware] if config.auth.htpasswd else [error_middleware]
-    )
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[appkeys.CONFIG] = config
     app[appkeys.AUTH] = Authenticator(config.auth)
+    app.cleanup_ctx.append(_auth_resources)
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/", views.home)
     app.router.add_get("/health", views.health)

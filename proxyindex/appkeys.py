@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxyindex.auth import Authenticator
+from proxyindex.auth import Authenticator, Identity
 from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
 from proxyindex.downloads import Downloader
@@ -18,6 +18,7 @@ __all__ = [
     "BLOBS",
     "CONFIG",
     "DOWNLOADER",
+    "IDENTITY",
     "INDEX",
     "PAGES",
     "ROOT",
@@ -34,3 +35,6 @@ INDEX = web.AppKey("index", ProjectIndex)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 ROOT = web.AppKey("root", RootIndex)
 UPSTREAM_CHECK = web.AppKey("upstream_check", UpstreamMonitor)
+
+# Per request: who logged in (set by the auth middleware when a login was checked).
+IDENTITY = web.RequestKey("identity", Identity)

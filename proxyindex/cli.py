@@ -1,4 +1,5 @@
-"""The ``proxyindex`` command: ``serve`` runs the server, ``user add`` manages htpasswd users."""
+"""The ``proxyindex`` command: ``serve`` runs the server, ``user`` manages the htpasswd file's
+users and ``token`` their API tokens (the server re-reads both files when they change)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from proxyindex import __version__, fsutil
+from proxyindex import __version__, fsutil, tokens
 from proxyindex.app import create_app
-from proxyindex.auth import add_user
+from proxyindex.auth import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.network import ProxyRoutes
@@ -47,17 +49,53 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--htpasswd", type=Path, help="htpasswd file enabling authentication")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port and cache")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.add_argument(
+        "-a",
+        "--protect",
+        "--authenticate",
+        metavar="ACTIONS",
+        help="what needs a login: all, or some of list,download,upload (pypiserver's -a; "
+        "'update' means upload)",
+    )
     user = commands.add_parser("user", help="manage users of the htpasswd file")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     add = user_commands.add_parser("add", help="add a user (or set a new password)")
     add.add_argument("name")
     add.add_argument(
-        "--htpasswd", type=Path, help="the file (default: auth.htpasswd of the config)"
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (implied when standard "
+        "input is not a terminal)",
     )
-    add.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
-    add.add_argument(
-        "--password-stdin", action="store_true", help="read the password from standard input"
+    listing = user_commands.add_parser("list", help="print the user names, one a line")
+    remove = user_commands.add_parser("remove", help="remove a user (their tokens stop working)")
+    remove.add_argument("name")
+    token = commands.add_parser("token", help="manage API tokens (user name __token__)")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="create a token and print it once")
+    create.add_argument("--user", required=True, help="the htpasswd user the token acts as")
+    create.add_argument("--project", help="limit uploads to this project")
+    create.add_argument("--expires", help="lifetime such as 90d, 12h or 2w (default: never)")
+    create.add_argument(
+        "--scope",
+        choices=tokens.SCOPES,
+        default="upload",
+        help="upload (also reads; the default) or read (install only)",
     )
+    token_list = token_commands.add_parser("list", help="list tokens (never their secrets)")
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id")
+    for sub in (add, listing, remove, create, token_list, revoke):
+        sub.add_argument(
+            "--htpasswd", type=Path, help="the users file (default: auth.htpasswd of the config)"
+        )
+        sub.add_argument(
+            "--config", type=Path, help="TOML file (default: ./config.toml if present)"
+        )
+    for sub in (create, token_list, revoke):
+        sub.add_argument(
+            "--tokens", type=Path, help="the tokens file (default: auth.tokens of the config)"
+        )
     _private_parser(commands)
     return parser
 
@@ -88,6 +126,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("storage", "cache_dir", getattr(args, "cache_dir", None)),
         ("upstream", "url", getattr(args, "upstream", None)),
         ("auth", "htpasswd", getattr(args, "htpasswd", None)),
+        ("auth", "protect", getattr(args, "protect", None)),
     ]
     for section, key, value in pairs:
         if value is not None:
@@ -251,12 +290,30 @@ def _auth_summary(config: Config) -> str:
     return f"auth: htpasswd {auth.htpasswd}; a login is needed to {protected or 'nothing'}"
 
 
+def _check_auth(config: Config) -> None:
+    """A wrong --htpasswd path must not start a server where every login fails."""
+    if config.auth.htpasswd is None:
+        return
+    try:
+        check_htpasswd(config.auth.htpasswd)
+    except ValueError as exc:
+        raise ConfigError(f"auth.htpasswd: {exc}") from exc
+    protect = config.auth.protect
+    if "download" in protect and "list" not in protect:
+        log.warning(
+            "auth.protect covers download but not list: project pages, the /simple/ list "
+            "and the JSON API (names, versions, metadata) stay readable without a login; "
+            'use protect = "all" to require a login for everything'
+        )
+
+
 def serve(args: argparse.Namespace) -> int:
     config = _load(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _check_auth(config)
     removed = fsutil.remove_stale_temp_files(config.storage.packages)
     removed += fsutil.remove_stale_temp_files(config.storage.cache)
     if removed:
@@ -283,31 +340,60 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def user_add(args: argparse.Namespace) -> int:
-    path: Path | None = args.htpasswd
+def _fail(message: str, code: int = 1) -> int:
+    print(f"proxyindex: {message}", file=sys.stderr)
+    return code
+
+
+def _auth_config(args: argparse.Namespace) -> Config:
+    config_path = args.config or (Path("config.toml") if Path("config.toml").is_file() else None)
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.htpasswd is not None:
+        overrides.setdefault("auth", {})["htpasswd"] = str(args.htpasswd)
+    if getattr(args, "tokens", None) is not None:
+        overrides.setdefault("auth", {})["tokens"] = str(args.tokens)
+    return load_config(config_path, environ=os.environ, overrides=overrides)
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    """One line from a pipe (``echo secret | proxyindex user add alice``), else ask twice."""
+    if args.password_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            _fail("no password on standard input (expected one line)")
+            return None
+        return line.rstrip("\r\n")
+    password = getpass.getpass(f"Password for {args.name}: ")
+    if password != getpass.getpass("Again: "):
+        _fail("the passwords differ")
+        return None
+    return password
+
+
+def user_command(args: argparse.Namespace) -> int:
+    path = _auth_config(args).auth.htpasswd
     if path is None:
-        config_path = args.config or (
-            Path("config.toml") if Path("config.toml").is_file() else None
-        )
-        path = load_config(config_path, environ=os.environ).auth.htpasswd
-    if path is None:
-        print("proxyindex: no htpasswd file: pass --htpasswd FILE", file=sys.stderr)
-        return 2
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass(f"Password for {args.name}: ")
-        if password != getpass.getpass("Again: "):
-            print("proxyindex: the passwords differ", file=sys.stderr)
-            return 1
-    if not password:
-        print("proxyindex: empty password refused", file=sys.stderr)
-        return 1
+        return _fail("no htpasswd file: pass --htpasswd FILE", 2)
+    if args.user_command != "add" and not path.exists():
+        return _fail(f"{path} does not exist", 2)
     try:
+        if args.user_command == "list":
+            for name in list_users(path):
+                print(name)
+            return 0
+        if args.user_command == "remove":
+            if not remove_user(path, args.name):
+                return _fail(f"no user {args.name!r} in {path}")
+            print(f"proxyindex: {args.name} removed from {path}", file=sys.stderr)
+            return 0
+        password = _read_password(args)
+        if password is None:
+            return 1
+        if not password:
+            return _fail("empty password refused")
         add_user(path, args.name, password)
     except ValueError as exc:
-        print(f"proxyindex: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
     print(f"proxyindex: {args.name} saved in {path} (bcrypt)", file=sys.stderr)
     return 0
 
@@ -342,13 +428,87 @@ def private_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def token_command(args: argparse.Namespace) -> int:
+    auth = _auth_config(args).auth
+    path = auth.tokens_file
+    if path is None or auth.htpasswd is None:
+        return _fail("tokens need users: pass --htpasswd FILE (and --tokens FILE)", 2)
+    try:
+        if args.token_command == "create":  # noqa: S105 - a subcommand, not a secret
+            return _token_create(args, auth.htpasswd, path)
+        if args.token_command == "revoke":  # noqa: S105
+            revoked = tokens.revoke_token(path, args.id)
+            if revoked is None:
+                return _fail(f"no token {args.id!r} in {path}")
+            print(f"proxyindex: token {args.id} of {revoked.user} revoked", file=sys.stderr)
+            return 0
+        _token_list(path, auth.htpasswd)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    return 0
+
+
+def _token_create(args: argparse.Namespace, htpasswd: Path, path: Path) -> int:
+    if args.user not in list_users(htpasswd):
+        return _fail(f"no user {args.user!r} in {htpasswd}", 2)
+    project = None
+    if args.project is not None:
+        if args.scope == "read":
+            return _fail("a read token covers the whole index; --project limits uploads", 2)
+        if not is_valid_name(args.project):
+            return _fail(f"invalid project name {args.project!r}", 2)
+        project = normalize(args.project)
+    expires = tokens.parse_duration(args.expires) if args.expires else None
+    token, secret = tokens.create_token(
+        path, args.user, scope=args.scope, project=project, expires_in=expires
+    )
+    print(secret)
+    limits = f", project {project}" if project else ""
+    until = f", expires {token.expires:%Y-%m-%d %H:%M} UTC" if token.expires else ""
+    print(
+        f"proxyindex: token {token.id} for {token.user} ({token.scope}{limits}{until}); "
+        f"shown once, use it as the password of user {tokens.TOKEN_USER}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _token_list(path: Path, htpasswd: Path) -> None:
+    """A table without secrets (none are stored); tokens that no longer work say why."""
+    now = datetime.now(UTC)
+    users = set(list_users(htpasswd)) if htpasswd.exists() else set()
+    rows = [("id", "user", "scope", "project", "created", "expires", "")]
+    for token in tokens.load_tokens(path):
+        status = "expired" if token.expired(now) else ""
+        if token.user not in users:
+            status = "user removed"
+        rows.append(
+            (
+                token.id,
+                token.user,
+                token.scope,
+                token.project or "*",
+                f"{token.created:%Y-%m-%d}",
+                f"{token.expires:%Y-%m-%d %H:%M}" if token.expires else "never",
+                status,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return serve(args)
         if args.command == "user":
-            return user_add(args)
+            return user_command(args)
+        if args.command == "token":
+            return token_command(args)
         if args.command == "private":
             return private_command(args)
     except ConfigError as exc:

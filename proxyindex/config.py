@@ -38,6 +38,8 @@ __all__ = [
 DEFAULT_UPSTREAM = "https://pypi.org/simple/"
 _PATTERN = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._*-]*\Z")
 ACTIONS = ("list", "download", "upload")
+# One word for "everything needs a login"; "update" is pypiserver's name for upload (-a).
+_PROTECT_ALIASES = {"all": ACTIONS, "update": ("upload",)}
 
 
 class ConfigError(Exception):
@@ -125,7 +127,17 @@ class AuthConfig:
     protect: tuple[str, ...] = ("upload",)
     realm: str = "proxyindex"
     uploaders: tuple[str, ...] = ()
-    anonymous_upload: bool = True
+    anonymous_upload: bool = False
+    tokens: Path | None = None
+    max_failed_logins: int = 10
+    failed_login_window: int = 60
+
+    @property
+    def tokens_file(self) -> Path | None:
+        """Where API tokens are kept: ``auth.tokens``, else ``tokens.json`` beside the htpasswd."""
+        if self.tokens is not None:
+            return self.tokens
+        return None if self.htpasswd is None else self.htpasswd.parent / "tokens.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +176,8 @@ def _coerce(key: str, kind: Any, value: Any, base_dir: Path) -> Any:
         path = Path(value).expanduser()
         return path if path.is_absolute() else base_dir / path
     if kind == tuple[str, ...]:
+        if key == "auth.protect" and isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
@@ -196,9 +210,18 @@ def _validate(config: Config, environ: Mapping[str, str]) -> Config:
             config,
             server=dataclasses.replace(config.server, base_url=str(base).rstrip("/")),
         )
+    protect: list[str] = []
     for action in config.auth.protect:
-        if action not in ACTIONS:
-            raise ConfigError(f"auth.protect: unknown action {action!r}, expected {ACTIONS}")
+        expanded = _PROTECT_ALIASES.get(action.lower(), (action.lower(),))
+        if expanded[0] not in ACTIONS:
+            raise ConfigError(
+                f"auth.protect: unknown action {action!r}, expected 'all' or some of {ACTIONS}"
+            )
+        protect.extend(a for a in expanded if a not in protect)
+    if tuple(protect) != config.auth.protect:
+        config = dataclasses.replace(
+            config, auth=dataclasses.replace(config.auth, protect=tuple(protect))
+        )
     private = config.private
     config = dataclasses.replace(
         config,

@@ -9,7 +9,9 @@
     │   ├── Forbidden              403   valid user, action not allowed
     │   ├── NotFound               404   unknown project or file
     │   ├── FileExists             409   same filename, different bytes
-    │   └── TooLarge               413
+    │   ├── TooLarge               413
+    │   └── TooManyRequests        429   too many failed logins from one client (Retry-After)
+    ├── AuthUnavailable            503   the htpasswd file never loaded: nobody can be checked
     └── UpstreamError                    5xx: the upstream index failed us and nothing is cached
         ├── UpstreamUnavailable    502   refused, reset, 5xx, unparseable page
         ├── IntegrityError         502   a file's hash or length does not match the index
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthRequired",
+    "AuthUnavailable",
     "ClientError",
     "FileExists",
     "Forbidden",
@@ -28,6 +31,7 @@ __all__ = [
     "NotFound",
     "ProxyIndexError",
     "TooLarge",
+    "TooManyRequests",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -66,6 +70,20 @@ class FileExists(ClientError):
 
 class TooLarge(ClientError):
     status = 413
+
+
+class TooManyRequests(ClientError):
+    """Answered with ``Retry-After: retry_after`` (whole seconds)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthUnavailable(ProxyIndexError):
+    status = 503
 
 
 class UpstreamError(ProxyIndexError):

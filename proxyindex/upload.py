@@ -248,9 +248,18 @@ async def _check_shadowing(request: web.Request, name: NormalizedName) -> None:
     log.warning("upload of %s now hides the upstream project of the same name", name)
 
 
+def _check_project_permission(request: web.Request, name: NormalizedName) -> None:
+    """The auth middleware checked the login; a token may also be limited to one project,
+    which is only known once the form is read (403)."""
+    identity = request.get(appkeys.IDENTITY)
+    if identity is not None:
+        identity.check_project(name)
+
+
 async def _file_upload(request: web.Request, received: _Received) -> web.Response:
     assert received.temp is not None
     dist = _check_filename(received)
+    _check_project_permission(request, dist.name)
     _check_digests(received)
     if dist.filename.endswith(".whl"):
         await asyncio.to_thread(_check_wheel_metadata, received.temp, dist)
@@ -285,6 +294,7 @@ async def _remove_pkg(request: web.Request, received: _Received) -> web.Response
     if not name or not version or not is_valid_name(name):
         raise InvalidRequest("remove_pkg needs the fields name and version")
     project = normalize(name)
+    _check_project_permission(request, project)
     storage = request.app[appkeys.STORAGE]
     page = await asyncio.to_thread(storage.page, project)
     wanted = canonicalize_version(version)

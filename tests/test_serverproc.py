@@ -56,7 +56,7 @@ def test_twine_uploads_and_pip_installs_through_the_proxy(
     client_tmp: Path,
     tmp_path: Path,
 ) -> None:
-    proxy = make_proxy()
+    proxy = make_proxy(auth={"anonymous_upload": True})
     run_twine_upload(client_tmp, proxy.upload_url, sample_dists)
     report = run_pip_install(client_tmp, proxy.index_url, "sample", target=tmp_path / "t")
     assert report.versions() == {"sample": "0.1.0"}

@@ -11,6 +11,7 @@ import logging
 import secrets
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,7 +33,15 @@ PIP_ACCEPT = "application/vnd.pypi.simple.v1+json"
 
 @pytest.fixture
 def make_client(make_app_client: MakeAppClient) -> MakeAppClient:
-    return make_app_client
+    """``make_app_client`` with ``auth.anonymous_upload = true`` set explicitly: most tests here
+    upload without an htpasswd file, which is refused by default. A test that passes ``auth``
+    states what it wants itself."""
+
+    async def factory(**sections: Mapping[str, Any]) -> Client:
+        sections.setdefault("auth", {"anonymous_upload": True})
+        return await make_app_client(**sections)
+
+    return factory
 
 
 def stored(tmp_path: Path) -> list[str]:
