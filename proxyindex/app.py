@@ -16,7 +16,13 @@ from proxyindex.auth import PUBLIC, Authenticator
 from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
 from proxyindex.downloads import Downloader
-from proxyindex.errors import AuthRequired, ProxyIndexError, TooManyRequests, UpstreamError
+from proxyindex.errors import (
+    AuthRequired,
+    AuthUnavailable,
+    ProxyIndexError,
+    TooManyRequests,
+    UpstreamError,
+)
 from proxyindex.index import ProjectIndex
 from proxyindex.network import ProxyRoutes, tls_context
 from proxyindex.prefetch import Prefetcher
@@ -59,7 +65,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except AuthRequired as exc:
         return error_response(exc.status, str(exc), request.app[appkeys.CONFIG].auth.realm)
-    except TooManyRequests as exc:
+    except (TooManyRequests, AuthUnavailable) as exc:
         response = error_response(exc.status, str(exc))
         response.headers[hdrs.RETRY_AFTER] = str(exc.retry_after)
         return response

@@ -83,7 +83,11 @@ class TooManyRequests(ClientError):
 
 
 class AuthUnavailable(ProxyIndexError):
+    """Answered with a short ``Retry-After``: an operator is fixing the file; pip honours the
+    header on each of its retries, so a long one would stall every install for minutes."""
+
     status = 503
+    retry_after = 10
 
 
 class UpstreamError(ProxyIndexError):
