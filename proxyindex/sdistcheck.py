@@ -138,7 +138,7 @@ def _zip_entries(raw: IO[bytes], size: int) -> int:
     tail = raw.read(tail_size)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _ZIP_EOCD.size > len(tail):
-        raise ValueError("not a zip file")
+        raise zipfile.BadZipFile("no end of central directory record")
     entries = _ZIP_EOCD.unpack_from(tail, at)[4]
     locator_at = at - _ZIP64_LOCATOR.size
     if locator_at >= 0 and tail[locator_at : locator_at + 4] == b"PK\x06\x07":
@@ -146,7 +146,7 @@ def _zip_entries(raw: IO[bytes], size: int) -> int:
         raw.seek(eocd64_offset)
         record = raw.read(_ZIP64_EOCD.size)
         if len(record) != _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
-            raise ValueError("a broken zip64 directory")
+            raise zipfile.BadZipFile("a broken zip64 directory")
         entries = _ZIP64_EOCD.unpack(record)[7]
     return int(entries)
 
@@ -162,11 +162,13 @@ def _walk_zip(path: Path, walk: _Walk) -> None:
                 raise ValueError("it unpacks to more than the limit; refused as a zip bomb")
             for info in infos:
                 below = walk.member(info.filename, is_dir=info.is_dir())
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    target = zf.read(info)[:4096].decode("utf-8", "replace")
+                kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded
+                if kind == stat.S_IFLNK:
+                    if info.file_size > 4096:
+                        raise ValueError(f"link {info.filename[:100]!r} is not a link")
+                    target = zf.read(info).decode("utf-8", "replace")
                     walk.link(info.filename, target, symbolic=True)
-                elif mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                     raise ValueError(f"special file {info.filename[:100]!r} in the sdist")
                 if below == ("PKG-INFO",) and not info.is_dir():
                     walk.found_pkg_info(info.file_size, functools.partial(zf.read, info))
