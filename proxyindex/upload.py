@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from aiohttp import BodyPartReader, MultipartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
@@ -73,13 +73,15 @@ def _framing_error(request: web.Request, exc: Exception, *, first: bool = False)
     """aiohttp's multipart reader says "malformed" with ValueError, AssertionError,
     RuntimeError or a header-parser error (a NUL in a part's filename is an invalid header);
     each is the client's fault: a 400 with one line, never a 500 with a traceback."""
-    if isinstance(exc, HttpProcessingError):
-        return InvalidRequest("a part of the multipart body has a malformed header")
     if request.content_length == 0:
         return InvalidRequest("the upload body is empty")
-    if first:
-        return InvalidRequest("no multipart boundary in the body: not multipart/form-data")
+    if isinstance(exc, LineTooLong):  # while looking for the first boundary, or in a header
+        return InvalidRequest("the multipart body has no boundary or an oversized part header")
+    if isinstance(exc, HttpProcessingError):
+        return InvalidRequest("a part of the multipart body has a malformed header")
     if request.content.at_eof():
+        if first:  # the whole body was searched for the first boundary
+            return InvalidRequest("no multipart boundary in the body: not multipart/form-data")
         return InvalidRequest(_TRUNCATED)
     return InvalidRequest("malformed multipart/form-data body")
 

@@ -641,10 +641,15 @@ def _wheel_part(wheel: Path, filename: str | None = None) -> bytes:
         (lambda w: _fields(w) + _wheel_part(w) + b"--XX\r\n", "ends before its closing boundary"),
         (lambda w: b"", "body is empty"),
         (lambda w: b"this is not a multipart body at all", "no multipart boundary"),
+        (lambda w: b"A" * 300_000, "boundary"),
+        (lambda w: _part("_charset_", b"x" * 40) + b"--XX--\r\n", "malformed multipart"),
         (lambda w: _fields(w) + _wheel_part(w, "corp_lib-1.0\0-py3-none-any.whl") + b"--XX--\r\n",
          "malformed header"),
     ],
-    ids=["file-cut", "no-closing", "field-last", "delimiter-last", "empty", "garbage", "nul"],
+    ids=[
+        "file-cut", "no-closing", "field-last", "delimiter-last", "empty", "garbage",
+        "long-garbage", "charset", "nul",
+    ],
 )  # fmt: skip
 async def test_a_malformed_multipart_body_is_a_400_and_stores_nothing(
     make_client: MakeClient, tmp_path: Path, body: Any, reason: str
