@@ -2,8 +2,9 @@
 
 The multipart body is streamed to a temp file in the packages folder while it is hashed (never
 read whole: aiohttp's ``post()`` caps bodies at 1 MiB). Everything is checked before the file is
-committed with a create-if-absent link, so bad input writes nothing and two concurrent uploads
-of one filename cannot both win.
+committed with a create-if-absent link, so bad input writes nothing. One release is one file
+(``distname``: ``dupdemo-1.0-…`` and ``dupdemo-1.0.0-…`` are one release), checked and stored
+under the project's lock, so two concurrent uploads of one release cannot both win.
 """
 
 from __future__ import annotations
