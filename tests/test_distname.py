@@ -27,8 +27,8 @@ WHEEL = "dupdemo-1.0-py3-none-any.whl"
 def test_release_key_follows_pep440_equality_not_the_filename(
     filename: str, same_release: bool, canonical: str
 ) -> None:
-    dist = parse_dist_filename(filename)
-    assert (dist.release_key == parse_dist_filename(WHEEL).release_key) is same_release
+    dist, wheel = parse_dist_filename(filename), parse_dist_filename(WHEEL)
+    assert ((dist.name, dist.release_key) == (wheel.name, wheel.release_key)) is same_release
     assert dist.canonical == canonical
 
 
