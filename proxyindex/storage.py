@@ -163,20 +163,20 @@ def _one_file_per_release(candidates: Iterable[tuple[str, _Entry]]) -> dict[str,
     listed (the rule uploads follow: first come, first served). Each file left out is logged.
     """
     winners: dict[str, tuple[str, _Entry]] = {}
-    losers: list[tuple[_Entry, _Entry]] = []
+    losers: list[_Entry] = []
     for filename, entry in candidates:
         held = winners.get(entry.release)
-        if held is None:
+        if held is None or (entry.mtime_ns, entry.path) < (held[1].mtime_ns, held[1].path):
             winners[entry.release] = (filename, entry)
-            continue
-        if (entry.mtime_ns, entry.path) < (held[1].mtime_ns, held[1].path):
-            winners[entry.release] = (filename, entry)
-            entry, held = held[1], (filename, entry)
-        losers.append((entry, held[1]))
-    for loser, _ in losers:
-        winner = winners[loser.release][1]
+            if held is not None:
+                losers.append(held[1])
+        else:
+            losers.append(entry)
+    for loser in losers:
         log.warning(
-            "ignoring %s: the same release file as %s, which is older", loser.path, winner.path
+            "ignoring %s: the same release file as %s (the oldest file of a release is listed)",
+            loser.path,
+            winners[loser.release][1].path,
         )
     return dict(winners.values())
 
