@@ -325,6 +325,7 @@ def _commit(
     allowed: the new file then takes the old one's place). The project's lock makes the
     check and the store one step against every other upload on this host.
     """
+    size = temp.stat().st_size
     with storage.release_lock(dist.name):
         existing = storage.find_release(dist)
         if existing is not None:
@@ -339,10 +340,10 @@ def _commit(
                 existing.unlink(missing_ok=True)
         else:
             dest = storage.project_dir(dist.name) / dist.filename
-            if not fsutil.commit_exclusive(temp, dest):  # not a distribution file's name
+            if not fsutil.commit_exclusive(temp, dest):  # dropped in by hand just now
                 raise FileExists(_exists_message(dest.name, fsutil.file_sha256(dest), None))
         storage.rescan()
-    log.info("stored %s (%d bytes)", dest, dest.stat().st_size)
+    log.info("stored %s (%d bytes)", dest, size)
     return f"stored {dist.filename}"
 
 
