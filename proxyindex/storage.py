@@ -9,7 +9,9 @@ restarts. Every method here blocks; the async side calls them through ``asyncio.
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
+import fcntl
 import hashlib
 import logging
 import os
@@ -17,6 +19,7 @@ import tarfile
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +36,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion
 
 from proxyindex import fsutil
+from proxyindex.distname import DistFilename, release_of
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.simple import project_versions
 from proxyindex.tombstones import PrivateNames
@@ -134,6 +138,7 @@ class _Entry:
     size: int
     mtime_ns: int
     inode: int
+    release: str  # DistFilename.release_key: parsed once, when the file is first listed
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -152,6 +157,31 @@ def _isoformat(mtime: float) -> str:
     return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _one_file_per_release(candidates: Iterable[tuple[str, _Entry]]) -> dict[str, _Entry]:
+    """Keep one file per release (``dupdemo-1.0-…`` and ``DupDemo-1.0.0-…`` dropped side by
+    side, or one filename in two folders): the oldest file wins, then the first path, so the
+    choice survives restarts and a file added later can never replace what a page already
+    listed (the rule uploads follow: first come, first served). Each file left out is logged.
+    """
+    winners: dict[str, tuple[str, _Entry]] = {}
+    losers: list[_Entry] = []
+    for filename, entry in candidates:
+        held = winners.get(entry.release)
+        if held is None or (entry.mtime_ns, entry.path) < (held[1].mtime_ns, held[1].path):
+            winners[entry.release] = (filename, entry)
+            if held is not None:
+                losers.append(held[1])
+        else:
+            losers.append(entry)
+    for loser in losers:
+        log.warning(
+            "ignoring %s: the same release file as %s (the oldest file of a release is listed)",
+            loser.path,
+            winners[loser.release][1].path,
+        )
+    return dict(winners.values())
+
+
 _INFO_MEMORY = 20_000  # infos kept in memory; the rest are a diskcache read away (~20 us)
 
 
@@ -166,6 +196,7 @@ class PrivateStorage:
         self._projects: dict[NormalizedName, dict[str, _Entry]] = {}
         self._infos: OrderedDict[tuple[str, int, int], FileInfo] = OrderedDict()
         self._store = diskcache.Cache(str(meta_dir))
+        self._lock_dir = meta_dir / "release-locks"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.generation = 0
@@ -203,16 +234,18 @@ class PrivateStorage:
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.path)
                     continue
-                project = project_of(entry.name)
-                if not entry.is_file() or project is None:
+                dist = release_of(entry.name)
+                if not entry.is_file() or dist is None:
                     continue
                 try:
                     st = entry.stat()
                 except FileNotFoundError:  # removed since the listing: not a folder failure
                     continue
-                found = _Entry(entry.path, st.st_size, st.st_mtime_ns, entry.inode())
-                files[entry.name] = (project, found)
-                by_project.setdefault(project, {})[entry.name] = found
+                found = _Entry(
+                    entry.path, st.st_size, st.st_mtime_ns, entry.inode(), dist.release_key
+                )
+                files[entry.name] = (dist.name, found)
+                by_project.setdefault(dist.name, {})[entry.name] = found
         return _DirState(mtime_ns, files, by_project, sorted(subdirs))
 
     def rescan(self) -> bool:
@@ -297,10 +330,11 @@ class PrivateStorage:
             return False
         projects = dict(self._projects)
         for project in touched:
-            files: dict[str, _Entry] = {}
-            for directory in sorted(project_dirs.get(project, ())):
-                for filename, entry in self._dirs[directory].by_project[project].items():
-                    files.setdefault(filename, entry)  # the same name twice: first folder wins
+            files = _one_file_per_release(
+                (filename, entry)
+                for directory in project_dirs.get(project, ())
+                for filename, entry in self._dirs[directory].by_project[project].items()
+            )
             if files:
                 projects[project] = files
             else:
@@ -430,16 +464,39 @@ class PrivateStorage:
     def project_dir(self, name: NormalizedName) -> Path:
         return self.root / name
 
-    def existing(self, filename: str) -> Path | None:
-        """Where a filename already is, in any folder (two folders may not hold the same name)."""
-        project = project_of(filename)
-        if project is None:
+    def find_release(self, dist: DistFilename) -> Path | None:
+        """The file that holds ``dist``'s release, under whatever spelling: the one pages list,
+        else one in the project's upload folder that this process has not scanned yet (another
+        worker may have stored it a moment ago)."""
+        for entry in self._projects.get(dist.name, {}).values():
+            if entry.release == dist.release_key and Path(entry.path).exists():
+                return Path(entry.path)
+        folder = self.project_dir(dist.name)
+        try:
+            paths = sorted(folder.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        entry = self._projects.get(project, {}).get(filename)
-        if entry is not None and Path(entry.path).exists():
-            return Path(entry.path)
-        candidate = self.project_dir(project) / filename
-        return candidate if candidate.exists() else None
+        for path in paths:
+            other = release_of(path.name)
+            if other is None or path.name.startswith("."):
+                continue
+            if other.name == dist.name and other.release_key == dist.release_key:
+                return path
+        return None
+
+    @contextlib.contextmanager
+    def release_lock(self, name: NormalizedName) -> Iterator[None]:
+        """Hold the project's upload lock (blocking): checking that a release is absent and
+        storing it is one step for every thread and worker process on this host, so two
+        spellings of one release uploaded at once cannot both be stored. ``flock`` locks
+        belong to the open file, so two threads of one process exclude each other too."""
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        with (self._lock_dir / f"{name}.lock").open("a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def remove(self, paths: list[Path]) -> None:
         for path in paths:

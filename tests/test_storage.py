@@ -16,7 +16,7 @@ from packaging.utils import NormalizedName
 
 from proxyindex import fsutil
 from proxyindex.storage import PrivateStorage
-from tests.wheelmaker import make_wheel, wheel_metadata
+from tests.wheelmaker import make_sdist, make_wheel, wheel_metadata
 
 CORP = NormalizedName("corp-lib")
 
@@ -208,3 +208,25 @@ def test_a_file_removed_while_its_folder_is_listed_spares_the_others(
     monkeypatch.setattr(os, "scandir", Listing)
     assert store.rescan() is True
     assert filenames(store) == ["corp_lib-1.0-py3-none-any.whl"]
+
+
+def test_spellings_of_one_release_dropped_in_list_the_oldest_and_log_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "packages"
+    first = make_wheel(root / "b", "corp-lib", "1.0")
+    later = make_wheel(root / "a", "corp-lib", "1.0.0", modules={"corp_lib": "x = 2"})
+    shouting = root / "Corp_Lib-01.0-py3-none-any.whl"
+    shouting.write_bytes(make_wheel(tmp_path / "c", "Corp_Lib", "01.0").read_bytes())
+    sdist = make_sdist(root, "corp-lib", "1.0")  # another release file of the same version
+    for age, path in enumerate((first, later, shouting)):
+        stamp = 1_700_000_000_000_000_000 + age * 1_000_000_000
+        os.utime(path, ns=(stamp, stamp))
+    with caplog.at_level(logging.WARNING, logger="proxyindex.storage"):
+        store = storage(tmp_path)
+    assert filenames(store) == [first.name, sdist.name]
+    assert store.locate(CORP, later.name) is None  # not served either: one file per release
+    assert f"ignoring {later}" in caplog.text
+    assert f"ignoring {shouting}" in caplog.text
+    store.close()
+    assert filenames(storage(tmp_path)) == [first.name, sdist.name]  # the same after a restart

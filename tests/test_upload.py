@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import gzip
 import hashlib
 import io
 import logging
 import secrets
 import subprocess
 import sys
+import tarfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +25,7 @@ from aiohttp.test_utils import TestClient
 
 from proxyindex import fsutil
 from proxyindex.auth import add_user
+from proxyindex.sdistcheck import SdistLimits, read_sdist_pkg_info
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import make_sdist, make_wheel
@@ -406,3 +410,276 @@ def test_user_add_command_writes_a_bcrypt_entry(tmp_path: Path) -> None:
     assert auth.verify("erin", "second")
     assert not auth.verify("erin", "first")
     assert "second" not in result.stderr
+
+
+# --- one file per release, whatever the filename's spelling (issue 7, item 1) ----------------
+
+ANON = {"anonymous_upload": True}
+
+
+def respelled(path: Path, filename: str) -> Path:
+    """The same bytes under another filename, in a folder of their own."""
+    folder = path.parent / f"as-{filename}"
+    folder.mkdir()
+    target = folder / filename
+    target.write_bytes(path.read_bytes())
+    return target
+
+
+async def test_a_release_file_cannot_be_replaced_under_another_spelling(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    first = make_wheel(tmp_path / "a", "dupdemo", "1.0")
+    other = make_wheel(tmp_path / "b", "dupdemo", "1.0.0", modules={"dupdemo": "x = 2"})
+    client = await make_client(auth=ANON)
+    assert (await upload(client, form(first))).status == 200
+    resp = await upload(client, form(other))  # dupdemo-1.0.0-py3-none-any.whl: the same release
+    assert resp.status == 409
+    assert (await resp.text()).startswith(f"File already exists ('{first.name}'")
+    again = respelled(first, "dupdemo-1.0.0-py3-none-any.whl")  # same bytes: a harmless retry
+    assert (await upload(client, form(again))).status == 200
+    for spelling in ("DupDemo-1.0-py3-none-any.whl", "dupdemo-01.0-py3-none-any.whl"):
+        resp = await upload(client, form(respelled(other, spelling)))
+        assert resp.status == 400
+        assert f"upload it as '{first.name}'" in await resp.text()
+    sdist = make_sdist(tmp_path / "c", "dupdemo", "1.0")  # a wheel and an sdist: two releases
+    assert (await upload(client, form(sdist))).status == 200
+    assert stored(tmp_path) == [f"dupdemo/{first.name}", f"dupdemo/{sdist.name}"]
+    page = await client.get("/simple/dupdemo/", headers={"Accept": PIP_ACCEPT})
+    files = (await page.json(content_type=None))["files"]
+    assert [f["filename"] for f in files] == [first.name, sdist.name]
+
+
+async def test_legacy_sdist_spellings_are_accepted_but_still_one_file_per_release(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    sdist = make_sdist(tmp_path / "a", "corp-lib", "2.0")
+    other = make_sdist(tmp_path / "b", "corp-lib", "2.0", modules={"corp_lib/x.py": "x = 2"})
+    legacy = respelled(sdist, "Corp_Lib-2.0.tar.gz")  # PROTOCOL U-04: legacy names accepted
+    client = await make_client(auth=ANON)
+    assert (await upload(client, form(legacy, name="Corp_Lib"))).status == 200
+    resp = await upload(
+        client, form(respelled(other, "corp-lib-2.0.tar.gz"), name="corp-lib", version="2.0")
+    )
+    assert resp.status == 409
+    assert "File already exists ('Corp_Lib-2.0.tar.gz'" in await resp.text()
+    assert (await upload(client, form(sdist, name="corp-lib"))).status == 200  # same bytes
+    resp = await upload(client, form(respelled(other, "corp_lib-02.0.tar.gz"), name="corp-lib"))
+    assert resp.status == 400
+    assert "upload it as 'corp_lib-2.0.tar.gz'" in await resp.text()
+    zipped = zip_sdist(tmp_path / "zip", "corp_lib-2.0.zip", "corp-lib", "2.0")
+    resp = await upload(client, form(zipped, name="corp-lib", version="2.0"))
+    assert resp.status == 409  # a .zip and a .tar.gz sdist of one version: one release
+    assert stored(tmp_path) == ["corp-lib/Corp_Lib-2.0.tar.gz"]
+
+
+async def test_concurrent_uploads_of_two_spellings_of_one_release_store_one(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    variants = [
+        make_wheel(tmp_path / f"v{i}", "corp-lib", ("1.0", "1.0.0")[i % 2], modules={"m": f"{i}"})
+        for i in range(6)
+    ]
+    client = await make_client(auth=ANON)
+    responses = await asyncio.gather(*(upload(client, form(v)) for v in variants))
+    assert sorted(r.status for r in responses) == [200] + [409] * 5
+    winner = next(v for v, r in zip(variants, responses, strict=True) if r.status == 200)
+    assert stored(tmp_path) == [f"corp-lib/{winner.name}"]  # and no temp file left
+
+
+async def test_overwrite_under_another_spelling_replaces_the_release_file(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    first = make_wheel(tmp_path / "a", "corp-lib", "1.0")
+    other = make_wheel(tmp_path / "b", "corp-lib", "1.0.0", modules={"corp_lib": "x = 2"})
+    client = await make_client(auth=ANON, private={"allow_overwrite": True})
+    assert (await upload(client, form(first))).status == 200
+    assert (await upload(client, form(other))).status == 200
+    assert stored(tmp_path) == [f"corp-lib/{other.name}"]
+
+
+# --- sdists are checked like wheels (issue 7, item 2) -----------------------------------------
+
+PKG_INFO = b"Metadata-Version: 2.1\nName: corp-lib\nVersion: 2.0\n\n"
+
+
+def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> Any:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data)
+    return info, data
+
+
+def tar_sdist(folder: Path, members: list[Any], filename: str = "corp_lib-2.0.tar.gz") -> Path:
+    """A gzip tar holding exactly ``members`` (``_member`` values), however hostile."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data else None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    path.write_bytes(gzip.compress(raw.getvalue(), mtime=0))
+    return path
+
+
+def zip_sdist(folder: Path, filename: str, name: str, version: str) -> Path:
+    """A legacy ``.zip`` sdist with a PKG-INFO."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    top = filename.removesuffix(".zip")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{top}/PKG-INFO", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        zf.writestr(f"{top}/setup.py", "")
+    return path
+
+
+GOOD = _member("corp_lib-2.0/PKG-INFO", PKG_INFO)
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        (b"random bytes, not gzip", "not a readable gzip-compressed tar"),
+        (gzip.compress(b"not a tar archive " * 100), "not a readable gzip-compressed tar"),
+        ([GOOD, _member("corp_lib-2.0/../../evil.py", b"x")], "leaves the archive"),
+        ([GOOD, _member("/etc/evil.py", b"x")], "absolute"),
+        ([GOOD, _member("corp_lib-2.0/l", kind=tarfile.SYMTYPE, link="../../x")], "outside"),
+        ([GOOD, _member("corp_lib-2.0/l", kind=tarfile.SYMTYPE, link="/etc/x")], "outside"),
+        ([GOOD, _member("corp_lib-2.0/h", kind=tarfile.LNKTYPE, link="etc/x")], "outside"),
+        ([GOOD, _member("corp_lib-2.0/dev", kind=tarfile.CHRTYPE)], "special file"),
+        ([GOOD, _member("other-2.0/setup.py", b"x")], "more than one top-level"),
+        ([_member("PKG-INFO", PKG_INFO)], "not in a top-level folder"),
+        ([_member("corp_lib-2.0/setup.py", b"x")], "no PKG-INFO"),
+        ([], "empty"),
+        ([_member("corp_lib-2.0/PKG-INFO", PKG_INFO.replace(b"corp", b"other"))], "names project"),
+        ([_member("corp_lib-2.0/PKG-INFO", PKG_INFO.replace(b"2.0", b"3.0"))], "says version 3.0"),
+    ],
+    ids=[
+        "random", "gzip-not-tar", "dotdot", "absolute", "symlink-out", "symlink-abs",
+        "hardlink-out", "device", "two-tops", "no-folder", "no-pkg-info", "empty",
+        "other-name", "other-version",
+    ],
+)  # fmt: skip
+async def test_a_bad_sdist_is_refused_and_nothing_is_stored(
+    make_client: MakeClient, tmp_path: Path, members: Any, reason: str
+) -> None:
+    if isinstance(members, bytes):
+        path = tmp_path / "dist" / "corp_lib-2.0.tar.gz"
+        path.parent.mkdir()
+        path.write_bytes(members)
+    else:
+        path = tar_sdist(tmp_path / "dist", members)
+    client = await make_client(auth=ANON)
+    resp = await upload(client, form(path, name="corp-lib", version="2.0"))
+    assert resp.status == 400
+    text = await resp.text()
+    assert reason in text
+    assert text.count("\n") == 1
+    assert stored(tmp_path) == []
+    assert not (tmp_path / "etc").exists()
+
+
+async def test_a_zip_sdist_is_checked_too(make_client: MakeClient, tmp_path: Path) -> None:
+    client = await make_client(auth=ANON)
+    junk = tmp_path / "junk" / "corp_lib-2.0.zip"
+    junk.parent.mkdir()
+    junk.write_bytes(b"PK not really a zip")
+    resp = await upload(client, form(junk, name="corp-lib", version="2.0"))
+    assert resp.status == 400
+    assert "not a readable zip" in await resp.text()
+    good = zip_sdist(tmp_path / "dist", "corp_lib-2.0.zip", "corp-lib", "2.0")
+    assert (await upload(client, form(good, name="corp-lib", version="2.0"))).status == 200
+
+
+def test_an_sdist_bomb_is_refused_within_its_bounds(tmp_path: Path) -> None:
+    """Members and unpacked bytes are counted while the headers stream past, so a bomb costs
+    at most the bound (here small ones; the defaults are in ``sdistcheck``)."""
+    empty = _member("corp_lib-2.0/f")[0].tobuf(tarfile.USTAR_FORMAT)
+    bomb = tmp_path / "corp_lib-2.0.tar.gz"
+    bomb.write_bytes(gzip.compress(empty * 1000 + bytes(1024), mtime=0))
+    with pytest.raises(ValueError, match="more than 100 members"):
+        read_sdist_pkg_info(bomb, bomb.name, SdistLimits(members=100))
+    big = tar_sdist(tmp_path / "big", [GOOD, _member("corp_lib-2.0/zeros", bytes(4 << 20))])
+    assert big.stat().st_size < 10_000
+    with pytest.raises(ValueError, match="unpacks to more than the limit"):
+        read_sdist_pkg_info(big, big.name, SdistLimits(unpacked=1 << 20))
+    assert read_sdist_pkg_info(big, big.name) == PKG_INFO
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["big", big.name, bomb.name]
+
+
+# --- malformed multipart bodies (issue 7, item 2) ---------------------------------------------
+
+
+def _part(name: str, value: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"'.encode()
+    if filename is not None:
+        disposition += b'; filename="' + filename.encode("latin-1") + b'"'
+    return b"--XX\r\nContent-Disposition: " + disposition + b"\r\n\r\n" + value + b"\r\n"
+
+
+def _fields(wheel: Path) -> bytes:
+    data = wheel.read_bytes()
+    return b"".join(
+        _part(key, value.encode())
+        for key, value in {
+            ":action": "file_upload",
+            "name": "corp-lib",
+            "version": "1.0",
+            "filetype": "bdist_wheel",
+            "sha256_digest": hashlib.sha256(data).hexdigest(),
+        }.items()
+    )
+
+
+async def raw_post(port: int, body: bytes, content_type: str) -> tuple[int, str, str]:
+    """POST exactly ``body`` with a correct Content-Length; (status, reason, body text)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 30)  # an answer, not a closed connection
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    _version, status, reason = status_line.decode("latin-1").split(" ", 2)
+    return int(status), reason, rest.partition(b"\r\n\r\n")[2].decode("latin-1")
+
+
+def _wheel_part(wheel: Path, filename: str | None = None) -> bytes:
+    return _part("content", wheel.read_bytes(), filename or wheel.name)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (lambda w: _fields(w) + _wheel_part(w)[:-2], "ends before its closing boundary"),
+        (lambda w: _fields(w) + _wheel_part(w), "ends before its closing boundary"),
+        (lambda w: _wheel_part(w) + _fields(w), "ends before its closing boundary"),
+        (lambda w: _fields(w) + _wheel_part(w) + b"--XX\r\n", "ends before its closing boundary"),
+        (lambda w: b"", "body is empty"),
+        (lambda w: b"this is not a multipart body at all", "no multipart boundary"),
+        (lambda w: b"A" * 300_000, "boundary"),
+        (lambda w: _part("_charset_", b"x" * 40) + b"--XX--\r\n", "malformed multipart"),
+        (lambda w: _fields(w) + _wheel_part(w, "corp_lib-1.0\0-py3-none-any.whl") + b"--XX--\r\n",
+         "malformed header"),
+    ],
+    ids=[
+        "file-cut", "no-closing", "field-last", "delimiter-last", "empty", "garbage",
+        "long-garbage", "charset", "nul",
+    ],
+)  # fmt: skip
+async def test_a_malformed_multipart_body_is_a_400_and_stores_nothing(
+    make_client: MakeClient, tmp_path: Path, body: Any, reason: str
+) -> None:
+    wheel = make_wheel(tmp_path / "dist", "corp-lib", "1.0")
+    client = await make_client(auth=ANON)
+    assert client.port is not None
+    status, phrase, text = await raw_post(
+        client.port, body(wheel), "multipart/form-data; boundary=XX"
+    )
+    assert status == 400
+    assert reason in phrase
+    assert text == f"{phrase}\n"  # one line: the reason, and nothing else
+    assert stored(tmp_path) == []  # no temp file left behind either
+    assert (await client.get("/health")).status == 200
