@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,10 +16,32 @@ __all__ = [
     "StoredFile",
     "etag_matches",
     "not_modified",
+    "range_applies",
 ]
 
 IMMUTABLE = "public, max-age=31536000, immutable"  # files never change (F-06)
 OCTET_STREAM = "application/octet-stream"
+_BYTE_RANGE_SPEC = re.compile(r"(?:[0-9]+-[0-9]*|-[0-9]+)\Z")
+
+
+def range_applies(method: str, value: str) -> bool:
+    """Whether a ``Range`` header is one a server must act on (RFC 9110 §14.2): on a GET,
+    in the ``bytes`` unit, with a syntactically valid range set. Anything else is ignored
+    (200 with the whole file), where aiohttp answers 416 to ``bytes=abc`` or ``pages=1-2``.
+    A valid range that the file cannot satisfy still gets its 416."""
+    if method != "GET":
+        return False
+    unit, sep, ranges = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return False
+    for spec in ranges.split(","):
+        spec = spec.strip(" \t")
+        if not _BYTE_RANGE_SPEC.match(spec):
+            return False
+        first, _, last = spec.partition("-")
+        if first and last and int(last) < int(first):
+            return False
+    return True
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -39,11 +62,12 @@ def not_modified(headers: Mapping[str, str]) -> web.Response:
 
 
 class StoredFile(web.FileResponse):
-    """A file from our own storage: sendfile, HEAD, Range, ETag, and two fixes over aiohttp.
+    """A file from our own storage: sendfile, HEAD, Range, ETag, and three fixes over aiohttp.
 
     aiohttp 3.14 ignores an ETag in ``If-Range`` and answers 206 anyway (F-05), and it serves
     a ``<file>.gz`` sibling as a precompressed variant when one exists (F-02). Both are handled
-    here by preparing with a copy of the request that carries only the headers that apply.
+    here by preparing with a copy of the request that carries only the headers that apply,
+    as is a Range header RFC 9110 says to ignore (see :func:`range_applies`).
     ``precompressed`` names the Content-Encoding of a file stored compressed (the root list).
     """
 
@@ -65,6 +89,8 @@ class StoredFile(web.FileResponse):
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         headers = CIMultiDict(request.headers)
         headers.popall(hdrs.ACCEPT_ENCODING, None)
+        if not range_applies(request.method, headers.get(hdrs.RANGE, "bytes=0-")):
+            headers.popall(hdrs.RANGE, None)
         if_range = headers.get(hdrs.IF_RANGE)
         if if_range is not None and if_range.strip().startswith(('"', "W/")):
             try:

@@ -664,3 +664,25 @@ async def test_home_page_escapes_the_host_header(make_client: MakeClient) -> Non
     body = await resp.text()
     assert "<script>" not in body
     assert "x&lt;script&gt;" in body
+
+
+@pytest.mark.parametrize(
+    "value", ["bytes=abc", "pages=1-2", "bytes=5-2", "bytes=", "bytes=1-2-3", "items=0-"]
+)
+async def test_ranges_rfc9110_says_to_ignore_get_the_whole_file(
+    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path, value: str
+) -> None:
+    """RFC 9110 §14.2: an invalid range or an unknown unit is ignored: 200, not 416."""
+    wheel = fake_pypi.add_wheel("demo-pkg", "1.0")
+    data = wheel.read_bytes()
+    client = await make_client(upstream={"prefetch": False})
+    await page_json(client, "demo-pkg")
+    url = f"/packages/demo-pkg/{wheel.name}"
+    assert await (await client.get(url)).read() == data
+    assert await becomes_cached(tmp_path, data)
+    resp = await client.get(url, headers={"Range": value})
+    assert resp.status == 200
+    assert await resp.read() == data
+    head = await client.head(url, headers={"Range": "bytes=0-9"})  # Range applies to GET only
+    assert head.status == 200
+    assert int(head.headers["Content-Length"]) == len(data)
