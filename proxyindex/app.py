@@ -87,9 +87,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     action = _ACTIONS.get(resource.canonical, {}).get(request.method) if resource else None
     authenticator = request.app[appkeys.AUTH]
     if action is not None and authenticator.protects(action):
-        await asyncio.to_thread(
+        user = await asyncio.to_thread(
             authenticator.authorize, action, request.headers.get(hdrs.AUTHORIZATION)
         )
+        if user is not None:
+            request[appkeys.USER] = user
     return await handler(request)
 
 

@@ -12,7 +12,7 @@ from proxyindex.index import ProjectIndex
 from proxyindex.rootindex import RootIndex
 from proxyindex.storage import PrivateStorage
 
-__all__ = ["AUTH", "BLOBS", "CONFIG", "DOWNLOADER", "INDEX", "PAGES", "ROOT", "STORAGE"]
+__all__ = ["AUTH", "BLOBS", "CONFIG", "DOWNLOADER", "INDEX", "PAGES", "ROOT", "STORAGE", "USER"]
 
 CONFIG = web.AppKey("config", Config)
 AUTH = web.AppKey("auth", Authenticator)
@@ -22,3 +22,5 @@ BLOBS = web.AppKey("blobs", BlobStore)
 INDEX = web.AppKey("index", ProjectIndex)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 ROOT = web.AppKey("root", RootIndex)
+# The user the auth middleware authenticated for this request (for the access log).
+USER = web.RequestKey("user", str)
