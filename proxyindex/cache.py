@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import diskcache
 from packaging.utils import NormalizedName
@@ -155,6 +155,28 @@ class BlobStore:
             with contextlib.suppress(OSError):
                 os.utime(path, (now, st.st_mtime))
         return path
+
+    def open(self, sha256: str) -> BinaryIO | None:
+        """The blob, opened for reading (and its use recorded), or None if it is not cached.
+
+        Serve from this handle, not from the path: eviction (here or in another worker) may
+        delete the file at any moment, and on POSIX an open file stays readable after its
+        unlink, where a path looked up a moment earlier answers 404.
+        """
+        try:
+            fh = self.path(sha256).open("rb")
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fh.fileno())
+            now = time.time()
+            if now - st.st_atime > _TOUCH_EVERY:
+                with contextlib.suppress(OSError):
+                    os.utime(fh.fileno(), (now, st.st_mtime))
+        except BaseException:
+            fh.close()
+            raise
+        return fh
 
     def _blobs(self) -> list[tuple[float, int, Path]]:
         found = []

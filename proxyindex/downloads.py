@@ -10,11 +10,12 @@ never cached and never served whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,11 +47,19 @@ class FileRange:
 
 
 class Download:
-    """One upstream transfer in progress; readers follow it with :meth:`stream`."""
+    """One upstream transfer in progress; readers follow it with :meth:`stream`.
+
+    Readers share one read handle, opened on the temp file as soon as it exists (or on the
+    cached blob): it survives the rename into the cache and an eviction that deletes the
+    blob right after, so a reader that joined is never left without its file. The handle is
+    closed once the transfer is over and the last :meth:`hold` is released.
+    """
 
     def __init__(self, dist: DistFile) -> None:
         self.dist = dist
         self.temp: Path | None = None
+        self.reader: BinaryIO | None = None
+        self._holds = 1  # the transfer's own, released when it is over
         self.written = 0
         self.length: int | None = dist.size
         self.result: Path | None = None
@@ -75,25 +84,34 @@ class Download:
         assert self.result is not None
         return self.result
 
-    async def _open(self) -> BinaryIO:
-        """Open the temp file, or the blob it became; a handle survives the later rename."""
-        if self.temp is None:  # another process downloaded it while we waited for the lock
-            return await asyncio.to_thread((await self.wait()).open, "rb")
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the shared read handle open while a reader uses it. Enter it as soon as the
+        download is obtained, before any ``await``: a fast transfer may end meanwhile."""
+        self._holds += 1
         try:
-            return await asyncio.to_thread(self.temp.open, "rb")
-        except FileNotFoundError:
-            return await asyncio.to_thread((await self.wait()).open, "rb")
+            yield
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0 and self.reader is not None:
+            # Closing a read-only descriptor has nothing to flush: no thread hop needed.
+            self.reader.close()
+            self.reader = None
 
     async def read(self) -> bytes:
         """The whole file once verified, without waiting for it to be committed to the cache
         (an fsync): for small files, such as ``.metadata``, on a resolver's critical path."""
         parts: list[bytes] = []
-        async for part in self.stream():
-            if isinstance(part, FileRange):
-                fd = part.file.fileno()
-                parts.append(await asyncio.to_thread(os.pread, fd, part.count, part.offset))
-            else:
-                parts.append(part)
+        with self.hold():
+            async for part in self.stream():
+                if isinstance(part, FileRange):
+                    fd = part.file.fileno()
+                    parts.append(await asyncio.to_thread(os.pread, fd, part.count, part.offset))
+                else:
+                    parts.append(part)
         return b"".join(parts)
 
     async def stream(self) -> AsyncIterator[bytes | FileRange]:
@@ -102,39 +120,39 @@ class Download:
 
         Raises if the download fails at any point. Chunks are small (64 KiB) because a
         hundred clients may be following one download, each holding a chunk in flight.
+        The caller holds the download (:meth:`hold`); every reader reads the shared handle
+        at its own offsets (pread, sendfile), never through its file position.
         """
         await self.started.wait()
         if self.error is not None:
             raise self.error
-        fh = None if self.body is not None else await self._open()
-        try:
-            sent = 0
-            while True:
-                progress = self._progress
-                if self.error is not None:
-                    raise self.error
-                if self.verified and fh is not None:
-                    if sent < self.written:
-                        yield FileRange(fh, sent, self.written - sent)
-                    return
-                # The last byte waits for the hash check: a client never holds a complete
-                # body that turns out to be corrupt.
-                end = self.written if self.verified else self.written - 1
-                if end > sent:
-                    if self.body is not None:
-                        chunk = bytes(self.body[sent:end])
-                    else:
-                        assert fh is not None
-                        chunk = await asyncio.to_thread(fh.read, min(end - sent, _READ_CHUNK))
-                    sent += len(chunk)
-                    yield chunk
-                    continue
-                if self.verified:
-                    return
-                await progress.wait()
-        finally:
-            if fh is not None:
-                await asyncio.to_thread(fh.close)
+        fh = None if self.body is not None else self.reader
+        assert self.body is not None or fh is not None
+        sent = 0
+        while True:
+            progress = self._progress
+            if self.error is not None:
+                raise self.error
+            if self.verified and fh is not None:
+                if sent < self.written:
+                    yield FileRange(fh, sent, self.written - sent)
+                return
+            # The last byte waits for the hash check: a client never holds a complete
+            # body that turns out to be corrupt.
+            end = self.written if self.verified else self.written - 1
+            if end > sent:
+                if self.body is not None:
+                    chunk = bytes(self.body[sent:end])
+                else:
+                    assert fh is not None
+                    size = min(end - sent, _READ_CHUNK)
+                    chunk = await asyncio.to_thread(os.pread, fh.fileno(), size, sent)
+                sent += len(chunk)
+                yield chunk
+                continue
+            if self.verified:
+                return
+            await progress.wait()
 
 
 class Downloader:
@@ -150,6 +168,7 @@ class Downloader:
         self._max_cache_size = max_cache_size  # 0: no limit
         self._cache_size: int | None = None  # known after the first shrink check
         self._shrinking: asyncio.Task[None] | None = None
+        self._added_while_shrinking = 0
         self._upstream = upstream
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,13 +202,7 @@ class Downloader:
         lock = None
         try:
             lock = await self._lock(key)
-            cached = await self._already_cached(download.dist)
-            if cached is not None:  # fetched ahead, or by another worker meanwhile
-                download.result = cached
-                download.written = (await asyncio.to_thread(cached.stat)).st_size
-                download.length = download.written
-                download.verified = True
-            else:
+            if not await self._already_cached(download):  # fetched by another worker?
                 download.result = await self._transfer(download)
         except UpstreamError as exc:
             download.error = exc
@@ -206,25 +219,42 @@ class Downloader:
                 await asyncio.to_thread(download.temp.unlink, True)
             if lock is not None:
                 self._unlock(lock)
+            download.release()
 
     def _added(self, size: int) -> None:
-        """Count a new blob; check the cache size limit when it may be exceeded."""
+        """Count a new blob; check the cache size limit when it may be exceeded.
+
+        Blobs added while a shrink walks the folder are counted apart and added to what it
+        leaves (a blob the walk also saw is counted twice: the next shrink, a walk, corrects
+        that), and the shrink runs again while the total is over the limit. Before, the
+        total a shrink returned overwrote them and no shrink followed: a burst of 63 first
+        downloads left the cache at 2.6x its limit.
+        """
         if not self._max_cache_size:
+            return
+        if self._shrinking is not None and not self._shrinking.done():
+            self._added_while_shrinking += size
             return
         if self._cache_size is not None:
             self._cache_size += size
             if self._cache_size <= self._max_cache_size:
                 return
-        if self._shrinking is None or self._shrinking.done():
-            self._shrinking = asyncio.create_task(self._shrink())
-            self._tasks.add(self._shrinking)
-            self._shrinking.add_done_callback(self._tasks.discard)
+        self._shrinking = asyncio.create_task(self._shrink())
+        self._tasks.add(self._shrinking)
+        self._shrinking.add_done_callback(self._tasks.discard)
 
     async def _shrink(self) -> None:
-        try:
-            self._cache_size = await asyncio.to_thread(self._blobs.shrink, self._max_cache_size)
-        except OSError:
-            log.exception("could not shrink the cache")
+        while True:
+            self._added_while_shrinking = 0
+            try:
+                left = await asyncio.to_thread(self._blobs.shrink, self._max_cache_size)
+            except OSError:
+                log.exception("could not shrink the cache")
+                self._cache_size = None  # the next addition walks the folder again
+                return
+            self._cache_size = left + self._added_while_shrinking
+            if self._cache_size <= self._max_cache_size or left > self._max_cache_size:
+                return  # under the limit, or nothing more could be deleted
 
     @staticmethod
     async def _append(download: Download, fh: BinaryIO, pending: bytearray, digest: Hasher) -> None:
@@ -260,9 +290,20 @@ class Downloader:
         if self._lock_fd is not None:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
 
-    async def _already_cached(self, dist: DistFile) -> Path | None:
+    async def _already_cached(self, download: Download) -> bool:
+        """Serve ``download`` from the cache if the file is there (opened: see Download)."""
+        dist = download.dist
         sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
-        return await asyncio.to_thread(self._blobs.get, sha256) if sha256 else None
+        if not sha256:
+            return False
+        fh = await asyncio.to_thread(self._blobs.open, sha256)
+        if fh is None:
+            return False
+        download.reader = fh
+        download.result = self._blobs.path(sha256)
+        download.written = download.length = os.fstat(fh.fileno()).st_size
+        download.verified = True
+        return True
 
     async def _transfer(self, download: Download) -> Path:
         dist = download.dist
@@ -283,6 +324,8 @@ class Downloader:
                     download.length = upstream.length
                 if download.length is not None and download.length <= _IN_MEMORY:
                     download.body = bytearray()
+                else:
+                    download.reader = await asyncio.to_thread(download.temp.open, "rb")
                 download.started.set()
                 pending = bytearray()
                 async for chunk in upstream.chunks:

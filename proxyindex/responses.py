@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Mapping
+from io import BufferedReader
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_fileresponse import _FileResponseResult
 from multidict import CIMultiDict
 
 __all__ = [
@@ -75,16 +79,54 @@ class StoredFile(web.FileResponse):
         self,
         path: Path,
         *,
+        file: BinaryIO | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str = OCTET_STREAM,
         precompressed: str | None = None,
     ) -> None:
+        """``file``: ``path`` already opened, sent from that handle (which the response
+        closes) and never reopened by name: a cache blob may be evicted meanwhile."""
         merged = CIMultiDict(headers or {})
         merged[hdrs.CONTENT_TYPE] = content_type
         if precompressed:
             merged[hdrs.CONTENT_ENCODING] = precompressed
         super().__init__(path, headers=merged)
         self._stored_path = path
+        self._file = file
+
+    def _stat(self) -> os.stat_result:
+        return os.fstat(self._file.fileno()) if self._file else self._stored_path.stat()
+
+    def _make_response(
+        self, request: web.BaseRequest, accept_encoding: str
+    ) -> tuple[_FileResponseResult, BufferedReader | None, os.stat_result, str | None]:
+        """aiohttp's own, but from the open ``file`` when there is one (aiohttp 3.14 reopens
+        the path, which an eviction may have deleted since: a 404). Runs in a thread."""
+        fobj = self._file
+        if fobj is None:
+            return super()._make_response(request, accept_encoding)
+        self._file = None
+        st = os.fstat(fobj.fileno())
+        etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+        if_match, if_none_match = request.if_match, request.if_none_match
+        unmodified_since, modified_since = request.if_unmodified_since, request.if_modified_since
+        result = _FileResponseResult.SEND_FILE
+        if (if_match is not None and not self._etag_match(etag, if_match, weak=False)) or (
+            if_match is None
+            and unmodified_since is not None
+            and st.st_mtime > unmodified_since.timestamp()
+        ):
+            result = _FileResponseResult.PRE_CONDITION_FAILED
+        elif (if_none_match is not None and self._etag_match(etag, if_none_match, weak=True)) or (
+            if_none_match is None
+            and modified_since is not None
+            and st.st_mtime <= modified_since.timestamp()
+        ):
+            result = _FileResponseResult.NOT_MODIFIED
+        if result is not _FileResponseResult.SEND_FILE:
+            fobj.close()
+            return result, None, st, None
+        return result, cast("BufferedReader", fobj), st, None
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         headers = CIMultiDict(request.headers)
@@ -94,7 +136,7 @@ class StoredFile(web.FileResponse):
         if_range = headers.get(hdrs.IF_RANGE)
         if if_range is not None and if_range.strip().startswith(('"', "W/")):
             try:
-                st = await asyncio.to_thread(self._stored_path.stat)
+                st = await asyncio.to_thread(self._stat)
             except OSError:
                 st = None
             if st is None or if_range.strip() != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':

@@ -7,6 +7,7 @@ import hashlib
 import html
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
@@ -14,7 +15,7 @@ from packaging.utils import NormalizedName
 from proxyindex import appkeys, jsonapi
 from proxyindex.cache import BlobStore
 from proxyindex.downloads import Download, FileRange
-from proxyindex.errors import NotFound
+from proxyindex.errors import NotFound, UpstreamUnavailable
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 _VARY = "Accept, Accept-Encoding"
+# A file evicted between its download and its sending is fetched again, this many times.
+_EVICTED_RETRIES = 3
 
 
 @lru_cache(maxsize=4096)
@@ -133,18 +136,26 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
 
 async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResponse:
     """An upstream file from the cache, or following its one download (streamed to every
-    client as it arrives, the last byte once verified)."""
+    client as it arrives, the last byte once verified).
+
+    A cached file is opened before the response is built, and sent from that handle, so an
+    eviction that deletes it meanwhile cannot turn the answer into a 404; if it is gone
+    before it could be opened, it is fetched again.
+    """
     headers: dict[str, str] = {hdrs.CACHE_CONTROL: IMMUTABLE}
     downloader = request.app[appkeys.DOWNLOADER]
-    download = downloader.running(dist)  # fetched ahead already: join it, no cache lookup
-    if download is None:
-        blob = await _cached_blob(request, dist)
-        if blob is not None:
-            return StoredFile(blob, headers=headers)
-        download = downloader.start(dist)
-    if request.method != hdrs.METH_GET or hdrs.RANGE in request.headers:
-        return StoredFile(await download.wait(), headers=headers)
-    return await _follow_download(request, download, headers)
+    for _attempt in range(_EVICTED_RETRIES):
+        download = downloader.running(dist)  # fetched ahead already: join it, no cache lookup
+        if download is None:
+            cached = await _open_cached(request, dist)
+            if cached is not None:
+                return StoredFile(cached[0], file=cached[1], headers=headers)
+            download = downloader.start(dist)
+        if request.method == hdrs.METH_GET and hdrs.RANGE not in request.headers:
+            with download.hold():  # entered before any await: see Download.hold
+                return await _follow_download(request, download, headers)
+        await download.wait()  # HEAD or a range: sent from the cache once committed
+    raise UpstreamUnavailable(f"{dist.filename} was evicted from the cache as soon as fetched")
 
 
 async def _follow_download(
@@ -184,14 +195,16 @@ async def _sendfile(request: web.Request, part: FileRange) -> None:
     await asyncio.get_running_loop().sendfile(transport, part.file, part.offset, part.count)
 
 
-async def _cached_blob(request: web.Request, dist: DistFile) -> Path | None:
+async def _open_cached(request: web.Request, dist: DistFile) -> tuple[Path, BinaryIO] | None:
+    """The cached blob of ``dist``, opened (see :meth:`BlobStore.open`), or None."""
     blobs: BlobStore = request.app[appkeys.BLOBS]
     sha256 = dist.sha256
     if sha256 is None:
         sha256 = await request.app[appkeys.PAGES].blob_for_url(dist.url)
     if sha256 is None:
         return None
-    return await asyncio.to_thread(blobs.get, sha256)
+    fh = await asyncio.to_thread(blobs.open, sha256)
+    return None if fh is None else (blobs.path(sha256), fh)
 
 
 async def _metadata(
