@@ -10,6 +10,8 @@
     │   ├── NotFound               404   unknown project or file
     │   ├── FileExists             409   same filename, different bytes
     │   └── TooLarge               413
+    ├── CacheFull                  503   the cache disk is full: a HEAD or Range request for a
+    │                                    file not cached yet (a GET streams it uncached)
     └── UpstreamError                    5xx: the upstream index failed us and nothing is cached
         ├── UpstreamUnavailable    502   refused, reset, 5xx, unparseable page
         ├── IntegrityError         502   a file's hash or length does not match the index
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthRequired",
+    "CacheFull",
     "ClientError",
     "FileExists",
     "Forbidden",
@@ -66,6 +69,10 @@ class FileExists(ClientError):
 
 class TooLarge(ClientError):
     status = 413
+
+
+class CacheFull(ProxyIndexError):
+    status = 503
 
 
 class UpstreamError(ProxyIndexError):

@@ -14,7 +14,7 @@ from packaging.utils import NormalizedName
 
 from proxyindex import appkeys, jsonapi
 from proxyindex.cache import BlobStore
-from proxyindex.downloads import Download, FileRange
+from proxyindex.downloads import Cursor, Download, FileRange
 from proxyindex.errors import NotFound, UpstreamUnavailable
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index import RenderedPage
@@ -152,14 +152,14 @@ async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResp
                 return StoredFile(cached[0], file=cached[1], headers=headers)
             download = downloader.start(dist)
         if request.method == hdrs.METH_GET and hdrs.RANGE not in request.headers:
-            with download.hold():  # entered before any await: see Download.hold
-                return await _follow_download(request, download, headers)
+            with download.hold() as cursor:  # entered before any await: see Download.hold
+                return await _follow_download(request, download, cursor, headers)
         await download.wait()  # HEAD or a range: sent from the cache once committed
     raise UpstreamUnavailable(f"{dist.filename} was evicted from the cache as soon as fetched")
 
 
 async def _follow_download(
-    request: web.Request, download: Download, headers: dict[str, str]
+    request: web.Request, download: Download, cursor: Cursor, headers: dict[str, str]
 ) -> web.StreamResponse:
     """Stream a file while the one upstream download of it is still running."""
     await download.started.wait()
@@ -172,7 +172,7 @@ async def _follow_download(
         response.content_length = download.length
     await response.prepare(request)  # a StreamResponse writes its headers right away
     try:
-        async for part in download.stream():
+        async for part in download.stream(cursor):
             if isinstance(part, FileRange):
                 await _sendfile(request, part)
             else:

@@ -4,9 +4,13 @@ readers finish, client faults log one line without credentials, and the access l
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import hashlib
 import os
+import resource
 import socket
 import time
+import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -190,3 +194,48 @@ def test_access_log_off_or_to_a_file(make_proxy: MakeProxy, tmp_path: Path) -> N
     to_file.stop()
     assert "proxyindex.access" not in quiet.log_text()
     assert "proxyindex.access" not in to_file.log_text()
+
+
+def test_a_full_cache_disk_streams_files_through_uncached_and_the_index_keeps_working(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI
+) -> None:
+    """The cache cannot grow (RLIMIT_FSIZE on the server: writes past 256 KiB fail with
+    EFBIG, as ENOSPC would on a full disk): every client still gets the whole, verified
+    file, the server logs one warning per file and no traceback, and pages keep working."""
+    noise = base64.b64encode(os.urandom(1_500_000)).decode()
+    wheel = fake_pypi.add_wheel("big-pkg", "1.0", modules={"big_pkg/data.py": noise})
+    data = wheel.read_bytes()
+    fake_pypi.add_wheel("other-pkg", "1.0")
+    proxy = make_proxy(upstream={"prefetch": False})
+    limit = 256 * 1024
+    _soft, hard = resource.prlimit(proxy.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(proxy.pid, resource.RLIMIT_FSIZE, (limit, hard))
+    assert get(proxy, "/simple/big-pkg/") == 200
+    path = f"/packages/big-pkg/{wheel.name}"
+
+    def fetch() -> bytes:
+        with urllib.request.urlopen(proxy.url + path, timeout=30) as resp:  # noqa: S310
+            assert resp.status == 200
+            return bytes(resp.read())
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # one download, three readers
+        bodies = list(pool.map(lambda _: fetch(), range(3)))
+    assert bodies == [data] * 3
+    assert fetch() == data  # and again: still uncached, still whole
+    assert get(proxy, "/simple/other-pkg/") == 200  # the index keeps working
+    with pytest.raises(urllib.error.HTTPError) as head:  # HEAD needs the stored file
+        head_request = urllib.request.Request(proxy.url + path, method="HEAD")  # noqa: S310
+        urllib.request.urlopen(head_request, timeout=10)  # noqa: S310 - http://127.0.0.1
+    assert head.value.code == 503
+    log = proxy.log_text()
+    assert "Traceback" not in log
+    assert log.count("sending it uncached") == 3  # the shared download, the GET, the HEAD
+    cache = proxy.config.parent / "cache" / "files"
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+    resource.prlimit(proxy.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    assert fetch() == data  # space again: stored as usual
+    sha = hashlib.sha256(data).hexdigest()
+    deadline = time.monotonic() + 10
+    while not (cache / sha[:2] / sha).is_file():
+        assert time.monotonic() < deadline, "not cached once the disk had room again"
+        time.sleep(0.05)
