@@ -127,7 +127,7 @@ class BlobStore:
     create, off the readers' path since they are served before the commit).
 
     With a size limit, the least recently used blobs are deleted when the total goes over it
-    (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`get` at most once an
+    (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`open` at most once an
     hour per file, so it works on relatime/noatime mounts and leaves mtime (and so the
     ETag clients saw) alone. Private packages live elsewhere and are never touched.
     """
@@ -143,18 +143,6 @@ class BlobStore:
         if not is_sha256(sha256):
             raise ValueError("not a sha256 hex digest")
         return self.root / sha256[:2] / sha256
-
-    def get(self, sha256: str) -> Path | None:
-        path = self.path(sha256)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        now = time.time()
-        if now - st.st_atime > _TOUCH_EVERY:
-            with contextlib.suppress(OSError):
-                os.utime(path, (now, st.st_mtime))
-        return path
 
     def open(self, sha256: str) -> BinaryIO | None:
         """The blob, opened for reading (and its use recorded), or None if it is not cached.
