@@ -80,6 +80,7 @@ class ClientFaultFilter(logging.Filter):
             record.exc_text = None
             record.levelno = logging.INFO
             record.levelname = logging.getLevelName(logging.INFO)
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 
