@@ -72,7 +72,8 @@ class ClientFaultFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            what = (exc.message or type(exc).__name__).strip().splitlines()[0].rstrip(":")
+            # The description only: what follows a colon is the offending bytes.
+            what = (exc.message or type(exc).__name__).strip().split(":")[0]
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             record.msg = "bad request from %s: %s %s"
             record.args = (remote, exc.code, what[:80])
