@@ -95,6 +95,15 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_every_worker(
     assert len(now) == 3
     assert proxy.wait_for_log(rf"worker {victim} exited \(signal 9 \(SIGKILL\)\)", since=mark)
     proxy.wait_for_log(r"worker \d+ started", since=mark)
+    # Killed again right after its start: a crash loop, so the next one waits longer.
+    (replacement,) = now - first
+    os.kill(replacement, signal.SIGKILL)
+    proxy.wait_for_log(rf"worker {replacement} exited .* starting a new one in 1\.0 s", since=mark)
+    deadline = time.monotonic() + 20
+    while len(_children(proxy.pid) - {victim, replacement}) < 3:
+        assert time.monotonic() < deadline, f"no second replacement:\n{proxy.log_text()}"
+        time.sleep(0.1)
+    now = _children(proxy.pid)
     for _ in range(12):  # spread over the workers by the kernel; every one answers
         assert _health(proxy.url) == 200
     assert proxy.stop() == 0
