@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -36,6 +37,7 @@ __all__ = [
 _VARY = "Accept, Accept-Encoding"
 # A file evicted between its download and its sending is fetched again, this many times.
 _EVICTED_RETRIES = 3
+_PREAD_CHUNK = 256 * 1024
 
 
 @lru_cache(maxsize=4096)
@@ -174,7 +176,7 @@ async def _follow_download(
     try:
         async for part in download.stream(cursor):
             if isinstance(part, FileRange):
-                await _sendfile(request, part)
+                await _sendfile(request, response, part)
             else:
                 await response.write(part)
     except Exception:
@@ -187,12 +189,28 @@ async def _follow_download(
     return response
 
 
-async def _sendfile(request: web.Request, part: FileRange) -> None:
-    """Send the rest of a finished download zero-copy, as aiohttp's FileResponse does."""
+async def _sendfile(request: web.Request, response: web.StreamResponse, part: FileRange) -> None:
+    """Send the rest of a finished download zero-copy, as aiohttp's FileResponse does.
+
+    The file handle is shared by every reader of the download, so where sendfile is not
+    available (TLS, no ``os.sendfile``) the bytes are read at their offsets (pread), never
+    through the handle's position as asyncio's own fallback would.
+    """
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("client went away")
-    await asyncio.get_running_loop().sendfile(transport, part.file, part.offset, part.count)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sendfile(transport, part.file, part.offset, part.count, fallback=False)
+    except asyncio.SendfileNotAvailableError:
+        offset, end = part.offset, part.offset + part.count
+        while offset < end:
+            size = min(end - offset, _PREAD_CHUNK)
+            chunk = await asyncio.to_thread(os.pread, part.file.fileno(), size, offset)
+            if not chunk:
+                raise ConnectionResetError("the file is shorter than its download") from None
+            await response.write(chunk)
+            offset += len(chunk)
 
 
 async def _open_cached(request: web.Request, dist: DistFile) -> tuple[Path, BinaryIO] | None:
