@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import diskcache
 from packaging.utils import NormalizedName
@@ -127,7 +127,7 @@ class BlobStore:
     create, off the readers' path since they are served before the commit).
 
     With a size limit, the least recently used blobs are deleted when the total goes over it
-    (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`get` at most once an
+    (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`open` at most once an
     hour per file, so it works on relatime/noatime mounts and leaves mtime (and so the
     ETag clients saw) alone. Private packages live elsewhere and are never touched.
     """
@@ -144,17 +144,27 @@ class BlobStore:
             raise ValueError("not a sha256 hex digest")
         return self.root / sha256[:2] / sha256
 
-    def get(self, sha256: str) -> Path | None:
-        path = self.path(sha256)
+    def open(self, sha256: str) -> BinaryIO | None:
+        """The blob, opened for reading (and its use recorded), or None if it is not cached.
+
+        Serve from this handle, not from the path: eviction (here or in another worker) may
+        delete the file at any moment, and on POSIX an open file stays readable after its
+        unlink, where a path looked up a moment earlier answers 404.
+        """
         try:
-            st = path.stat()
+            fh = self.path(sha256).open("rb")
         except FileNotFoundError:
             return None
-        now = time.time()
-        if now - st.st_atime > _TOUCH_EVERY:
-            with contextlib.suppress(OSError):
-                os.utime(path, (now, st.st_mtime))
-        return path
+        try:
+            st = os.fstat(fh.fileno())
+            now = time.time()
+            if now - st.st_atime > _TOUCH_EVERY:
+                with contextlib.suppress(OSError):
+                    os.utime(fh.fileno(), (now, st.st_mtime))
+        except BaseException:
+            fh.close()
+            raise
+        return fh
 
     def _blobs(self) -> list[tuple[float, int, Path]]:
         found = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import contextlib
 import getpass
 import logging
 import os
@@ -20,12 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
-from proxyindex import __version__, fsutil, tokens
+from proxyindex import __version__, fsutil, logs, tokens
 from proxyindex.app import create_app
 from proxyindex.auth import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.logs import ACCESS_LOGGER, AccessLog
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.network import ProxyRoutes
+from proxyindex.serving import CappedSite
+from proxyindex.supervisor import Supervisor
 from proxyindex.tombstones import PrivateNames, scan_names
 from proxyindex.upstream import mask_url
 
@@ -167,9 +169,17 @@ async def _serve(
         concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="proxyindex")
     )
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    access: dict[str, Any] = {"access_log": None}
+    if config.server.access_log:
+        access = {"access_log": logging.getLogger(ACCESS_LOGGER), "access_log_class": AccessLog}
+    # keepalive_timeout is aiohttp's one timer for a connection without a complete request:
+    # armed when it is accepted and after each response, so it also bounds how long request
+    # headers may take to arrive. It never runs while a response is being sent.
+    runner = web.AppRunner(
+        app, handle_signals=False, keepalive_timeout=config.server.idle_timeout, **access
+    )
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    site = CappedSite(runner, sock, config.server.max_connections)
     await site.start()
     if on_ready is not None:
         on_ready()
@@ -198,47 +208,15 @@ async def _stop_when_orphaned(stop: asyncio.Event, parent: int) -> None:
 def _run_workers(config: Config, host: str, port: int) -> int:
     """Pre-fork ``workers`` processes sharing the cache folder, each with its own listening
     socket on the port (SO_REUSEPORT): the kernel spreads connections evenly, where one
-    shared socket let one busy worker take most of them. Returns once they have all exited."""
-    ready_read, ready_write = os.pipe()
+    shared socket let one busy worker take most of them. A worker that dies is replaced
+    (see :mod:`proxyindex.supervisor`); returns once SIGTERM/SIGINT stopped them all."""
     parent = os.getpid()
-    children: list[int] = []
-    for _ in range(config.server.workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            os.close(ready_read)
-            try:
-                sock = _bind(host, port, reuse_port=True)
 
-                def ready() -> None:
-                    os.write(ready_write, b".")
+    def worker(ready: Callable[[], None] | None) -> None:
+        sock = _bind(host, port, reuse_port=True)
+        asyncio.run(_serve(config, sock, ready, parent))
 
-                asyncio.run(_serve(config, sock, ready, parent))
-            finally:
-                os._exit(0)
-        children.append(pid)
-    os.close(ready_write)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    started = 0
-    while started < len(children):
-        got = os.read(ready_read, len(children))
-        if not got:  # every child closed the pipe: some failed to start
-            break
-        started += len(got)
-    os.close(ready_read)
-    if started == len(children):
-        _announce(config, host, port)
-    status = 0
-    for child in children:
-        _pid, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
+    return Supervisor(config.server.workers, worker).run(lambda: _announce(config, host, port))
 
 
 def _announce(config: Config, host: str, port: int) -> None:
@@ -309,10 +287,7 @@ def _check_auth(config: Config) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, config.server.access_log)
     _check_auth(config)
     removed = fsutil.remove_stale_temp_files(config.storage.packages)
     removed += fsutil.remove_stale_temp_files(config.storage.cache)

@@ -52,6 +52,9 @@ class ServerConfig:
     port: int = 8080
     base_url: str = ""
     workers: int = 1
+    idle_timeout: int = 30
+    max_connections: int = 1000
+    access_log: str = "-"
 
 
 def default_data_dir(environ: Mapping[str, str], euid: int) -> Path:
@@ -164,6 +167,8 @@ def _coerce(key: str, kind: Any, value: Any, base_dir: Path) -> Any:
         raise ConfigError(f"{key}: expected a whole number >= 0, got {value!r}")
     if kind is str:
         if isinstance(value, str):
+            if key == "server.access_log" and value not in ("", "-"):
+                return str(base_dir / Path(value).expanduser())  # a file: like other paths
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if kind in (Path, Path | None):
@@ -202,6 +207,10 @@ def _validate(config: Config, environ: Mapping[str, str]) -> Config:
         raise ConfigError(f"server.port: expected 0..65535, got {config.server.port}")
     if config.server.workers < 1:
         raise ConfigError("server.workers: expected at least 1")
+    if config.server.idle_timeout < 1:
+        raise ConfigError("server.idle_timeout: expected at least 1 second")
+    if config.server.max_connections < 1:
+        raise ConfigError("server.max_connections: expected at least 1")
     if config.server.base_url:
         base = URL(config.server.base_url)
         if base.scheme not in ("http", "https") or not base.host:

@@ -10,18 +10,20 @@ never cached and never served whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from proxyindex import fsutil
 from proxyindex.cache import BlobStore, PageCache
-from proxyindex.errors import IntegrityError, UpstreamError, UpstreamUnavailable
+from proxyindex.errors import CacheFull, IntegrityError, UpstreamError, UpstreamUnavailable
 from proxyindex.models import DistFile
 from proxyindex.upstream import UpstreamClient, mask_url
 
@@ -34,6 +36,11 @@ Hasher = Any  # hashlib's sha256 object; its type is private
 _READ_CHUNK = 64 * 1024
 _WRITE_BATCH = 256 * 1024
 _IN_MEMORY = 256 * 1024  # files up to this size are also kept in memory while downloading
+# Uncached (full cache disk): bytes held in memory ahead of the slowest reader.
+_UNCACHED_BUFFER = 4 << 20
+# A write that fails with these means the cache cannot take the file: send it uncached.
+# EFBIG: larger than the file system (or RLIMIT_FSIZE) allows.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +53,19 @@ class FileRange:
 
 
 class Download:
-    """One upstream transfer in progress; readers follow it with :meth:`stream`."""
+    """One upstream transfer in progress; readers follow it with :meth:`stream`.
+
+    Readers share one read handle, opened on the temp file as soon as it exists (or on the
+    cached blob): it survives the rename into the cache and an eviction that deletes the
+    blob right after, so a reader that joined is never left without its file. The handle is
+    closed once the transfer is over and the last :meth:`hold` is released.
+    """
 
     def __init__(self, dist: DistFile) -> None:
         self.dist = dist
         self.temp: Path | None = None
+        self.reader: BinaryIO | None = None
+        self._holds = 1  # the transfer's own, released when it is over
         self.written = 0
         self.length: int | None = dist.size
         self.result: Path | None = None
@@ -62,79 +77,159 @@ class Download:
         self.started = asyncio.Event()  # headers known (length) or failed
         self._progress = asyncio.Event()
         self.finished = asyncio.Event()
+        # Uncached (the cache disk is full): bytes from ``spilled`` on are kept in ``tail``
+        # (from offset ``tail_start``) only until every reader has sent them.
+        self.uncached = False
+        self.spilled = 0
+        self.tail = bytearray()
+        self.tail_start = 0
+        self._cursors: list[Cursor] = []
+        self._consumed = asyncio.Event()
 
     def _notify(self) -> None:
         self._progress.set()
         self._progress = asyncio.Event()
 
+    def _note_consumed(self) -> None:
+        self._consumed.set()
+        self._consumed = asyncio.Event()
+
     async def wait(self) -> Path:
-        """The committed blob; raises the download's error."""
+        """The committed blob; raises the download's error, or :class:`CacheFull` if the
+        file was sent through uncached."""
         await self.finished.wait()
         if self.error is not None:
             raise self.error
-        assert self.result is not None
+        if self.result is None:
+            raise CacheFull(f"the cache disk is full: {self.dist.filename} was not stored")
         return self.result
 
-    async def _open(self) -> BinaryIO:
-        """Open the temp file, or the blob it became; a handle survives the later rename."""
-        if self.temp is None:  # another process downloaded it while we waited for the lock
-            return await asyncio.to_thread((await self.wait()).open, "rb")
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Cursor]:
+        """Keep the shared read handle open while a reader uses it, and the reader's place
+        (for :meth:`stream`). Enter it as soon as the download is obtained, before any
+        ``await``: a fast transfer may end meanwhile."""
+        self._holds += 1
+        cursor = Cursor()
+        self._cursors.append(cursor)
         try:
-            return await asyncio.to_thread(self.temp.open, "rb")
-        except FileNotFoundError:
-            return await asyncio.to_thread((await self.wait()).open, "rb")
+            yield cursor
+        finally:
+            self._cursors.remove(cursor)
+            self._note_consumed()
+            self.release()
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0 and self.reader is not None:
+            # Closing a read-only descriptor has nothing to flush: no thread hop needed.
+            self.reader.close()
+            self.reader = None
 
     async def read(self) -> bytes:
         """The whole file once verified, without waiting for it to be committed to the cache
         (an fsync): for small files, such as ``.metadata``, on a resolver's critical path."""
         parts: list[bytes] = []
-        async for part in self.stream():
-            if isinstance(part, FileRange):
-                fd = part.file.fileno()
-                parts.append(await asyncio.to_thread(os.pread, fd, part.count, part.offset))
-            else:
-                parts.append(part)
+        with self.hold() as cursor:
+            async for part in self.stream(cursor):
+                if isinstance(part, FileRange):
+                    fd = part.file.fileno()
+                    parts.append(await asyncio.to_thread(os.pread, fd, part.count, part.offset))
+                else:
+                    parts.append(part)
         return b"".join(parts)
 
-    async def stream(self) -> AsyncIterator[bytes | FileRange]:
+    async def stream(self, cursor: Cursor) -> AsyncIterator[bytes | FileRange]:
         """The file's bytes as they arrive, then, once the download is verified, the rest:
         from memory for a small file, else one :class:`FileRange` (to send with sendfile).
 
         Raises if the download fails at any point. Chunks are small (64 KiB) because a
         hundred clients may be following one download, each holding a chunk in flight.
+        ``cursor`` comes from :meth:`hold`; every reader reads the shared handle at its own
+        offsets (pread, sendfile), never through its file position.
         """
         await self.started.wait()
         if self.error is not None:
             raise self.error
-        fh = None if self.body is not None else await self._open()
-        try:
-            sent = 0
-            while True:
-                progress = self._progress
-                if self.error is not None:
-                    raise self.error
-                if self.verified and fh is not None:
-                    if sent < self.written:
-                        yield FileRange(fh, sent, self.written - sent)
-                    return
-                # The last byte waits for the hash check: a client never holds a complete
-                # body that turns out to be corrupt.
-                end = self.written if self.verified else self.written - 1
-                if end > sent:
-                    if self.body is not None:
-                        chunk = bytes(self.body[sent:end])
-                    else:
-                        assert fh is not None
-                        chunk = await asyncio.to_thread(fh.read, min(end - sent, _READ_CHUNK))
-                    sent += len(chunk)
-                    yield chunk
-                    continue
-                if self.verified:
-                    return
-                await progress.wait()
-        finally:
-            if fh is not None:
-                await asyncio.to_thread(fh.close)
+        fh = None if self.body is not None else self.reader
+        assert self.body is not None or fh is not None or self.uncached
+        while True:
+            progress = self._progress
+            sent = cursor.sent
+            if self.error is not None:
+                raise self.error
+            if self.verified and fh is not None and not self.uncached:
+                if sent < self.written:
+                    cursor.sent = self.written
+                    yield FileRange(fh, sent, self.written - sent)
+                return
+            # The last byte waits for the hash check: a client never holds a complete
+            # body that turns out to be corrupt.
+            end = self.written if self.verified else self.written - 1
+            if end > sent:
+                chunk = await self._chunk(fh, sent, min(end, sent + _READ_CHUNK))
+                cursor.sent = sent + len(chunk)
+                self._note_consumed()
+                yield chunk
+                continue
+            if self.verified:
+                return
+            await progress.wait()
+
+    async def _chunk(self, fh: BinaryIO | None, start: int, end: int) -> bytes:
+        if self.body is not None:
+            return bytes(self.body[start:end])
+        if self.uncached and start >= self.spilled:
+            return bytes(self.tail[start - self.tail_start : end - self.tail_start])
+        if self.uncached:
+            end = min(end, self.spilled)
+        assert fh is not None
+        return await asyncio.to_thread(os.pread, fh.fileno(), end - start, start)
+
+    def go_uncached(self, why: OSError) -> None:
+        """The cache disk is full: from byte ``written`` on, keep the file in memory only
+        until every reader has sent it; it will not be stored."""
+        if self.uncached:
+            return
+        self.uncached = True
+        self.spilled = self.tail_start = self.written
+        log.warning(
+            "cannot store %s in the cache (%s): sending it uncached to %d client(s)",
+            self.dist.filename,
+            why.strerror or why,
+            len(self._cursors),
+        )
+
+    def keep(self, data: bytes) -> None:
+        """Add bytes that are hashed but not written to the temp file (uncached)."""
+        if self.body is not None:
+            self.body += data
+        else:
+            self.tail += data
+        self.written += len(data)
+        self._notify()
+
+    def has_readers(self) -> bool:
+        return bool(self._cursors)
+
+    async def drained(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes of the uncached tail are unsent by a reader:
+        the slowest reader paces the upstream, and memory stays bounded."""
+        while True:
+            low = min((cursor.sent for cursor in self._cursors), default=self.written)
+            if low > self.tail_start:
+                del self.tail[: low - self.tail_start]
+                self.tail_start = low
+            if len(self.tail) <= limit:
+                return
+            await self._consumed.wait()
+
+
+@dataclass(slots=True, eq=False)
+class Cursor:
+    """How far one reader of a :class:`Download` has got."""
+
+    sent: int = 0
 
 
 class Downloader:
@@ -150,6 +245,7 @@ class Downloader:
         self._max_cache_size = max_cache_size  # 0: no limit
         self._cache_size: int | None = None  # known after the first shrink check
         self._shrinking: asyncio.Task[None] | None = None
+        self._added_while_shrinking = 0
         self._upstream = upstream
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,13 +279,7 @@ class Downloader:
         lock = None
         try:
             lock = await self._lock(key)
-            cached = await self._already_cached(download.dist)
-            if cached is not None:  # fetched ahead, or by another worker meanwhile
-                download.result = cached
-                download.written = (await asyncio.to_thread(cached.stat)).st_size
-                download.length = download.written
-                download.verified = True
-            else:
+            if not await self._already_cached(download):  # fetched by another worker?
                 download.result = await self._transfer(download)
         except UpstreamError as exc:
             download.error = exc
@@ -201,41 +291,89 @@ class Downloader:
             download.started.set()
             download.finished.set()
             download._notify()
-            self._active.pop(key, None)
+            if self._active.get(key) is download:
+                del self._active[key]
             if download.result is None and download.temp is not None:
                 await asyncio.to_thread(download.temp.unlink, True)
             if lock is not None:
                 self._unlock(lock)
+            download.release()
 
     def _added(self, size: int) -> None:
-        """Count a new blob; check the cache size limit when it may be exceeded."""
+        """Count a new blob; check the cache size limit when it may be exceeded.
+
+        Blobs added while a shrink walks the folder are counted apart and added to what it
+        leaves (a blob the walk also saw is counted twice: the next shrink, a walk, corrects
+        that), and the shrink runs again while the total is over the limit. Before, the
+        total a shrink returned overwrote them and no shrink followed: a burst of 63 first
+        downloads left the cache at 2.6x its limit.
+        """
         if not self._max_cache_size:
+            return
+        if self._shrinking is not None and not self._shrinking.done():
+            self._added_while_shrinking += size
             return
         if self._cache_size is not None:
             self._cache_size += size
             if self._cache_size <= self._max_cache_size:
                 return
-        if self._shrinking is None or self._shrinking.done():
-            self._shrinking = asyncio.create_task(self._shrink())
-            self._tasks.add(self._shrinking)
-            self._shrinking.add_done_callback(self._tasks.discard)
+        self._shrinking = asyncio.create_task(self._shrink())
+        self._tasks.add(self._shrinking)
+        self._shrinking.add_done_callback(self._tasks.discard)
 
     async def _shrink(self) -> None:
-        try:
-            self._cache_size = await asyncio.to_thread(self._blobs.shrink, self._max_cache_size)
-        except OSError:
-            log.exception("could not shrink the cache")
+        while True:
+            self._added_while_shrinking = 0
+            try:
+                left = await asyncio.to_thread(self._blobs.shrink, self._max_cache_size)
+            except OSError:
+                log.exception("could not shrink the cache")
+                self._cache_size = None  # the next addition walks the folder again
+                return
+            self._cache_size = left + self._added_while_shrinking
+            if self._cache_size <= self._max_cache_size or left > self._max_cache_size:
+                return  # under the limit, or nothing more could be deleted
 
-    @staticmethod
-    async def _append(download: Download, fh: BinaryIO, pending: bytearray, digest: Hasher) -> None:
-        """Hash and write a batch in a thread (sha256 of a 17 MB wheel: ~40 ms of CPU)."""
+    async def _append(
+        self, download: Download, fh: BinaryIO | None, pending: bytearray, digest: Hasher
+    ) -> bool:
+        """Hash and write a batch in a thread (sha256 of a 17 MB wheel: ~40 ms of CPU).
+
+        If the cache disk is full (or the file too large for it), the download goes on
+        uncached (see :meth:`Download.go_uncached`). Returns False when there is no point
+        going on: uncached, and nobody is reading (a file fetched ahead).
+        """
         data = bytes(pending)
         pending.clear()
-        await asyncio.to_thread(_hash_write_flush, fh, data, digest)
-        download.written += len(data)
-        if download.body is not None:
-            download.body += data
-        download._notify()
+        if fh is not None and not download.uncached:
+            try:
+                await asyncio.to_thread(_hash_write_flush, fh, data, digest)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                self._uncached(download, exc)
+                download.keep(data)  # already hashed: _hash_write_flush hashes first
+            else:
+                download.written += len(data)
+                if download.body is not None:
+                    download.body += data
+                download._notify()
+                return True
+        else:
+            await asyncio.to_thread(digest.update, data)
+            download.keep(data)
+        if download.body is None and not download.has_readers():
+            return False
+        await download.drained(_UNCACHED_BUFFER)
+        return True
+
+    def _uncached(self, download: Download, why: OSError) -> None:
+        """Switch ``download`` to uncached; new requests for the file start their own (its
+        first bytes are gone from memory once its readers sent them)."""
+        download.go_uncached(why)
+        key = _key(download.dist)
+        if self._active.get(key) is download:
+            del self._active[key]
 
     async def _lock(self, key: str) -> int:
         """Lock the key's byte in the shared lock file, so that worker processes download a
@@ -260,11 +398,23 @@ class Downloader:
         if self._lock_fd is not None:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
 
-    async def _already_cached(self, dist: DistFile) -> Path | None:
+    async def _already_cached(self, download: Download) -> bool:
+        """Serve ``download`` from the cache if the file is there (opened: see Download)."""
+        dist = download.dist
         sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
-        return await asyncio.to_thread(self._blobs.get, sha256) if sha256 else None
+        if not sha256:
+            return False
+        fh = await asyncio.to_thread(self._blobs.open, sha256)
+        if fh is None:
+            return False
+        download.reader = fh
+        download.result = self._blobs.path(sha256)
+        download.written = download.length = os.fstat(fh.fileno()).st_size
+        download.verified = True
+        return True
 
-    async def _transfer(self, download: Download) -> Path:
+    async def _transfer(self, download: Download) -> Path | None:
+        """Fetch, verify and store ``download``; None if it was sent through uncached."""
         dist = download.dist
         # The temp file is created while the upstream answers, not before asking: creating
         # a file can take ms (ext4 right after deletions) on every cold download's path.
@@ -273,7 +423,12 @@ class Downloader:
         digest = hashlib.sha256()
         try:
             async with self._upstream.open_file(dist.url) as upstream:
-                fh, download.temp = await opening
+                try:
+                    fh, download.temp = await opening
+                except OSError as exc:
+                    if exc.errno not in DISK_FULL:
+                        raise
+                    self._uncached(download, exc)
                 if upstream.length is not None:
                     if dist.size is not None and dist.size != upstream.length:
                         raise IntegrityError(
@@ -283,17 +438,24 @@ class Downloader:
                     download.length = upstream.length
                 if download.length is not None and download.length <= _IN_MEMORY:
                     download.body = bytearray()
+                elif download.temp is not None:
+                    download.reader = await asyncio.to_thread(download.temp.open, "rb")
                 download.started.set()
                 pending = bytearray()
                 async for chunk in upstream.chunks:
                     pending += chunk
-                    if len(pending) >= _WRITE_BATCH:  # one thread hop per batch, not per read
-                        await self._append(download, fh, pending, digest)
-                if pending:
-                    await self._append(download, fh, pending, digest)
+                    # One thread hop per batch, not per read.
+                    if len(pending) >= _WRITE_BATCH and not await self._append(
+                        download, fh, pending, digest
+                    ):
+                        return None
+                if pending and not await self._append(download, fh, pending, digest):
+                    return None
         finally:
             if fh is None:  # the upstream failed first: drop the temp file once it exists
                 await _discard(opening)
+            elif download.uncached:  # the buffer still holds bytes that cannot be written
+                await asyncio.to_thread(_close_quietly, fh)
             else:
                 await asyncio.to_thread(fh.close)
         if download.length is not None and download.written != download.length:
@@ -306,11 +468,16 @@ class Downloader:
         # Verified: readers may send the last bytes now, while the file is committed.
         download.verified = True
         download._notify()
+        if download.uncached:
+            return None
         assert download.temp is not None
         blob = await asyncio.to_thread(self._blobs.commit, download.temp, actual)
         self._added(download.written)
         if dist.sha256 is None:
-            await self._pages.remember_blob(dist.url, actual)
+            try:
+                await self._pages.remember_blob(dist.url, actual)
+            except Exception as exc:  # sqlite on a full disk: the file is fetched again later
+                log.warning("could not remember the hash of %s: %s", mask_url(dist.url), exc)
         return blob
 
 
@@ -324,6 +491,11 @@ async def _discard(opening: asyncio.Future[tuple[BinaryIO, Path]]) -> None:
     except Exception:
         return
     await asyncio.to_thread(_close_and_remove, fh, temp)
+
+
+def _close_quietly(fh: BinaryIO) -> None:
+    with contextlib.suppress(OSError):
+        fh.close()
 
 
 def _close_and_remove(fh: BinaryIO, temp: Path) -> None:

@@ -12,6 +12,8 @@
     │   ├── TooLarge               413
     │   └── TooManyRequests        429   too many failed logins from one client (Retry-After)
     ├── AuthUnavailable            503   the htpasswd file never loaded: nobody can be checked
+    ├── CacheFull                  503   the cache disk is full: a HEAD or Range request for a
+    │                                    file not cached yet (a GET streams it uncached)
     └── UpstreamError                    5xx: the upstream index failed us and nothing is cached
         ├── UpstreamUnavailable    502   refused, reset, 5xx, unparseable page
         ├── IntegrityError         502   a file's hash or length does not match the index
@@ -23,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "AuthRequired",
     "AuthUnavailable",
+    "CacheFull",
     "ClientError",
     "FileExists",
     "Forbidden",
@@ -88,6 +91,10 @@ class AuthUnavailable(ProxyIndexError):
 
     status = 503
     retry_after = 10
+
+
+class CacheFull(ProxyIndexError):
+    status = 503
 
 
 class UpstreamError(ProxyIndexError):

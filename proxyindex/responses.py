@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import Mapping
+from io import BufferedReader
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_fileresponse import _FileResponseResult
 from multidict import CIMultiDict
 
 __all__ = [
@@ -16,6 +21,7 @@ __all__ = [
     "StoredFile",
     "etag_matches",
     "not_modified",
+    "range_applies",
 ]
 
 IMMUTABLE = "public, max-age=31536000, immutable"  # files never change (F-06)
@@ -23,6 +29,27 @@ IMMUTABLE = "public, max-age=31536000, immutable"  # files never change (F-06)
 # to anyone; the client's own cache may (RFC 9111 5.2.2.7).
 PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
 OCTET_STREAM = "application/octet-stream"
+_BYTE_RANGE_SPEC = re.compile(r"(?:[0-9]+-[0-9]*|-[0-9]+)\Z")
+
+
+def range_applies(method: str, value: str) -> bool:
+    """Whether a ``Range`` header is one a server must act on (RFC 9110 §14.2): on a GET,
+    in the ``bytes`` unit, with a syntactically valid range set. Anything else is ignored
+    (200 with the whole file), where aiohttp answers 416 to ``bytes=abc`` or ``pages=1-2``.
+    A valid range that the file cannot satisfy still gets its 416."""
+    if method != "GET":
+        return False
+    unit, sep, ranges = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return False
+    for spec in ranges.split(","):
+        spec = spec.strip(" \t")
+        if not _BYTE_RANGE_SPEC.match(spec):
+            return False
+        first, _, last = spec.partition("-")
+        if first and last and int(last) < int(first):
+            return False
+    return True
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -43,11 +70,12 @@ def not_modified(headers: Mapping[str, str]) -> web.Response:
 
 
 class StoredFile(web.FileResponse):
-    """A file from our own storage: sendfile, HEAD, Range, ETag, and two fixes over aiohttp.
+    """A file from our own storage: sendfile, HEAD, Range, ETag, and three fixes over aiohttp.
 
     aiohttp 3.14 ignores an ETag in ``If-Range`` and answers 206 anyway (F-05), and it serves
     a ``<file>.gz`` sibling as a precompressed variant when one exists (F-02). Both are handled
-    here by preparing with a copy of the request that carries only the headers that apply.
+    here by preparing with a copy of the request that carries only the headers that apply,
+    as is a Range header RFC 9110 says to ignore (see :func:`range_applies`).
     ``precompressed`` names the Content-Encoding of a file stored compressed (the root list).
     """
 
@@ -55,24 +83,64 @@ class StoredFile(web.FileResponse):
         self,
         path: Path,
         *,
+        file: BinaryIO | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str = OCTET_STREAM,
         precompressed: str | None = None,
     ) -> None:
+        """``file``: ``path`` already opened, sent from that handle (which the response
+        closes) and never reopened by name: a cache blob may be evicted meanwhile."""
         merged = CIMultiDict(headers or {})
         merged[hdrs.CONTENT_TYPE] = content_type
         if precompressed:
             merged[hdrs.CONTENT_ENCODING] = precompressed
         super().__init__(path, headers=merged)
         self._stored_path = path
+        self._file = file
+
+    def _stat(self) -> os.stat_result:
+        return os.fstat(self._file.fileno()) if self._file else self._stored_path.stat()
+
+    def _make_response(
+        self, request: web.BaseRequest, accept_encoding: str
+    ) -> tuple[_FileResponseResult, BufferedReader | None, os.stat_result, str | None]:
+        """aiohttp's own, but from the open ``file`` when there is one (aiohttp 3.14 reopens
+        the path, which an eviction may have deleted since: a 404). Runs in a thread."""
+        fobj = self._file
+        if fobj is None:
+            return super()._make_response(request, accept_encoding)
+        self._file = None
+        st = os.fstat(fobj.fileno())
+        etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+        if_match, if_none_match = request.if_match, request.if_none_match
+        unmodified_since, modified_since = request.if_unmodified_since, request.if_modified_since
+        result = _FileResponseResult.SEND_FILE
+        if (if_match is not None and not self._etag_match(etag, if_match, weak=False)) or (
+            if_match is None
+            and unmodified_since is not None
+            and st.st_mtime > unmodified_since.timestamp()
+        ):
+            result = _FileResponseResult.PRE_CONDITION_FAILED
+        elif (if_none_match is not None and self._etag_match(etag, if_none_match, weak=True)) or (
+            if_none_match is None
+            and modified_since is not None
+            and st.st_mtime <= modified_since.timestamp()
+        ):
+            result = _FileResponseResult.NOT_MODIFIED
+        if result is not _FileResponseResult.SEND_FILE:
+            fobj.close()
+            return result, None, st, None
+        return result, cast("BufferedReader", fobj), st, None
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         headers = CIMultiDict(request.headers)
         headers.popall(hdrs.ACCEPT_ENCODING, None)
+        if not range_applies(request.method, headers.get(hdrs.RANGE, "bytes=0-")):
+            headers.popall(hdrs.RANGE, None)
         if_range = headers.get(hdrs.IF_RANGE)
         if if_range is not None and if_range.strip().startswith(('"', "W/")):
             try:
-                st = await asyncio.to_thread(self._stored_path.stat)
+                st = await asyncio.to_thread(self._stat)
             except OSError:
                 st = None
             if st is None or if_range.strip() != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -46,6 +47,15 @@ def packages(tmp_path: Path) -> Path:
 def blobs(tmp_path: Path) -> list[Path]:
     root = tmp_path / "cache" / "files"
     return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+
+
+def cache_size(tmp_path: Path) -> int:
+    """Bytes in the blob cache, while eviction may be deleting files."""
+    total = 0
+    for path in blobs(tmp_path):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
 
 
 def is_cached(tmp_path: Path, data: bytes) -> bool:
@@ -664,3 +674,60 @@ async def test_home_page_escapes_the_host_header(make_client: MakeClient) -> Non
     body = await resp.text()
     assert "<script>" not in body
     assert "x&lt;script&gt;" in body
+
+
+@pytest.mark.parametrize(
+    "value", ["bytes=abc", "pages=1-2", "bytes=5-2", "bytes=", "bytes=1-2-3", "items=0-"]
+)
+async def test_ranges_rfc9110_says_to_ignore_get_the_whole_file(
+    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path, value: str
+) -> None:
+    """RFC 9110 §14.2: an invalid range or an unknown unit is ignored: 200, not 416."""
+    wheel = fake_pypi.add_wheel("demo-pkg", "1.0")
+    data = wheel.read_bytes()
+    client = await make_client(upstream={"prefetch": False})
+    await page_json(client, "demo-pkg")
+    url = f"/packages/demo-pkg/{wheel.name}"
+    assert await (await client.get(url)).read() == data
+    assert await becomes_cached(tmp_path, data)
+    resp = await client.get(url, headers={"Range": value})
+    assert resp.status == 200
+    assert await resp.read() == data
+    head = await client.head(url, headers={"Range": "bytes=0-9"})  # Range applies to GET only
+    assert head.status == 200
+    assert int(head.headers["Content-Length"]) == len(data)
+
+
+async def test_a_burst_of_first_downloads_under_a_small_cache_limit_never_fails_and_settles(
+    make_client: MakeClient, fake_pypi: FakePyPI, tmp_path: Path
+) -> None:
+    """Eviction runs during the burst: no request may 404 or break off because a blob it
+    was about to send got evicted, and once the burst settles the cache is back under its
+    limit (give or take one file), however many additions the shrinks raced with."""
+    count = 63
+    wheels = [
+        fake_pypi.add_wheel(f"burst-{i}", "1.0", modules={f"burst_{i}": repr(os.urandom(40_000))})
+        for i in range(count)
+    ]
+    biggest = max(w.stat().st_size for w in wheels)
+    limit = biggest * 4
+    client = await make_client(storage={"cache_max_size": limit})
+
+    async def fetch(index: int, wheel: Path) -> tuple[int, bytes]:
+        await page_json(client, f"burst-{index}")  # starts fetching ahead too
+        url = f"/packages/burst-{index}/{wheel.name}"
+        resp = await client.get(url)
+        body = await resp.read()
+        if resp.status == 200:  # and again, by then from the cache (if still there)
+            again = await client.get(url)
+            return again.status, await again.read()
+        return resp.status, body
+
+    results = await asyncio.gather(*(fetch(i, w) for i, w in enumerate(wheels)))
+    statuses = [status for status, _body in results]
+    assert statuses == [200] * count
+    assert [body for _status, body in results] == [w.read_bytes() for w in wheels]
+    deadline = time.monotonic() + 10
+    while (size := cache_size(tmp_path)) > limit + biggest:
+        assert time.monotonic() < deadline, f"the cache stayed at {size / limit:.1f}x its limit"
+        await asyncio.sleep(0.1)

@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -65,3 +66,49 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _health(url: str) -> int:
+    with urllib.request.urlopen(url + "/health", timeout=10) as resp:  # noqa: S310 - http://127.0.0.1
+        return int(resp.status)
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_stops_every_worker(
+    make_proxy: MakeProxy,
+) -> None:
+    proxy = make_proxy(server={"workers": 3})
+    first = _children(proxy.pid)
+    assert len(first) == 3
+    victim = sorted(first)[0]
+    mark = proxy.log_mark()
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while len(_children(proxy.pid) - {victim}) < 3:
+        assert time.monotonic() < deadline, f"no replacement worker:\n{proxy.log_text()}"
+        time.sleep(0.1)
+    now = _children(proxy.pid)
+    assert victim not in now
+    assert len(now) == 3
+    assert proxy.wait_for_log(rf"worker {victim} exited \(signal 9 \(SIGKILL\)\)", since=mark)
+    proxy.wait_for_log(r"worker \d+ started", since=mark)
+    # Killed again right after its start: a crash loop, so the next one waits longer.
+    (replacement,) = now - first
+    os.kill(replacement, signal.SIGKILL)
+    pause = r"(?!0\.0 )[0-9.]+ s"  # 1.0 s unless the first worker lived over 10 s
+    proxy.wait_for_log(rf"worker {replacement} exited .* new one in {pause}", since=mark)
+    deadline = time.monotonic() + 20
+    while len(_children(proxy.pid) - {victim, replacement}) < 3:
+        assert time.monotonic() < deadline, f"no second replacement:\n{proxy.log_text()}"
+        time.sleep(0.1)
+    now = _children(proxy.pid)
+    for _ in range(12):  # spread over the workers by the kernel; every one answers
+        assert _health(proxy.url) == 200
+    assert proxy.stop() == 0
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in now):
+        assert time.monotonic() < deadline, "a worker outlived the master's SIGTERM"
+        time.sleep(0.1)
