@@ -4,9 +4,9 @@
 Why not ``html.parser``: it is quadratic on unterminated markup (200 KB of ``<!--`` or of
 ``<a href=x `` did not finish in a minute) and slow on the plain case (a 16.6 MB PyPI page,
 ddtrace's 46,724 anchors, took 3.7 s). This scanner looks at each character a bounded number
-of times: ``a regex search to the next ``<`` that starts markup, one regex with possessive quantifiers (no
-backtracking) per tag. Markup that never ends (a comment, a quoted attribute, a tag) swallows
-the rest of the document, as it does in a browser, and the scan stops there.
+of times: a regex search to the next ``<`` that starts markup, one regex with possessive
+quantifiers (no backtracking) per tag. Markup that never ends (a comment, a quoted attribute,
+a tag) swallows the rest of the document, as it does in a browser, and the scan stops there.
 
 On well-formed pages it finds exactly the anchors ``html.parser`` finds (a test checks it on
 generated pages): tag and attribute names lowercased, values unquoted and unescaped, a

@@ -613,22 +613,24 @@ class FakePyPI:
             body = _render_project_html(name, dists, urls, serial)
         return self._page(request, body, content_type, serial)
 
-    async def _huge_page(
-        self, request: web.Request, name: str, size: int
-    ) -> web.StreamResponse:
+    async def _huge_page(self, request: web.Request, name: str, size: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/html"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         head = f"<!DOCTYPE html>\n<html><body><h1>Links for {name}</h1>\n".encode()
         block = _anchor_block(name, 64 * 1024)
-        await resp.write(head)
-        sent = len(head)
-        while sent < size:
-            piece = block[: size - sent]
-            await resp.write(piece)
-            sent += len(piece)
-            if self.huge_page_chunk_delay:
-                await asyncio.sleep(self.huge_page_chunk_delay)
+        sent = 0
+        try:
+            await resp.write(head)
+            sent = len(head)
+            while sent < size:
+                piece = block[: size - sent]
+                await resp.write(piece)
+                sent += len(piece)
+                if self.huge_page_chunk_delay:
+                    await asyncio.sleep(self.huge_page_chunk_delay)
+        except ConnectionResetError:  # the client stopped reading: what a size limit does
+            return resp
         await resp.write_eof()
         return resp
 
@@ -674,7 +676,7 @@ async def _send_truncated(
 
 def _anchor_block(name: str, size: int) -> bytes:
     """About ``size`` bytes of PEP 503 anchors for made-up sdists of ``name``."""
-    lines = []
+    lines: list[str] = []
     total = 0
     while total < size:
         filename = f"{name}-0.{len(lines)}.tar.gz"
