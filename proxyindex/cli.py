@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,15 @@ from proxyindex.upstream import mask_url
 __all__ = ["main"]
 
 log = logging.getLogger("proxyindex")
+
+# Seconds requests in flight get to finish after SIGTERM/SIGINT before they are cancelled.
+# aiohttp's default, 60 s, let one hung upstream answer hold a stop for a minute, past the
+# 10 s a container runtime waits before it kills.
+_SHUTDOWN_GRACE = 3.0
+# Seconds after SIGTERM/SIGINT past which the process exits even with work still running in
+# threads (a parse, a render, a pickle of a page of hundreds of thousands of files): nothing
+# can cancel a thread, and every write is atomic, so a hard exit loses nothing but that work.
+_SHUTDOWN_LIMIT = 7.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,7 +117,9 @@ async def _serve(
         concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="proxyindex")
     )
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_GRACE
+    )
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
@@ -121,9 +133,23 @@ async def _serve(
     try:
         await stop.wait()
     finally:
+        _exit_after(_SHUTDOWN_LIMIT)
         if orphan_watch is not None:
             orphan_watch.cancel()
         await runner.cleanup()
+
+
+def _exit_after(seconds: float) -> None:
+    """Exit the process in ``seconds`` if it is still stopping then (see _SHUTDOWN_LIMIT)."""
+
+    def hard_exit() -> None:
+        log.warning("still stopping after %.0f s; exiting without waiting for threads", seconds)
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True  # never keeps the process alive itself
+    timer.start()
 
 
 async def _stop_when_orphaned(stop: asyncio.Event, parent: int) -> None:
