@@ -629,7 +629,7 @@ class FakePyPI:
                 sent += len(piece)
                 if self.huge_page_chunk_delay:
                     await asyncio.sleep(self.huge_page_chunk_delay)
-        except ConnectionResetError:  # the client stopped reading: what a size limit does
+        except ConnectionError:  # the client stopped reading: what a size limit does
             return resp
         await resp.write_eof()
         return resp
