@@ -286,8 +286,8 @@ def render_root_footer(fmt: SimpleFormat) -> bytes:
 #   key counts as absent (older proxyindex versions emitted it); any other wrong type, a page
 #   named for another project or text that cannot be UTF-8 makes the whole page a fault.
 # - HTML (an ``...html`` Content-Type, or none): a page that says it is one, with
-#   ``<meta name="pypi:repository-version" content="1.x">`` (PEP 629: PyPI, devpi, pypiserver,
-#   ours) or the title "Links for <name>" (PEP 503's example, which most servers copy), or one
+#   ``<meta name="pypi:repository-version" content="1.x">`` (PEP 629: PyPI, proxyindex and many
+#   others) or the title "Links for <name>" (PEP 503's example; Pulp has only that), or one
 #   that links at least one distribution file. Such a page with no anchors is an empty project
 #   (its files were all removed or quarantined, UP-05); a page that does none of this (a
 #   maintenance page, an error page, random bytes) is a fault.

@@ -357,3 +357,14 @@ def test_root_name_parser_reads_pypi_style_pages() -> None:
     assert list(parse_root_names(pypi_html)) == ["Foo_Bar", "x"]
     pypi_json = '{"meta":{"_last-serial":1},"projects":[{"_last-serial":3,"name":"A.b"}]}'
     assert list(parse_root_names(pypi_json)) == ["A.b"]
+
+
+@pytest.mark.parametrize("fmt", [SimpleFormat.JSON, SimpleFormat.TEXT_HTML])
+def test_a_parse_stops_when_told_the_caller_is_gone(fmt: SimpleFormat) -> None:
+    """A server shutting down cannot kill the parsing thread; the parser stops itself."""
+    files = tuple(_sized(1) for _ in range(10_000))
+    body = render_project(ProjectPage(NormalizedName("x"), files), fmt)
+    url, name = "https://u/simple/x/", NormalizedName("x")
+    assert len(parse_project(body, fmt.content_type, url, name).files) == 10_000
+    with pytest.raises(NotAnIndexPage, match="cancelled"):
+        parse_project(body, fmt.content_type, url, name, cancelled=lambda: True)
