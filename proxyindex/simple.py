@@ -404,7 +404,7 @@ class _JsonFiles:
 
 
 def parse_project_json(
-    data: bytes,
+    data: bytes | bytearray,
     page_url: str,
     name: NormalizedName,
     origin: Origin = Origin.UPSTREAM,
@@ -501,7 +501,7 @@ def _is_index_page(scanned: ScannedPage, files: list[DistFile], name: Normalized
 
 
 def parse_project_html(
-    data: bytes,
+    data: bytes | bytearray,
     page_url: str,
     name: NormalizedName,
     origin: Origin = Origin.UPSTREAM,
@@ -548,7 +548,7 @@ def parse_project_html(
 
 
 def parse_project(
-    data: bytes,
+    data: bytes | bytearray,
     content_type: str,
     page_url: str,
     name: NormalizedName,

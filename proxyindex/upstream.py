@@ -103,9 +103,10 @@ class UpstreamClient:
         log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)
         return PageEntry(page, time.time(), etag)
 
-    async def _read_page(self, resp: aiohttp.ClientResponse, name: NormalizedName) -> bytes:
+    async def _read_page(self, resp: aiohttp.ClientResponse, name: NormalizedName) -> bytearray:
         """The (decoded) body, counted while it arrives: UpstreamUnavailable as soon as it
-        passes ``max_page_size``, so a runaway page costs at most that much memory."""
+        passes ``max_page_size``, so a runaway page costs at most that much memory (once: a
+        bytearray grows in place, where joining chunks or ``bytes()`` would copy it)."""
         limit = self.config.max_page_size
         too_big = UpstreamUnavailable(
             f"upstream page for {name} is larger than upstream.max_page_size ({limit} bytes)"
@@ -117,7 +118,7 @@ class UpstreamClient:
             body += chunk
             if len(body) > limit:
                 raise too_big
-        return bytes(body)
+        return body
 
     @asynccontextmanager
     async def _stream(
@@ -151,7 +152,7 @@ class UpstreamClient:
 
 
 async def _parse_in_thread(
-    body: bytes, content_type: str, url: str, name: NormalizedName
+    body: bytearray, content_type: str, url: str, name: NormalizedName
 ) -> ProjectPage:
     """Parse in a thread; if the caller is cancelled (a shutdown), the parse is told to stop
     at its next check, so the thread, which nothing can kill, ends within a moment."""
