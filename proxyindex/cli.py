@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,15 @@ from proxyindex.upstream import mask_url
 __all__ = ["main"]
 
 log = logging.getLogger("proxyindex")
+
+# Seconds requests in flight get to finish after SIGTERM/SIGINT before they are cancelled.
+# aiohttp's default, 60 s, let one hung upstream answer hold a stop for a minute, past the
+# 10 s a container runtime waits before it kills.
+_SHUTDOWN_GRACE = 3.0
+# Seconds after SIGTERM/SIGINT past which the process exits even with work still running in
+# threads (a parse, a render, a pickle of a page of hundreds of thousands of files): nothing
+# can cancel a thread, and every write is atomic, so a hard exit loses nothing but that work.
+_SHUTDOWN_LIMIT = 7.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -176,7 +186,11 @@ async def _serve(
     # armed when it is accepted and after each response, so it also bounds how long request
     # headers may take to arrive. It never runs while a response is being sent.
     runner = web.AppRunner(
-        app, handle_signals=False, keepalive_timeout=config.server.idle_timeout, **access
+        app,
+        handle_signals=False,
+        keepalive_timeout=config.server.idle_timeout,
+        shutdown_timeout=_SHUTDOWN_GRACE,
+        **access,
     )
     await runner.setup()
     site = CappedSite(runner, sock, config.server.max_connections)
@@ -191,9 +205,23 @@ async def _serve(
     try:
         await stop.wait()
     finally:
+        _exit_after(_SHUTDOWN_LIMIT)
         if orphan_watch is not None:
             orphan_watch.cancel()
         await runner.cleanup()
+
+
+def _exit_after(seconds: float) -> None:
+    """Exit the process in ``seconds`` if it is still stopping then (see _SHUTDOWN_LIMIT)."""
+
+    def hard_exit() -> None:
+        log.warning("still stopping after %.0f s; exiting without waiting for threads", seconds)
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True  # never keeps the process alive itself
+    timer.start()
 
 
 async def _stop_when_orphaned(stop: asyncio.Event, parent: int) -> None:

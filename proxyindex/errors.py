@@ -15,7 +15,8 @@
     ├── CacheFull                  503   the cache disk is full: a HEAD or Range request for a
     │                                    file not cached yet (a GET streams it uncached)
     └── UpstreamError                    5xx: the upstream index failed us and nothing is cached
-        ├── UpstreamUnavailable    502   refused, reset, 5xx, unparseable page
+        ├── UpstreamUnavailable    502   refused, reset, 5xx, a page over upstream.max_page_size
+        │   └── NotAnIndexPage     502   a 200 that is no project page: maintenance page, junk
         ├── IntegrityError         502   a file's hash or length does not match the index
         └── UpstreamTimeout        504
 """
@@ -31,6 +32,7 @@ __all__ = [
     "Forbidden",
     "IntegrityError",
     "InvalidRequest",
+    "NotAnIndexPage",
     "NotFound",
     "ProxyIndexError",
     "TooLarge",
@@ -103,6 +105,12 @@ class UpstreamError(ProxyIndexError):
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
+
+
+class NotAnIndexPage(UpstreamUnavailable):
+    """The upstream answered 200 with something that is not a project page. The only error
+    the page parsers raise, whatever the input, so a bad answer never becomes a 500 and
+    never replaces a good cached page."""
 
 
 class IntegrityError(UpstreamError):

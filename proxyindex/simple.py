@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 from functools import lru_cache
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
@@ -19,16 +18,20 @@ from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
     NormalizedName,
+    canonicalize_name,
     parse_sdist_filename,
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
 
+from proxyindex.errors import NotAnIndexPage
+from proxyindex.htmlscan import ScannedPage, scan_html
 from proxyindex.models import DistFile, Origin, ProjectPage
 
 __all__ = [
     "API_VERSION",
     "SimpleFormat",
+    "json_api_version",
     "negotiate",
     "parse_project_html",
     "parse_project_json",
@@ -43,6 +46,7 @@ __all__ = [
 ]
 
 # 1.1: size, upload-time and versions (PEP 700) are emitted; nothing of 1.2-1.4 is (J-07).
+# A JSON project page with a file of unknown size says 1.0 instead (``json_api_version``).
 API_VERSION = "1.1"
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
@@ -119,11 +123,26 @@ def negotiate(accept: str | None, format_param: str | None = None) -> SimpleForm
     return SimpleFormat.TEXT_HTML
 
 
+@lru_cache(maxsize=8192)
+def _wheel_version(prefix: str) -> str | None:
+    """The version of wheels starting ``name-version-``: a PyPI page has dozens of wheels per
+    version, and their tags (most of ``parse_wheel_filename``'s work) don't matter here."""
+    try:
+        return str(parse_wheel_filename(f"{prefix}py3-none-any.whl")[1])
+    except (InvalidWheelFilename, InvalidVersion):
+        return None
+
+
 def version_of(filename: str) -> str | None:
     """The version a distribution filename carries, or None if it parses as neither kind."""
     try:
         if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[1])
+            parts = filename.split("-")
+            if len(parts) == 6:  # a build tag: rare, parse it whole
+                return str(parse_wheel_filename(filename)[1])
+            if len(parts) != 5 or not all(parts[2:]):
+                return None
+            return _wheel_version(f"{parts[0]}-{parts[1]}-")
         return str(parse_sdist_filename(filename)[1])
     except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
         return None
@@ -194,15 +213,20 @@ def _render_html(page: ProjectPage, base_url: str) -> bytes:
 
 
 def _file_json(page: ProjectPage, dist: DistFile, base_url: str) -> dict[str, Any]:
+    """What is unknown is left out, never ``null``: uv refuses ``"size": null`` ("invalid
+    type: null, expected u64") and with it the whole page."""
     entry: dict[str, Any] = {
         "filename": dist.filename,
         "url": file_href(page.name, dist.filename, base_url),
         "hashes": dict(dist.hashes),
-        "requires-python": dist.requires_python,
-        "size": dist.size,
-        "upload-time": dist.upload_time,
-        "yanked": dist.yanked,
     }
+    if dist.requires_python is not None:
+        entry["requires-python"] = dist.requires_python
+    if dist.size is not None:
+        entry["size"] = dist.size
+    if dist.upload_time is not None:
+        entry["upload-time"] = dist.upload_time
+    entry["yanked"] = dist.yanked
     if dist.core_metadata:
         entry["core-metadata"] = (
             dict(dist.core_metadata) if isinstance(dist.core_metadata, Mapping) else True
@@ -210,9 +234,15 @@ def _file_json(page: ProjectPage, dist: DistFile, base_url: str) -> dict[str, An
     return entry
 
 
+def json_api_version(page: ProjectPage) -> str:
+    """The version a JSON page satisfies (J-07): ``size`` is mandatory from 1.1 (J-04), so a
+    page with any file of unknown size (an HTML-only upstream says none) declares 1.0."""
+    return API_VERSION if all(f.size is not None for f in page.files) else "1.0"
+
+
 def _render_json(page: ProjectPage, base_url: str) -> bytes:
     body = {
-        "meta": {"api-version": API_VERSION},
+        "meta": {"api-version": json_api_version(page)},
         "name": page.name,
         "files": [_file_json(page, dist, base_url) for dist in page.files],
         "versions": sorted(page.versions, key=version_key),
@@ -247,67 +277,206 @@ def render_root_footer(fmt: SimpleFormat) -> bytes:
 
 
 # --- parsing upstream pages -------------------------------------------------------------------
+#
+# What counts as a project page (anything else is NotAnIndexPage, an upstream fault: the last
+# good page is served stale and kept, or 502 with none):
+# - JSON (any ``...json`` Content-Type): an object with ``meta.api-version`` "1.x" and a
+#   ``files`` list whose entries carry the types PEP 691/700 give them (``filename``, ``url``
+#   strings; ``hashes`` an object of strings; ``size`` an integer...). ``null`` for an optional
+#   key counts as absent (older proxyindex versions emitted it); any other wrong type, a page
+#   named for another project or text that cannot be UTF-8 makes the whole page a fault.
+# - HTML (an ``...html`` Content-Type, or none): a page that says it is one, with
+#   ``<meta name="pypi:repository-version" content="1.x">`` (PEP 629: PyPI, proxyindex and many
+#   others) or the title "Links for <name>" (PEP 503's example; Pulp has only that), or one
+#   that links at least one distribution file. Such a page with no anchors is an empty project
+#   (its files were all removed or quarantined, UP-05); a page that does none of this (a
+#   maintenance page, an error page, random bytes) is a fault.
+# - Any other Content-Type is a fault.
+
+_DIST_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".egg")
+
+
+def _not_a_page(name: str, why: str) -> NotAnIndexPage:
+    return NotAnIndexPage(f"upstream answer for {name} is not a project page: {why}")
+
+
+def _is_text(value: object) -> bool:
+    """A str that can be written out as UTF-8 (JSON escapes may smuggle in lone surrogates)."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=64)
+def _origin(page_url: str) -> str | None:
+    """``https://host:port`` of an http(s) URL with a path, else None."""
+    scheme, sep, rest = page_url.partition("://")
+    if not sep or scheme not in ("http", "https") or "/" not in rest:
+        return None
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _absolute(page_url: str, url: str) -> str:
+    # PyPI's file URLs are absolute, others' often "/path": skip urljoin's parsing where it
+    # would change nothing (it was 1.2 s of 2.9 for ddtrace's page).
+    if "/." not in url and "\\" not in url:
+        if url.startswith(("https://", "http://")):
+            return url
+        if url.startswith("/") and not url.startswith("//") and (origin := _origin(page_url)):
+            return origin + url
+    return urljoin(page_url, url)
 
 
 def _filename_from_url(url: str) -> str:
+    path = url.partition("#")[0].partition("?")[0]
+    if path.startswith(("https://", "http://")) and path.count("/") >= 3:
+        return unquote(path.rsplit("/", 1)[-1])  # urlsplit costs 2 s on ddtrace's 46,724 links
     return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
 
 
-def _metadata_value(raw: object) -> dict[str, str] | bool:
-    if isinstance(raw, Mapping):
-        return {str(k).lower(): str(v) for k, v in raw.items()}
-    return raw is True
+def _check_api_version(version: object, name: str) -> None:
+    """PEP 629: a client must refuse a major version it does not know."""
+    if not _is_text(version):
+        raise _not_a_page(name, "no api-version")
+    assert isinstance(version, str)
+    major, _, minor = version.strip().partition(".")
+    if major != "1" or not (minor.isdigit() or not minor):
+        raise _not_a_page(name, f"api-version {version[:20]!r} is not 1.x")
+
+
+class _JsonFiles:
+    """Typed reads of one PEP 691 file entry; the first wrong type faults the whole page."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fail(self, index: int, key: str) -> NotAnIndexPage:
+        return _not_a_page(self.name, f"files[{index}].{key} has the wrong type")
+
+    def text(self, raw: dict[str, Any], index: int, key: str, required: bool = False) -> str | None:
+        value = raw.get(key)
+        if value is None and not required:
+            return None
+        if not _is_text(value):
+            raise self.fail(index, key)
+        return str(value)
+
+    def digests(self, raw: dict[str, Any], index: int, key: str) -> dict[str, str]:
+        value = raw.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(
+            _is_text(k) and _is_text(v) for k, v in value.items()
+        ):
+            raise self.fail(index, key)
+        return {str(k).lower(): str(v).lower() for k, v in value.items()}
+
+    def metadata(self, raw: dict[str, Any], index: int) -> dict[str, str] | bool:
+        key = "core-metadata" if "core-metadata" in raw else "data-dist-info-metadata"
+        value = raw.get(key)
+        if value is None or isinstance(value, bool):
+            return value is True
+        return self.digests(raw, index, key)
+
+    def size(self, raw: dict[str, Any], index: int) -> int | None:
+        value = raw.get("size")
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self.fail(index, "size")
+        return value
+
+    def yanked(self, raw: dict[str, Any], index: int) -> bool | str:
+        value = raw.get("yanked")
+        if value is None:
+            return False
+        if isinstance(value, bool):
+            return value
+        if not _is_text(value):
+            raise self.fail(index, "yanked")
+        return str(value) or True
 
 
 def parse_project_json(
-    data: bytes, page_url: str, name: NormalizedName, origin: Origin = Origin.UPSTREAM
+    data: bytes | bytearray,
+    page_url: str,
+    name: NormalizedName,
+    origin: Origin = Origin.UPSTREAM,
+    cancelled: Callable[[], bool] | None = None,
 ) -> ProjectPage:
-    """Parse a PEP 691 project page; file URLs are resolved against ``page_url``."""
-    doc = json.loads(data)
-    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
-        raise ValueError("not a PEP 691 project page")
+    """Parse a PEP 691 project page; file URLs are resolved against ``page_url``.
+
+    Raises :class:`NotAnIndexPage` and nothing else, whatever ``data`` is.
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _not_a_page(name, f"invalid JSON ({str(exc)[:80]})") from None
+    if not isinstance(doc, dict):
+        raise _not_a_page(name, "not a JSON object")
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        raise _not_a_page(name, "no meta object")
+    _check_api_version(meta.get("api-version"), name)
+    raw_files = doc.get("files")
+    if not isinstance(raw_files, list):
+        raise _not_a_page(name, "no files list")
+    doc_name = doc.get("name")
+    if doc_name is not None and (not _is_text(doc_name) or canonicalize_name(doc_name) != name):
+        raise _not_a_page(name, "a page of another project")
+    read = _JsonFiles(name)
     files = []
-    for raw in doc["files"]:
-        filename = str(raw["filename"])
-        meta = raw.get("core-metadata", raw.get("data-dist-info-metadata", False))
-        yanked = raw.get("yanked", False)
+    for index, raw in enumerate(raw_files):
+        if cancelled is not None and index % 4096 == 4095 and cancelled():
+            raise _not_a_page(name, "parsing cancelled")
+        if not isinstance(raw, dict):
+            raise _not_a_page(name, f"files[{index}] is not an object")
+        filename = read.text(raw, index, "filename", required=True)
+        url = read.text(raw, index, "url", required=True)
+        assert filename is not None and url is not None
+        if not filename or "/" in filename:
+            raise read.fail(index, "filename")
+        try:
+            absolute = _absolute(page_url, url)
+        except ValueError:
+            raise read.fail(index, "url") from None
         files.append(
             DistFile(
                 filename=filename,
-                url=urljoin(page_url, str(raw["url"])),
+                url=absolute,
                 origin=origin,
-                hashes={
-                    str(k).lower(): str(v).lower() for k, v in (raw.get("hashes") or {}).items()
-                },
-                requires_python=raw.get("requires-python") or None,
-                size=raw["size"] if isinstance(raw.get("size"), int) else None,
-                upload_time=raw.get("upload-time") or None,
-                yanked=yanked if isinstance(yanked, str) and yanked else yanked is True,
-                core_metadata=_metadata_value(meta),
+                hashes=read.digests(raw, index, "hashes"),
+                requires_python=read.text(raw, index, "requires-python") or None,
+                size=read.size(raw, index),
+                upload_time=read.text(raw, index, "upload-time") or None,
+                yanked=read.yanked(raw, index),
+                core_metadata=read.metadata(raw, index),
             )
         )
-    serial = doc.get("meta", {}).get("_last-serial")
-    versions = [str(v) for v in doc.get("versions") or ()]
+    versions = doc.get("versions")
+    if versions is None:
+        versions = []
+    if not isinstance(versions, list) or not all(_is_text(v) for v in versions):
+        raise _not_a_page(name, "versions is not a list of strings")
+    serial = meta.get("_last-serial")
+    if isinstance(serial, str) and serial.isascii() and serial.isdigit():
+        serial = int(serial)  # PyPI has sent it as a string
     return ProjectPage(
         name=name,
         files=tuple(files),
         versions=project_versions(files, versions),
-        serial=serial if isinstance(serial, int) else None,
+        serial=serial if isinstance(serial, int) and not isinstance(serial, bool) else None,
     )
 
 
-class _AnchorParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.anchors: list[dict[str, str | None]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.anchors.append(dict(attrs))
-
-
 def _hashes_from_fragment(url: str) -> dict[str, str]:
-    fragment = urlsplit(url).fragment
+    fragment = url.partition("#")[2]
     algo, sep, digest = fragment.partition("=")
     if sep and algo and digest and algo != "egg":
         return {algo.lower(): digest.lower()}
@@ -321,24 +490,50 @@ def _metadata_from_attr(value: str | None) -> dict[str, str] | bool:
     return {algo.lower(): digest.lower()} if sep else True
 
 
+def _is_index_page(scanned: ScannedPage, files: list[DistFile], name: NormalizedName) -> bool:
+    if scanned.repository_version is not None:
+        _check_api_version(scanned.repository_version, name)
+        return True
+    title = scanned.title or ""
+    if title[:10].lower() == "links for " and canonicalize_name(title[10:].strip()) == name:
+        return True
+    return any(f.filename.lower().endswith(_DIST_SUFFIXES) for f in files)
+
+
 def parse_project_html(
-    data: bytes, page_url: str, name: NormalizedName, origin: Origin = Origin.UPSTREAM
+    data: bytes | bytearray,
+    page_url: str,
+    name: NormalizedName,
+    origin: Origin = Origin.UPSTREAM,
+    cancelled: Callable[[], bool] | None = None,
 ) -> ProjectPage:
-    """Parse a PEP 503 project page into the same model as :func:`parse_project_json`."""
-    parser = _AnchorParser()
-    parser.feed(data.decode("utf-8", "replace"))
-    parser.close()
+    """Parse a PEP 503 project page into the same model as :func:`parse_project_json`.
+
+    Raises :class:`NotAnIndexPage` and nothing else, whatever ``data`` is.
+    """
+    try:
+        scanned = scan_html(data.decode("utf-8", "replace"), cancelled)
+    except InterruptedError:
+        raise _not_a_page(name, "parsing cancelled") from None
     files = []
-    for attrs in parser.anchors:
+    for index, attrs in enumerate(scanned.anchors):
+        if cancelled is not None and index % 4096 == 4095 and cancelled():
+            raise _not_a_page(name, "parsing cancelled")
         href = attrs.get("href")
         if not href:
             continue
-        url = urljoin(page_url, href)
+        try:
+            url = _absolute(page_url, href)
+            filename = _filename_from_url(url)
+        except ValueError:  # e.g. "http://[oops/": not a URL
+            raise _not_a_page(name, f"a link that is no URL: {href[:80]!r}") from None
+        if not filename:  # a link to a folder ("../"), not to a file
+            continue
         yanked = attrs.get("data-yanked") if "data-yanked" in attrs else False
         metadata = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
         files.append(
             DistFile(
-                filename=_filename_from_url(url),
+                filename=filename,
                 url=url.split("#", 1)[0],
                 origin=origin,
                 hashes=_hashes_from_fragment(url),
@@ -347,22 +542,29 @@ def parse_project_html(
                 core_metadata=_metadata_from_attr(metadata),
             )
         )
+    if not _is_index_page(scanned, files, name):
+        raise _not_a_page(name, "no repository-version, no 'Links for' title, no file links")
     return ProjectPage(name=name, files=tuple(files), versions=project_versions(files))
 
 
 def parse_project(
-    data: bytes, content_type: str, page_url: str, name: NormalizedName
+    data: bytes | bytearray,
+    content_type: str,
+    page_url: str,
+    name: NormalizedName,
+    cancelled: Callable[[], bool] | None = None,
 ) -> ProjectPage:
-    """Parse whichever format the upstream answered with, whatever we asked for (UP-07)."""
+    """Parse whichever format the upstream answered with, whatever we asked for (UP-07).
+
+    Raises :class:`NotAnIndexPage` and nothing else; ``cancelled`` is polled while parsing
+    (a server shutting down stops a big parse within a moment).
+    """
     media = content_type.split(";", 1)[0].strip().lower()
-    parse: Callable[[bytes, str, NormalizedName], ProjectPage]
     if media.endswith("json"):
-        parse = parse_project_json
-    elif media.endswith("html") or not media:
-        parse = parse_project_html
-    else:
-        raise ValueError(f"unexpected Content-Type {media!r}")
-    return parse(data, page_url, name)
+        return parse_project_json(data, page_url, name, cancelled=cancelled)
+    if media.endswith("html") or not media:
+        return parse_project_html(data, page_url, name, cancelled=cancelled)
+    raise _not_a_page(name, f"unexpected Content-Type {media[:60]!r}")
 
 
 def parse_root_names(chunk: str) -> Iterable[str]:

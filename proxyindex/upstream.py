@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,6 +23,7 @@ from proxyindex import __version__
 from proxyindex.cache import PageEntry
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import UpstreamTimeout, UpstreamUnavailable
+from proxyindex.models import ProjectPage
 from proxyindex.network import Proxy, ProxyRoutes
 from proxyindex.simple import parse_project
 
@@ -111,17 +113,14 @@ class UpstreamClient:
                 if resp.status == 404:
                     return PageEntry(None, time.time())
                 _require_200(resp, url, proxy)
-                body = await resp.read()
+                body = await self._read_page(resp, name)
                 content_type = resp.headers.get("Content-Type", "")
                 etag = resp.headers.get("ETag")
                 final_url = str(resp.url)
-        try:
-            if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
-                page = await asyncio.to_thread(parse_project, body, content_type, final_url, name)
-            else:
-                page = parse_project(body, content_type, final_url, name)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UpstreamUnavailable(f"upstream page for {name} is unreadable: {exc}") from exc
+        if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
+            page = await _parse_in_thread(body, content_type, final_url, name)
+        else:
+            page = parse_project(body, content_type, final_url, name)
         log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)
         return PageEntry(page, time.time(), etag)
 
@@ -140,6 +139,23 @@ class UpstreamClient:
                     head += chunk
                 # Leaving the block with the body unread closes the connection.
                 return resp.status, resp.headers.get("Content-Type", ""), bytes(head)
+
+    async def _read_page(self, resp: aiohttp.ClientResponse, name: NormalizedName) -> bytearray:
+        """The (decoded) body, counted while it arrives: UpstreamUnavailable as soon as it
+        passes ``max_page_size``, so a runaway page costs at most that much memory (once: a
+        bytearray grows in place, where joining chunks or ``bytes()`` would copy it)."""
+        limit = self.config.max_page_size
+        too_big = UpstreamUnavailable(
+            f"upstream page for {name} is larger than upstream.max_page_size ({limit} bytes)"
+        )
+        if resp.content_length is not None and resp.content_length > limit:
+            raise too_big
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise too_big
+        return body
 
     @asynccontextmanager
     async def _stream(
@@ -190,6 +206,19 @@ def _proxy_auth(proxy: Proxy | None) -> aiohttp.BasicAuth | None:
 
 def _via(proxy: Proxy | None) -> str:
     return "" if proxy is None else f" via proxy {proxy.display()}"
+
+
+async def _parse_in_thread(
+    body: bytearray, content_type: str, url: str, name: NormalizedName
+) -> ProjectPage:
+    """Parse in a thread; if the caller is cancelled (a shutdown), the parse is told to stop
+    at its next check, so the thread, which nothing can kill, ends within a moment."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(parse_project, body, content_type, url, name, stop.is_set)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
 
 
 def _require_200(resp: aiohttp.ClientResponse, url: str | URL, proxy: Proxy | None) -> None:

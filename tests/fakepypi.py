@@ -34,6 +34,17 @@ Knobs (plain attributes, read by the server thread on every request; all reset b
     File URLs on pages are relative (``../../files/...``) instead of absolute.
 ``root_names``
     Adds N synthetic projects ``synthetic-000001``... to the ``/simple/`` root list only.
+``raw_pages``
+    ``Mapping[str, tuple[str, bytes]]``: project name -> (Content-Type, body). That project's
+    page answers 200 with exactly these bytes, whatever ``Accept`` says and whether the project
+    exists: a maintenance page, random bytes, JSON of the wrong shape.
+``huge_pages``
+    ``Mapping[str, int]``: project name -> size in bytes. That project's page answers 200 with
+    a PEP 503 page of that size (the same block of anchors over and over), streamed in 64 KiB
+    chunks without Content-Length, so a client only learns the size by reading. Nothing that
+    size is ever held in memory here.
+``huge_page_chunk_delay``
+    Seconds to sleep between the chunks of a huge page: a slow upstream.
 """
 
 from __future__ import annotations
@@ -217,6 +228,9 @@ class FakePyPI:
         self.metadata_404 = False
         self.relative_urls = False
         self.root_names = 0
+        self.raw_pages: Mapping[str, tuple[str, bytes]] = {}
+        self.huge_pages: Mapping[str, int] = {}
+        self.huge_page_chunk_delay = 0.0
 
     def reset(self) -> None:
         """Forget projects, knobs and the request log; keep the server (and its port) as is."""
@@ -585,6 +599,11 @@ class FakePyPI:
         name = canonicalize_name(raw)
         if name != raw:
             raise web.HTTPMovedPermanently(self._canonical(request, raw))
+        if name in self.raw_pages:
+            content_type, body = self.raw_pages[name]
+            return web.Response(body=body, headers={"Content-Type": content_type})
+        if name in self.huge_pages:
+            return await self._huge_page(request, name, self.huge_pages[name])
         content_type = self._content_type(request)
         with self._lock:
             project = self._projects.get(name)
@@ -599,6 +618,27 @@ class FakePyPI:
         else:
             body = _render_project_html(name, dists, urls, serial)
         return self._page(request, body, content_type, serial)
+
+    async def _huge_page(self, request: web.Request, name: str, size: int) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        head = f"<!DOCTYPE html>\n<html><body><h1>Links for {name}</h1>\n".encode()
+        block = _anchor_block(name, 64 * 1024)
+        sent = 0
+        try:
+            await resp.write(head)
+            sent = len(head)
+            while sent < size:
+                piece = block[: size - sent]
+                await resp.write(piece)
+                sent += len(piece)
+                if self.huge_page_chunk_delay:
+                    await asyncio.sleep(self.huge_page_chunk_delay)
+        except ConnectionError:  # the client stopped reading: what a size limit does
+            return resp
+        await resp.write_eof()
+        return resp
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         filename = request.match_info["filename"]
@@ -638,6 +678,18 @@ async def _send_truncated(
     if request.transport is not None:
         request.transport.abort()
     return resp
+
+
+def _anchor_block(name: str, size: int) -> bytes:
+    """About ``size`` bytes of PEP 503 anchors for made-up sdists of ``name``."""
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        filename = f"{name}-0.{len(lines)}.tar.gz"
+        line = f'<a href="/files/{"0" * 64}/{filename}#sha256={"0" * 64}">{filename}</a><br />\n'
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()
 
 
 def _render_root(content_type: str, names: list[tuple[str, str, int]], serial: int) -> bytes:

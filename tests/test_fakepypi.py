@@ -365,6 +365,21 @@ def test_relative_urls_resolve_against_the_page(fake_pypi: FakePyPI) -> None:
     assert urljoin(page_url, href) == fake_pypi.file_url(wheel.name)
 
 
+def test_raw_pages_answer_exactly_the_given_bytes(fake_pypi: FakePyPI) -> None:
+    fake_pypi.raw_pages = {"down": ("text/plain", b"maintenance")}
+    reply = fetch(fake_pypi.simple_url + "down/", {"Accept": PIP_ACCEPT})
+    assert (reply.status, reply.body) == (200, b"maintenance")
+    assert reply.headers["Content-Type"] == "text/plain"
+
+
+def test_huge_pages_stream_that_many_bytes_of_anchors_without_length(fake_pypi: FakePyPI) -> None:
+    fake_pypi.huge_pages = {"huge": 300_000}
+    reply = fetch(fake_pypi.simple_url + "huge/")
+    assert reply.status == 200 and len(reply.body) == 300_000
+    assert "Content-Length" not in reply.headers
+    assert b'<a href="/files/' in reply.body and b"Links for huge" in reply.body
+
+
 def test_reset_clears_projects_knobs_and_log(fake_pypi: FakePyPI) -> None:
     fake_pypi.add_wheel("demo", "1.0")
     fake_pypi.status, fake_pypi.delay, fake_pypi.html_only = 500, 0.1, True

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from packaging.utils import NormalizedName
 
+from proxyindex.errors import NotAnIndexPage
 from proxyindex.models import DistFile, Origin, ProjectPage, is_valid_name, normalize
 from proxyindex.simple import (
     SimpleFormat,
@@ -225,12 +227,117 @@ def test_upstream_html_without_hashes_or_metadata() -> None:
 
 
 def test_unexpected_upstream_content_type_is_refused() -> None:
-    with pytest.raises(ValueError, match="Content-Type"):
+    with pytest.raises(NotAnIndexPage, match="Content-Type"):
         parse_project(b"{}", "application/xml", "http://u/", NormalizedName("x"))
-    with pytest.raises(ValueError, match="PEP 691"):
+    with pytest.raises(NotAnIndexPage, match="not a JSON object"):
         parse_project(
             b"[]", "application/vnd.pypi.simple.v1+json", "http://u/", NormalizedName("x")
         )
+
+
+_FILE = {"filename": "x-1.0.tar.gz", "url": "x-1.0.tar.gz", "hashes": {"sha256": "ab"}}
+
+
+def _json(files: list[Any] | None = None, **top: Any) -> bytes:
+    doc: dict[str, Any] = {"meta": {"api-version": "1.1"}, "name": "x", "files": files or []}
+    doc.update(top)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "invalid JSON"),
+        (b"\xff\xfe{", "invalid JSON"),
+        (b"[" * 100_000, "invalid JSON"),  # too deep for the json module
+        (b'{"message": "maintenance"}', "no meta"),
+        (_json(meta={"api-version": "2.0"}), "not 1.x"),
+        (_json(meta={}), "no api-version"),
+        (_json(files=None).replace(b'"files": []', b'"files": {}'), "no files"),
+        (_json(name="other"), "another project"),
+        (_json(["x"]), r"files\[0\] is not an object"),
+        (_json([{**_FILE, "hashes": "x"}]), r"files\[0\].hashes"),
+        (_json([{**_FILE, "hashes": {"sha256": 5}}]), r"files\[0\].hashes"),
+        (_json([{**_FILE, "size": "12"}]), r"files\[0\].size"),
+        (_json([{**_FILE, "size": True}]), r"files\[0\].size"),
+        (_json([{**_FILE, "yanked": 3}]), r"files\[0\].yanked"),
+        (_json([{**_FILE, "requires-python": [">=3"]}]), "requires-python"),
+        (_json([{**_FILE, "core-metadata": "yes"}]), "core-metadata"),
+        (_json([{**_FILE, "filename": "../x-1.0.tar.gz"}]), "filename"),
+        (_json([{**_FILE, "filename": "x-\ud800.tar.gz"}]), "filename"),  # lone surrogate
+        (_json([{"url": "x"}]), "filename"),
+        (_json(versions="1.0"), "versions"),
+    ],
+)
+def test_json_that_is_not_a_pep691_page_is_an_upstream_fault(body: bytes, why: str) -> None:
+    with pytest.raises(NotAnIndexPage, match=why):
+        parse_project_json(body, "https://u/simple/x/", NormalizedName("x"))
+
+
+def test_json_nulls_count_as_absent_and_a_string_serial_is_read() -> None:
+    entry = {**_FILE, "size": None, "upload-time": None, "requires-python": None}
+    entry |= {"yanked": None, "core-metadata": None, "hashes": None}
+    page = parse_project_json(
+        _json([entry], meta={"api-version": "1.1", "_last-serial": "42"}),
+        "https://u/simple/x/",
+        NormalizedName("x"),
+    )
+    (dist,) = page.files
+    assert (dist.size, dist.upload_time, dist.requires_python) == (None, None, None)
+    assert (dist.yanked, dist.core_metadata, dist.hashes) == (False, False, {})
+    assert page.serial == 42
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><head><title>Down for maintenance</title></head><body>Back soon</body></html>",
+        b'<html><body><a href="https://status.example/">status</a> <a href="../">up</a></body>',
+        b"",
+        b"\x00\x01garbage",
+        b'<html><head><meta name="pypi:repository-version" content="2.0"></head></html>',
+        b"<html><body><!-- <a href='x-1.0.tar.gz'>x</a> --></body></html>",
+        b"<html><script>var a = '<a href=\"x-1.0.tar.gz\">';</script></html>",
+    ],
+)
+def test_html_that_is_not_a_project_page_is_an_upstream_fault(body: bytes) -> None:
+    with pytest.raises(NotAnIndexPage):
+        parse_project_html(body, "https://u/simple/x/", NormalizedName("x"))
+
+
+@pytest.mark.parametrize(
+    ("body", "count"),
+    [
+        # UP-05: every file removed or quarantined; the page says what it is.
+        (b'<html><head><meta name="pypi:repository-version" content="1.4"></head></html>', 0),
+        (b"<html><head><title>Links for X</title></head><body></body></html>", 0),
+        # No declaration, but links to distribution files (a plain PEP 503 server).
+        (b'<a href="x-1.0.tar.gz">x</a><a href="x-1.0-py3-none-any.whl">w</a>', 2),
+    ],
+)
+def test_html_project_pages_with_and_without_files_are_pages(body: bytes, count: int) -> None:
+    page = parse_project_html(body, "https://u/simple/x/", NormalizedName("x"))
+    assert len(page.files) == count
+
+
+def _sized(size: int | None) -> DistFile:
+    return DistFile("x-1.0.tar.gz", "https://u/x-1.0.tar.gz", Origin.UPSTREAM, size=size)
+
+
+def test_json_rendering_omits_unknowns_and_declares_the_version_it_satisfies() -> None:
+    """Issue 8: uv refuses ``"size": null``; size is mandatory from api-version 1.1 (J-04)."""
+    unknown = ProjectPage(NormalizedName("x"), (_sized(None),), frozenset({"1.0"}))
+    doc = json.loads(render_project(unknown, SimpleFormat.JSON))
+    assert doc["meta"]["api-version"] == "1.0"
+    (entry,) = doc["files"]
+    assert set(entry) == {"filename", "url", "hashes", "yanked"}
+    assert None not in entry.values()
+    known = ProjectPage(NormalizedName("x"), (_sized(7),), frozenset({"1.0"}))
+    doc = json.loads(render_project(known, SimpleFormat.JSON))
+    assert doc["meta"]["api-version"] == "1.1"
+    assert doc["files"][0]["size"] == 7
+    mixed = ProjectPage(NormalizedName("x"), (_sized(7), _sized(None)), frozenset({"1.0"}))
+    assert json.loads(render_project(mixed, SimpleFormat.JSON))["meta"]["api-version"] == "1.0"
 
 
 @pytest.mark.parametrize("fmt", [SimpleFormat.JSON, SimpleFormat.TEXT_HTML])
@@ -250,3 +357,14 @@ def test_root_name_parser_reads_pypi_style_pages() -> None:
     assert list(parse_root_names(pypi_html)) == ["Foo_Bar", "x"]
     pypi_json = '{"meta":{"_last-serial":1},"projects":[{"_last-serial":3,"name":"A.b"}]}'
     assert list(parse_root_names(pypi_json)) == ["A.b"]
+
+
+@pytest.mark.parametrize("fmt", [SimpleFormat.JSON, SimpleFormat.TEXT_HTML])
+def test_a_parse_stops_when_told_the_caller_is_gone(fmt: SimpleFormat) -> None:
+    """A server shutting down cannot kill the parsing thread; the parser stops itself."""
+    files = tuple(_sized(1) for _ in range(10_000))
+    body = render_project(ProjectPage(NormalizedName("x"), files), fmt)
+    url, name = "https://u/simple/x/", NormalizedName("x")
+    assert len(parse_project(body, fmt.content_type, url, name).files) == 10_000
+    with pytest.raises(NotAnIndexPage, match="cancelled"):
+        parse_project(body, fmt.content_type, url, name, cancelled=lambda: True)
