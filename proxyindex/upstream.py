@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 from packaging.utils import NormalizedName
@@ -87,6 +88,7 @@ class UpstreamClient:
             headers={"User-Agent": f"proxyindex/{__version__}"},
             connector=connector,
             auto_decompress=True,
+            trace_configs=[_request_log()] if log.isEnabledFor(logging.DEBUG) else None,
         )
 
     def project_url(self, name: NormalizedName) -> URL:
@@ -128,9 +130,14 @@ class UpstreamClient:
         """GET the upstream's root and read only its first ``limit`` bytes (PyPI's root is
         40 MB): (status, Content-Type, first bytes). UpstreamError if it cannot be reached."""
         head = bytearray()
-        with _mapped_errors(self.base, "failed for"):
+        proxy = self._proxies.for_url(self.base)
+        with _mapped_errors(self.base, "failed for", proxy):
             async with self._session.get(
-                self.base, headers={"Accept": UPSTREAM_ACCEPT}, timeout=self._page_timeout
+                self.base,
+                headers={"Accept": UPSTREAM_ACCEPT},
+                timeout=self._page_timeout,
+                proxy=_proxy_url(proxy),
+                proxy_auth=_proxy_auth(proxy),
             ) as resp:
                 while resp.status == 200 and len(head) < limit:
                     chunk = await resp.content.read(limit - len(head))
@@ -219,6 +226,24 @@ async def _parse_in_thread(
     except asyncio.CancelledError:
         stop.set()
         raise
+
+
+def _request_log() -> aiohttp.TraceConfig:
+    """At debug level, one line per upstream request: what the proxy fetched, for operators and
+    for benchmarks/realpypi.py, which compares it with what clients asked (the access log)."""
+
+    async def on_end(
+        _session: aiohttp.ClientSession,
+        _ctx: SimpleNamespace,
+        params: aiohttp.TraceRequestEndParams,
+    ) -> None:
+        resp = params.response
+        size = f" ({resp.content_length} bytes)" if resp.content_length is not None else ""
+        log.debug("upstream %s %s -> %d%s", params.method, mask_url(params.url), resp.status, size)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    return trace
 
 
 def _require_200(resp: aiohttp.ClientResponse, url: str | URL, proxy: Proxy | None) -> None:

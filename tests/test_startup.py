@@ -171,3 +171,31 @@ def test_pip_fails_fast_when_the_upstream_is_unreachable(
     assert proxy.log_text().count("GET /simple/some-pkg/ -> 502") >= 3  # pip did retry
     # pip retries a 502 five times; a "Retry-After: 30" made it wait 150 s (here: seconds).
     assert elapsed < 60, elapsed
+
+
+def test_the_readiness_check_goes_through_the_configured_proxy(make_proxy: MakeProxy) -> None:
+    """Behind a corporate proxy the upstream check must take the same way out as pages and
+    files: here the only proxy is dead, so /ready must say the upstream is unreachable (it
+    said "ready" when the check went around the proxy)."""
+    dead = {"HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    proxy = make_proxy(env=dead, upstream={"check_interval": 1, "prefetch": False})
+    status, body = ready_settles(proxy)
+    assert status == 503, body
+    assert "proxy" in str(body["problems"])
+
+
+def test_debug_logging_names_every_upstream_request_with_its_size(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI
+) -> None:
+    """What the proxy fetched, one line per request (benchmarks/realpypi.py counts them)."""
+    wheel = fake_pypi.add_wheel("debug-demo", "1.0")
+    proxy = make_proxy(extra_args=["--log-level", "debug"], upstream={"prefetch": False})
+    with urllib.request.urlopen(proxy.index_url + "debug-demo/", timeout=10) as resp:  # noqa: S310 - http://127.0.0.1
+        assert resp.status == 200
+    proxy.wait_for_log(r"upstream GET \S+/simple/debug-demo/ -> 200")
+    with urllib.request.urlopen(  # noqa: S310 - http://127.0.0.1
+        f"{proxy.url}/packages/debug-demo/{wheel.name}", timeout=10
+    ) as resp:
+        assert resp.read() == wheel.read_bytes()
+    line = proxy.wait_for_log(rf"upstream GET \S+/{wheel.name} -> 200")
+    assert f"({wheel.stat().st_size} bytes)" in line
