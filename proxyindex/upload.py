@@ -19,18 +19,11 @@ from typing import Any, BinaryIO
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    NormalizedName,
-    canonicalize_version,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
+from packaging.utils import NormalizedName, canonicalize_version
 from packaging.version import InvalidVersion, Version
 
 from proxyindex import appkeys, fsutil
-from proxyindex.distname import DistFilename, InvalidDistFilename, parse_dist_filename
+from proxyindex.distname import DistFilename, InvalidDistFilename, parse_dist_filename, release_of
 from proxyindex.errors import (
     FileExists,
     Forbidden,
@@ -406,14 +399,8 @@ async def _remove_pkg(request: web.Request, received: _Received) -> web.Response
 
 
 def _version_matches(filename: str, wanted: str) -> bool:
-    try:
-        if filename.endswith(".whl"):
-            version = parse_wheel_filename(filename)[1]
-        else:
-            version = parse_sdist_filename(filename)[1]
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        return False
-    return canonicalize_version(version) == wanted
+    dist = release_of(filename)
+    return dist is not None and canonicalize_version(dist.version) == wanted
 
 
 async def handle_upload(request: web.Request) -> web.StreamResponse:
