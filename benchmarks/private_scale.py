@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from packaging.utils import NormalizedName
 
-from proxyindex.storage import PrivateStorage
+from proxyindex.private.storage import PrivateStorage
 
 
 def _make_tree(root: Path, files: int, per_project: int, layout: str) -> None:

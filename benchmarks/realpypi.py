@@ -54,7 +54,7 @@ REAL_SET = (
     "pydantic",
 )
 TOOLS = ("pip-download", "pip-install", "uv-install", "uv-lock")
-# One line per upstream request at debug level (proxyindex.upstream), and the access log.
+# One line per upstream request at debug level (proxyindex.upstream.client), and the access log.
 _UPSTREAM_LINE = re.compile(r"upstream (GET|HEAD) (\S+) -> (\d+)(?: \((\d+) bytes)?")
 _ACCESS_LINE = re.compile(r"proxyindex\.access: \S+ (GET|HEAD) (\S+) (\d{3}) ")
 

@@ -20,17 +20,19 @@ from typing import Any
 
 from aiohttp import web
 
-from proxyindex import __version__, fsutil, logs, tokens
-from proxyindex.app import create_app
-from proxyindex.auth import add_user, check_htpasswd, list_users, remove_user
+from proxyindex import __version__, fsutil
+from proxyindex.auth import tokens
+from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
-from proxyindex.logs import ACCESS_LOGGER, AccessLog
 from proxyindex.models import is_valid_name, normalize
-from proxyindex.network import ProxyRoutes
-from proxyindex.serving import CappedSite
-from proxyindex.supervisor import Supervisor
-from proxyindex.tombstones import PrivateNames, scan_names
-from proxyindex.upstream import mask_url
+from proxyindex.private.tombstones import PrivateNames, scan_names
+from proxyindex.upstream.client import mask_url
+from proxyindex.upstream.network import ProxyRoutes
+from proxyindex.web import logs
+from proxyindex.web.app import create_app
+from proxyindex.web.logs import ACCESS_LOGGER, AccessLog
+from proxyindex.web.serving import CappedSite
+from proxyindex.web.supervisor import Supervisor
 
 __all__ = ["main"]
 
@@ -237,7 +239,7 @@ def _run_workers(config: Config, host: str, port: int) -> int:
     """Pre-fork ``workers`` processes sharing the cache folder, each with its own listening
     socket on the port (SO_REUSEPORT): the kernel spreads connections evenly, where one
     shared socket let one busy worker take most of them. A worker that dies is replaced
-    (see :mod:`proxyindex.supervisor`); returns once SIGTERM/SIGINT stopped them all."""
+    (see :mod:`proxyindex.web.supervisor`); returns once SIGTERM/SIGINT stopped them all."""
     parent = os.getpid()
 
     def worker(ready: Callable[[], None] | None) -> None:

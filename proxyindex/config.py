@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 
 from yarl import URL
 
-from proxyindex.network import parse_proxy
+from proxyindex.upstream.network import parse_proxy
 
 __all__ = [
     "AuthConfig",

@@ -570,7 +570,7 @@ def parse_project(
 def parse_root_names(chunk: str) -> Iterable[str]:
     """Project names in a piece of an upstream root page, JSON or HTML.
 
-    Used on a stream, so ``chunk`` must end at an entry boundary (see ``rootindex``).
+    Used on a stream, so ``chunk`` must end at an entry boundary (see ``index.root``).
     """
     if '"name"' in chunk:
         for part in chunk.split('"name"')[1:]:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 from aiohttp.test_utils import TestClient
 
-from proxyindex.app import create_app
 from proxyindex.config import load_config
+from proxyindex.web.app import create_app
 from tests.clients import build_project
 from tests.fakepypi import FakePyPI
 from tests.serverproc import REPO_ROOT, ProxyServer, write_config

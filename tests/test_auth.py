@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxyindex import app as app_module
-from proxyindex import appkeys
-from proxyindex.app import create_app
-from proxyindex.auth import Authenticator, add_user
+from proxyindex.auth.authenticator import Authenticator, add_user
 from proxyindex.config import AuthConfig, load_config
+from proxyindex.web import app as app_module
+from proxyindex.web import appkeys
+from proxyindex.web.app import create_app
 from tests.conftest import MakeAppClient, MakeProxy
 from tests.fakepypi import FakePyPI
 from tests.test_upload import form, stored, upload

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from proxyindex.auth import add_user
+from proxyindex.auth.authenticator import add_user
 from tests.conftest import AppClient, MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import make_wheel

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from proxyindex.auth import add_user
-from proxyindex.logs import redact
-from proxyindex.supervisor import describe_status
+from proxyindex.auth.authenticator import add_user
+from proxyindex.web.logs import redact
+from proxyindex.web.supervisor import describe_status
 
 if TYPE_CHECKING:
     from pathlib import Path

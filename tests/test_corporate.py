@@ -20,7 +20,7 @@ import trustme
 from yarl import URL
 
 from proxyindex.config import ConfigError, load_config
-from proxyindex.network import (
+from proxyindex.upstream.network import (
     ProxyRoutes,
     bypasses,
     env_proxies,

@@ -8,13 +8,13 @@ from typing import cast
 
 from packaging.utils import NormalizedName
 
-from proxyindex.cache import PageCache, PageEntry
 from proxyindex.config import load_config
 from proxyindex.errors import UpstreamUnavailable
-from proxyindex.index import ProjectIndex
+from proxyindex.index.projects import ProjectIndex
 from proxyindex.models import DistFile, Origin, ProjectPage
-from proxyindex.storage import PrivateStorage
-from proxyindex.upstream import UpstreamClient
+from proxyindex.private.storage import PrivateStorage
+from proxyindex.upstream.cache import PageCache, PageEntry
+from proxyindex.upstream.client import UpstreamClient
 
 NAME = NormalizedName("demo-pkg")
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from proxyindex import jsonapi
-from proxyindex.auth import add_user
+from proxyindex.auth.authenticator import add_user
 from proxyindex.models import DistFile, Origin, ProjectPage
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI

@@ -15,7 +15,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import NormalizedName
 
 from proxyindex.models import DistFile, Origin, ProjectPage
-from proxyindex.prefetch import choose_file, dependencies
+from proxyindex.upstream.prefetch import choose_file, dependencies
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import make_wheel

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import FormData
 from packaging.utils import NormalizedName
 
-from proxyindex.storage import PrivateStorage
+from proxyindex.private.storage import PrivateStorage
 from tests.clients import make_venv, run_pip_install, run_twine_upload, run_uv_pip_install
 from tests.conftest import AppClient, MakeAppClient, MakeProxy
 from tests.fakepypi import FakePyPI

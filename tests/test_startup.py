@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from proxyindex.config import default_data_dir
-from proxyindex.readiness import judge_root
+from proxyindex.upstream.readiness import judge_root
 from tests.clients import run_pip_install
 from tests.conftest import MakeAppClient, MakeProxy
 from tests.fakepypi import FakePyPI

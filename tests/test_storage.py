@@ -15,7 +15,7 @@ import pytest
 from packaging.utils import NormalizedName
 
 from proxyindex import fsutil
-from proxyindex.storage import PrivateStorage
+from proxyindex.private.storage import PrivateStorage
 from tests.wheelmaker import make_sdist, make_wheel, wheel_metadata
 
 CORP = NormalizedName("corp-lib")
@@ -161,7 +161,7 @@ def test_an_unreadable_folder_keeps_its_files_and_is_logged_once(
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    with caplog.at_level(logging.INFO, logger="proxyindex.storage"):
+    with caplog.at_level(logging.INFO, logger="proxyindex.private.storage"):
         assert store.rescan() is False
         assert store.rescan() is False
         assert filenames(store) == ["corp_lib-1.0-py3-none-any.whl"]  # what was last seen
@@ -222,7 +222,7 @@ def test_spellings_of_one_release_dropped_in_list_the_oldest_and_log_the_others(
     for age, path in enumerate((first, later, shouting)):
         stamp = 1_700_000_000_000_000_000 + age * 1_000_000_000
         os.utime(path, ns=(stamp, stamp))
-    with caplog.at_level(logging.WARNING, logger="proxyindex.storage"):
+    with caplog.at_level(logging.WARNING, logger="proxyindex.private.storage"):
         store = storage(tmp_path)
     assert filenames(store) == [first.name, sdist.name]
     assert store.locate(CORP, later.name) is None  # not served either: one file per release

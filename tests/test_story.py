@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from proxyindex.auth import add_user
+from proxyindex.auth.authenticator import add_user
 from tests.clients import (
     build_project,
     client_env,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from proxyindex.auth import add_user, remove_user
-from proxyindex.tokens import create_token, revoke_token
+from proxyindex.auth.authenticator import add_user, remove_user
+from proxyindex.auth.tokens import create_token, revoke_token
 from tests.clients import (
     client_env,
     make_venv,

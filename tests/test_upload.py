@@ -24,8 +24,8 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
 from proxyindex import fsutil
-from proxyindex.auth import add_user
-from proxyindex.sdistcheck import SdistLimits, read_sdist_pkg_info
+from proxyindex.auth.authenticator import add_user
+from proxyindex.private.sdistcheck import SdistLimits, read_sdist_pkg_info
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import make_sdist, make_wheel
@@ -393,7 +393,7 @@ async def test_htpasswd_entries_written_by_apache_tools_are_accepted(
 
 
 def test_user_add_command_writes_a_bcrypt_entry(tmp_path: Path) -> None:
-    from proxyindex.auth import Authenticator
+    from proxyindex.auth.authenticator import Authenticator
     from proxyindex.config import AuthConfig
 
     path = tmp_path / "htpasswd"

@@ -172,7 +172,7 @@ class PrivateNames:
 
 def scan_names(packages_dir: Path) -> dict[NormalizedName, int]:
     """Project name -> number of distribution files, by walking the folder (for the CLI)."""
-    from proxyindex.storage import project_of  # here: storage imports this module
+    from proxyindex.private.storage import project_of  # here: storage imports this module
 
     counts: dict[NormalizedName, int] = {}
     for _folder, dirs, files in os.walk(packages_dir):

@@ -32,9 +32,9 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from proxyindex.downloads import Downloader
 from proxyindex.errors import ProxyIndexError
 from proxyindex.models import DistFile, ProjectPage
+from proxyindex.upstream.downloads import Downloader
 
 __all__ = ["Prefetcher", "choose_file", "dependencies"]
 

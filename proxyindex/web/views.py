@@ -13,23 +13,24 @@ from typing import BinaryIO, NoReturn
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
-from proxyindex import appkeys, jsonapi
-from proxyindex.cache import BlobStore
-from proxyindex.downloads import Cursor, Download, FileRange
+from proxyindex import jsonapi
 from proxyindex.errors import NotFound, UpstreamUnavailable
 from proxyindex.fsutil import is_safe_filename
-from proxyindex.index import RenderedPage
+from proxyindex.index.projects import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
-from proxyindex.readiness import storage_problems
-from proxyindex.responses import (
+from proxyindex.private.storage import project_of
+from proxyindex.simple import SimpleFormat, negotiate
+from proxyindex.upstream.cache import BlobStore
+from proxyindex.upstream.downloads import Cursor, Download, FileRange
+from proxyindex.upstream.readiness import storage_problems
+from proxyindex.web import appkeys
+from proxyindex.web.responses import (
     IMMUTABLE,
     PRIVATE_IMMUTABLE,
     StoredFile,
     etag_matches,
     not_modified,
 )
-from proxyindex.simple import SimpleFormat, negotiate
-from proxyindex.storage import project_of
 
 __all__ = [
     "dist_file",

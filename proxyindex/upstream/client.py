@@ -21,12 +21,12 @@ from packaging.utils import NormalizedName
 from yarl import URL
 
 from proxyindex import __version__
-from proxyindex.cache import PageEntry
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import UpstreamTimeout, UpstreamUnavailable
 from proxyindex.models import ProjectPage
-from proxyindex.network import Proxy, ProxyRoutes
 from proxyindex.simple import parse_project
+from proxyindex.upstream.cache import PageEntry
+from proxyindex.upstream.network import Proxy, ProxyRoutes
 
 __all__ = ["UPSTREAM_ACCEPT", "UpstreamClient", "UpstreamFile", "mask_url"]
 

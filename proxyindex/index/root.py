@@ -23,6 +23,7 @@ from packaging.utils import NormalizedName
 from proxyindex import fsutil
 from proxyindex.errors import UpstreamError
 from proxyindex.models import is_valid_name, normalize
+from proxyindex.private.storage import PrivateStorage
 from proxyindex.simple import (
     SimpleFormat,
     parse_root_names,
@@ -30,8 +31,7 @@ from proxyindex.simple import (
     render_root_footer,
     render_root_header,
 )
-from proxyindex.storage import PrivateStorage
-from proxyindex.upstream import UpstreamClient
+from proxyindex.upstream.client import UpstreamClient
 
 __all__ = ["RootIndex"]
 

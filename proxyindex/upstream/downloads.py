@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from proxyindex import fsutil
-from proxyindex.cache import BlobStore, PageCache
 from proxyindex.errors import CacheFull, IntegrityError, UpstreamError, UpstreamUnavailable
 from proxyindex.models import DistFile
-from proxyindex.upstream import UpstreamClient, mask_url
+from proxyindex.upstream.cache import BlobStore, PageCache
+from proxyindex.upstream.client import UpstreamClient, mask_url
 
 __all__ = ["Download", "Downloader", "FileRange"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxyindex.errors import UpstreamError
-from proxyindex.upstream import UpstreamClient, mask_url
+from proxyindex.upstream.client import UpstreamClient, mask_url
 
 __all__ = ["UpstreamCheck", "UpstreamMonitor", "judge_root", "storage_problems"]
 

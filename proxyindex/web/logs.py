@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from proxyindex.appkeys import IDENTITY
+from proxyindex.web.appkeys import IDENTITY
 
 if TYPE_CHECKING:
     from aiohttp.web import BaseRequest, StreamResponse

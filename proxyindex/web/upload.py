@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from packaging.utils import NormalizedName, canonicalize_version
 from packaging.version import InvalidVersion, Version
 
-from proxyindex import appkeys, fsutil
+from proxyindex import fsutil
 from proxyindex.distname import DistFilename, InvalidDistFilename, parse_dist_filename, release_of
 from proxyindex.errors import (
     FileExists,
@@ -34,8 +34,9 @@ from proxyindex.errors import (
 )
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.policy import Owner
-from proxyindex.sdistcheck import read_sdist_pkg_info
-from proxyindex.storage import PrivateStorage, metadata_fields, read_wheel_metadata
+from proxyindex.private.sdistcheck import read_sdist_pkg_info
+from proxyindex.private.storage import PrivateStorage, metadata_fields, read_wheel_metadata
+from proxyindex.web import appkeys
 
 __all__ = ["handle_upload"]
 

@@ -11,11 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from proxyindex import appkeys, upload, views
-from proxyindex.auth import PUBLIC, Authenticator
-from proxyindex.cache import BlobStore, PageCache
+from proxyindex.auth.authenticator import PUBLIC, Authenticator
 from proxyindex.config import Config
-from proxyindex.downloads import Downloader
 from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
@@ -23,13 +20,16 @@ from proxyindex.errors import (
     TooManyRequests,
     UpstreamError,
 )
-from proxyindex.index import ProjectIndex
-from proxyindex.network import ProxyRoutes, tls_context
-from proxyindex.prefetch import Prefetcher
-from proxyindex.readiness import UpstreamMonitor
-from proxyindex.rootindex import RootIndex
-from proxyindex.storage import PrivateStorage
-from proxyindex.upstream import UpstreamClient
+from proxyindex.index.projects import ProjectIndex
+from proxyindex.index.root import RootIndex
+from proxyindex.private.storage import PrivateStorage
+from proxyindex.upstream.cache import BlobStore, PageCache
+from proxyindex.upstream.client import UpstreamClient
+from proxyindex.upstream.downloads import Downloader
+from proxyindex.upstream.network import ProxyRoutes, tls_context
+from proxyindex.upstream.prefetch import Prefetcher
+from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.web import appkeys, upload, views
 
 __all__ = ["create_app"]
 

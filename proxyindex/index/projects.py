@@ -21,14 +21,14 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from proxyindex.cache import PageCache, PageEntry
 from proxyindex.config import Config
 from proxyindex.errors import NotFound, UpstreamError
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
+from proxyindex.private.storage import PrivateStorage
 from proxyindex.simple import SimpleFormat, render_project
-from proxyindex.storage import PrivateStorage
-from proxyindex.upstream import UpstreamClient
+from proxyindex.upstream.cache import PageCache, PageEntry
+from proxyindex.upstream.client import UpstreamClient
 
 __all__ = ["ProjectIndex", "RenderedPage"]
 

@@ -42,9 +42,9 @@ from pathlib import Path
 from passlib.apache import HtpasswdFile
 from passlib.hash import bcrypt
 
+from proxyindex.auth.tokens import TOKEN_USER, Token, TokenFile, write_private
 from proxyindex.config import AuthConfig
 from proxyindex.errors import AuthRequired, AuthUnavailable, Forbidden, TooManyRequests
-from proxyindex.tokens import TOKEN_USER, Token, TokenFile, write_private
 
 __all__ = [
     "PUBLIC",

@@ -38,8 +38,8 @@ from packaging.version import InvalidVersion
 from proxyindex import fsutil
 from proxyindex.distname import DistFilename, release_of
 from proxyindex.models import DistFile, Origin, ProjectPage
+from proxyindex.private.tombstones import PrivateNames
 from proxyindex.simple import project_versions
-from proxyindex.tombstones import PrivateNames
 
 __all__ = ["FileInfo", "PrivateStorage", "project_of", "read_wheel_metadata"]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxyindex.auth import Authenticator, Identity
-from proxyindex.cache import BlobStore, PageCache
+from proxyindex.auth.authenticator import Authenticator, Identity
 from proxyindex.config import Config
-from proxyindex.downloads import Downloader
-from proxyindex.index import ProjectIndex
-from proxyindex.readiness import UpstreamMonitor
-from proxyindex.rootindex import RootIndex
-from proxyindex.storage import PrivateStorage
+from proxyindex.index.projects import ProjectIndex
+from proxyindex.index.root import RootIndex
+from proxyindex.private.storage import PrivateStorage
+from proxyindex.upstream.cache import BlobStore, PageCache
+from proxyindex.upstream.downloads import Downloader
+from proxyindex.upstream.readiness import UpstreamMonitor
 
 __all__ = [
     "AUTH",
