@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
@@ -183,35 +184,61 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(storage.close)
 
 
-# Which action each route is: resource path -> method -> action (README "Users, tokens and
-# access"). A route missing here needs a login whenever auth is on (fail closed), and
-# tests/test_auth.py fails for it: give every new route its action, PUBLIC only on purpose.
-_ACTIONS: dict[str, dict[str, str]] = {
-    "/health": {"GET": PUBLIC, "HEAD": PUBLIC},
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One route and the action it needs (README "Users, tokens and access"): a GET route
+    answers HEAD with the same action."""
+
+    method: str
+    path: str
+    handler: Handler
+    action: str
+
+
+async def _simple_slash(_request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/simple/")
+
+
+# The one route table: every route names its action, PUBLIC only on purpose. A route added
+# without it (``app.router.add_get`` elsewhere) needs a login whenever auth is on (fail closed),
+# and tests/test_auth.py fails for it. Order matters: the pypiserver-style root URLs last, so
+# every fixed route above matches first.
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", views.home, PUBLIC),
+    Route("GET", "/health", views.health, PUBLIC),
     # Load balancers and Kubernetes probe it without credentials; it names no project.
-    "/ready": {"GET": PUBLIC, "HEAD": PUBLIC},
-    "/simple": {"GET": PUBLIC, "HEAD": PUBLIC},
-    "/simple/": {"GET": "list", "HEAD": "list"},
-    "/simple/{name}/": {"GET": "list", "HEAD": "list"},
-    "/simple/{name}": {"GET": "list", "HEAD": "list"},
-    "/packages/{name}/{filename}": {"GET": "download", "HEAD": "download"},
-    "/pypi/{name}/json": {"GET": "list", "HEAD": "list"},
-    "/pypi/{name}/json/": {"GET": "list", "HEAD": "list"},
-    "/pypi/{name}/{version}/json": {"GET": "list", "HEAD": "list"},
-    "/pypi/{name}/{version}/json/": {"GET": "list", "HEAD": "list"},
-    "/": {"GET": PUBLIC, "HEAD": PUBLIC, "POST": "upload"},
-    "/legacy": {"POST": "upload"},
-    "/legacy/": {"POST": "upload"},
+    Route("GET", "/ready", views.ready, PUBLIC),
+    Route("GET", "/simple/", views.root_page, "list"),
+    Route("GET", "/simple", _simple_slash, PUBLIC),
+    Route("GET", "/simple/{name}/", views.project_page, "list"),
+    Route("GET", "/simple/{name}", views.project_redirect, "list"),
+    Route("GET", "/packages/{name}/{filename}", views.dist_file, "download"),
+    Route("GET", "/pypi/{name}/json", views.project_json, "list"),
+    Route("GET", "/pypi/{name}/json/", views.project_json, "list"),
+    Route("GET", "/pypi/{name}/{version}/json", views.project_json, "list"),
+    Route("GET", "/pypi/{name}/{version}/json/", views.project_json, "list"),
+    Route("POST", "/", upload.handle_upload, "upload"),
+    Route("POST", "/legacy", upload.handle_upload, "upload"),
+    Route("POST", "/legacy/", upload.handle_upload, "upload"),
     # pypiserver-style project URLs at the root redirect to /simple/<name>/ (a listing).
-    "/{name}/": {"GET": "list", "HEAD": "list"},
-    "/{name}": {"GET": "list", "HEAD": "list"},
-}
+    Route("GET", "/{name}/", views.root_name_redirect, "list"),
+    Route("GET", "/{name}", views.root_name_redirect, "list"),
+)
+
+
+def _action_table(routes: tuple[Route, ...]) -> dict[tuple[str, str], str]:
+    actions = {(route.path, route.method): route.action for route in routes}
+    heads = {(route.path, "HEAD"): route.action for route in routes if route.method == "GET"}
+    return actions | heads
+
+
+_ACTIONS = _action_table(ROUTES)
 _UNLISTED = "unlisted route"  # not an action anyone can leave unprotected
 
 
 def route_action(path: str, method: str) -> str:
     """The action of a route; an unlisted route or method gets one that always needs a login."""
-    return _ACTIONS.get(path, {}).get(method, _UNLISTED)
+    return _ACTIONS.get((path, method), _UNLISTED)
 
 
 async def _auth_resources(app: web.Application) -> AsyncIterator[None]:
@@ -225,24 +252,9 @@ def create_app(config: Config) -> web.Application:
     app[appkeys.AUTH] = Authenticator(config.auth)
     app.cleanup_ctx.append(_auth_resources)
     app.cleanup_ctx.append(_resources)
-    app.router.add_get("/", views.home)
-    app.router.add_get("/health", views.health)
-    app.router.add_get("/ready", views.ready)
-    app.router.add_get("/simple/", views.root_page)
-    app.router.add_get("/simple", _simple_slash)
-    app.router.add_get("/simple/{name}/", views.project_page)
-    app.router.add_get("/simple/{name}", views.project_redirect)
-    app.router.add_get("/packages/{name}/{filename}", views.dist_file)
-    for path in ("/pypi/{name}/json", "/pypi/{name}/{version}/json"):
-        app.router.add_get(path, views.project_json)
-        app.router.add_get(path + "/", views.project_json)
-    for path in ("/", "/legacy", "/legacy/"):
-        app.router.add_post(path, upload.handle_upload)
-    # pypiserver-style index URLs (the server root): any fixed route above matches first.
-    app.router.add_get("/{name}/", views.root_name_redirect)
-    app.router.add_get("/{name}", views.root_name_redirect)
+    for route in ROUTES:
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler)  # and HEAD
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
     return app
-
-
-async def _simple_slash(_request: web.Request) -> web.StreamResponse:
-    raise web.HTTPMovedPermanently("/simple/")
