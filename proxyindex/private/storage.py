@@ -30,6 +30,7 @@ from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
     NormalizedName,
+    canonicalize_version,
     parse_sdist_filename,
     parse_wheel_filename,
 )
@@ -41,7 +42,15 @@ from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.private.tombstones import PrivateNames
 from proxyindex.simple import project_versions
 
-__all__ = ["FileInfo", "PrivateStorage", "project_of", "read_wheel_metadata"]
+__all__ = [
+    "Conflict",
+    "FileInfo",
+    "PrivateStorage",
+    "Same",
+    "Stored",
+    "project_of",
+    "read_wheel_metadata",
+]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +189,30 @@ def _one_file_per_release(candidates: Iterable[tuple[str, _Entry]]) -> dict[str,
             winners[loser.release][1].path,
         )
     return dict(winners.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """:meth:`PrivateStorage.add` stored the file (over the release's old file if
+    overwriting was allowed)."""
+
+    filename: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Same:
+    """The release is already stored with the same bytes (as ``existing``): nothing written."""
+
+    existing: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """The release is already stored, as ``existing``, with other bytes (``sha256``)."""
+
+    existing: str
+    sha256: str
 
 
 _INFO_MEMORY = 20_000  # infos kept in memory; the rest are a diskcache read away (~20 us)
@@ -461,8 +494,67 @@ class PrivateStorage:
 
     # --- writing --------------------------------------------------------------------------
 
-    def project_dir(self, name: NormalizedName) -> Path:
+    @property
+    def temp_dir(self) -> Path:
+        """Where an upload is written before :meth:`add`: on the packages folder's file
+        system (the commit is a rename), named with a dot so no scan lists it."""
+        return self.root
+
+    def _project_dir(self, name: NormalizedName) -> Path:
         return self.root / name
+
+    def add(
+        self, temp: Path, dist: DistFilename, sha256: str, *, overwrite: bool
+    ) -> Stored | Same | Conflict:
+        """Store ``temp`` (its sha256 given) as ``dist`` unless its release is already stored.
+
+        One release is one file, whatever its filename's spelling: the same bytes are
+        :class:`Same` and write nothing, other bytes a :class:`Conflict` naming the stored
+        file (unless ``overwrite``: the new file then takes the old one's place). The
+        project's lock makes the check and the store one step against every other upload on
+        this host. ``temp`` is renamed away on success; the caller removes it otherwise.
+        """
+        size = temp.stat().st_size
+        with self.release_lock(dist.name):
+            existing = self.find_release(dist)
+            if existing is not None:
+                existing_sha = fsutil.file_sha256(existing)
+                if existing_sha == sha256:
+                    return Same(existing.name)
+                if not overwrite:
+                    return Conflict(existing.name, existing_sha)
+                dest = existing.parent / dist.filename
+                fsutil.commit_replace(temp, dest)
+                if dest != existing:
+                    existing.unlink(missing_ok=True)
+            else:
+                dest = self._project_dir(dist.name) / dist.filename
+                if not fsutil.commit_exclusive(temp, dest):  # dropped in by hand just now
+                    return Conflict(dest.name, fsutil.file_sha256(dest))
+            self.rescan()
+        log.info("stored %s (%d bytes)", dest, size)
+        return Stored(dist.filename, size)
+
+    def remove_version(self, name: NormalizedName, version: str) -> int:
+        """Remove every file of ``name``'s release ``version`` (compared canonically);
+        the number of files removed. Each is hashed first, so its tombstone records the
+        bytes a later upload of the same filename must have."""
+        wanted = canonicalize_version(version)
+        paths = []
+        for filename, entry in sorted(self._projects.get(name, {}).items()):
+            dist = release_of(filename)
+            if dist is None or canonicalize_version(dist.version) != wanted:
+                continue
+            try:
+                self._info(entry)
+            except OSError:
+                continue  # removed since the last scan
+            paths.append(Path(entry.path))
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if paths:
+            self.rescan()
+        return len(paths)
 
     def find_release(self, dist: DistFilename) -> Path | None:
         """The file that holds ``dist``'s release, under whatever spelling: the one pages list,
@@ -471,7 +563,7 @@ class PrivateStorage:
         for entry in self._projects.get(dist.name, {}).values():
             if entry.release == dist.release_key and Path(entry.path).exists():
                 return Path(entry.path)
-        folder = self.project_dir(dist.name)
+        folder = self._project_dir(dist.name)
         try:
             paths = sorted(folder.iterdir())
         except (FileNotFoundError, NotADirectoryError):
@@ -497,8 +589,3 @@ class PrivateStorage:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-    def remove(self, paths: list[Path]) -> None:
-        for path in paths:
-            path.unlink(missing_ok=True)
-        self.rescan()
