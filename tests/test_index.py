@@ -15,6 +15,7 @@ from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import PageCache, PageEntry
 from proxyindex.upstream.client import UpstreamClient
+from proxyindex.upstream.pages import UpstreamPages
 
 NAME = NormalizedName("demo-pkg")
 
@@ -46,16 +47,17 @@ async def test_a_page_with_a_lower_serial_than_the_cached_one_is_ignored(tmp_pat
     storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
     pages = PageCache(tmp_path / "pages")
     upstream = ScriptedUpstream(_page(10, "1.0", "1.1"), _page(5, "1.0"), _page(11, "1.0", "2.0"))
-    index = ProjectIndex(config, storage, pages, cast(UpstreamClient, upstream))
+    upstream_pages = UpstreamPages(config.upstream, pages, cast(UpstreamClient, upstream))
+    index = ProjectIndex(config, storage, upstream_pages)
     try:
-        first = await index.upstream_entry(NAME)
+        first = await index.upstream.get(NAME)
         assert first.page is not None and first.page.versions == {"1.0", "1.1"}
-        stale_cdn = await index.upstream_entry(NAME)  # serial 5 < 10: keep ours
+        stale_cdn = await index.upstream.get(NAME)  # serial 5 < 10: keep ours
         assert stale_cdn.page is first.page
-        newer = await index.upstream_entry(NAME)
+        newer = await index.upstream.get(NAME)
         assert newer.page is not None and newer.page.versions == {"1.0", "2.0"}
     finally:
-        await index.close()
+        await index.upstream.close()
         pages.close()
         storage.close()
 
@@ -73,7 +75,8 @@ async def test_page_cache_lookups_skip_names_never_stored_but_a_failure_asks_the
     worker_a, worker_b = PageCache(tmp_path / "pages"), PageCache(tmp_path / "pages")
     storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
     config = load_config(None)
-    index_b = ProjectIndex(config, storage, worker_b, cast(UpstreamClient, FailingUpstream()))
+    failing = cast(UpstreamClient, FailingUpstream())
+    index_b = ProjectIndex(config, storage, UpstreamPages(config.upstream, worker_b, failing))
     try:
         entry = PageEntry(_page(3, "1.0"), time.time() - 3600, etag='"e"')
         await worker_a.put(NAME, entry)
@@ -85,10 +88,10 @@ async def test_page_cache_lookups_skip_names_never_stored_but_a_failure_asks_the
         assert await worker_b.get(NAME) is not None  # listed at start
         assert await worker_b.get(other) is None  # stored by the other process since
         assert await worker_b.get(other, any_writer=True) is not None
-        stale = await index_b.upstream_entry(other)  # the upstream fails: served stale
+        stale = await index_b.upstream.get(other)  # the upstream fails: served stale
         assert stale.page is not None and stale.page.versions == {"1.0"}
     finally:
-        await index_b.close()
+        await index_b.upstream.close()
         worker_a.close()
         worker_b.close()
         storage.close()

@@ -1,9 +1,7 @@
 """ProjectIndex: the async facade the HTTP handlers call for pages and files.
 
-It applies the ownership rule (``policy``), reads private storage, and keeps upstream pages fresh:
-fresh -> served from memory; expired -> revalidated with If-None-Match, one fetch per project
-however many clients wait; upstream failing -> the stale page is served and logged, and only
-with nothing cached does the client see a 502/504.
+It applies the ownership rule (``policy``), reads private storage, takes upstream pages from
+``UpstreamPages`` (which keeps them fresh), and merges and renders the two.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +23,7 @@ from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.simple import SimpleFormat, render_project
-from proxyindex.upstream.cache import PageCache, PageEntry
-from proxyindex.upstream.client import UpstreamClient
+from proxyindex.upstream.pages import Checked, UpstreamPages
 
 __all__ = ["ProjectIndex", "RenderedPage"]
 
@@ -37,7 +32,6 @@ log = logging.getLogger(__name__)
 _MEMORY_PAGES = 4096
 _GZIP_MIN = 1024
 _RENDER_INLINE_FILES = 100  # larger pages are rendered in a thread (1,000 files: ~10 ms)
-_STALE_RETRY = 60  # seconds between upstream attempts while serving a stale page
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +66,7 @@ class _Rendering:
     page: RenderedPage
     token: _Token
     generation: int  # of private storage when rendered
-    fetched_at: float | None
+    upstream_until: float | None
     valid_until: float  # when the upstream data behind it expires
 
 
@@ -81,7 +75,7 @@ class Resolved:
     page: ProjectPage
     owner: Owner
     token: _Token
-    fetched_at: float | None
+    upstream_until: float | None  # when its upstream part is due again; None: no such part
 
     @property
     def private(self) -> bool:
@@ -90,146 +84,17 @@ class Resolved:
 
 
 class ProjectIndex:
-    def __init__(
-        self,
-        config: Config,
-        storage: PrivateStorage,
-        pages: PageCache,
-        upstream: UpstreamClient,
-    ) -> None:
+    def __init__(self, config: Config, storage: PrivateStorage, upstream: UpstreamPages) -> None:
         self.config = config
         self.storage = storage
-        self.pages = pages
         self.upstream = upstream
-        self._memory: OrderedDict[NormalizedName, PageEntry] = OrderedDict()
-        self._flights: dict[NormalizedName, asyncio.Future[PageEntry]] = {}
         self._private: dict[NormalizedName, tuple[int, ProjectPage | None]] = {}
         self._rendered: dict[tuple[NormalizedName, SimpleFormat], _Rendering] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Called with each page a client's request brought fresh from the upstream; requests
-        # that only look (upload checks, the prefetcher itself) pass prefetch=False.
-        self.on_page_fetched: Callable[[ProjectPage], None] | None = None
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def owner(self, name: NormalizedName) -> Owner:
         # A name that had private files stays private when they are removed (a tombstone).
         private = self.storage.has(name) or self.storage.was_private(name)
         return owner_of(name, private, self.config.private)
-
-    # --- upstream pages -------------------------------------------------------------------
-
-    def _remember(self, name: NormalizedName, entry: PageEntry) -> None:
-        self._memory[name] = entry
-        self._memory.move_to_end(name)
-        while len(self._memory) > _MEMORY_PAGES:
-            self._memory.popitem(last=False)
-
-    def _is_fresh(self, entry: PageEntry, now: float) -> bool:
-        ttl = self.config.upstream.page_ttl if entry.page else self.config.upstream.negative_ttl
-        return entry.age(now) < ttl
-
-    async def _cached_entry(self, name: NormalizedName) -> PageEntry | None:
-        entry = self._memory.get(name)
-        if entry is None or not self._is_fresh(entry, time.time()):
-            # Another worker process may have refreshed it on disk.
-            on_disk = await self.pages.get(name)
-            if on_disk is not None and (entry is None or on_disk.fetched_at > entry.fetched_at):
-                entry = on_disk
-                self._remember(name, entry)
-        return entry
-
-    async def upstream_entry(
-        self, name: NormalizedName, max_age: float | None = None, *, prefetch: bool = True
-    ) -> PageEntry:
-        """The upstream page of ``name`` (``page=None``: upstream says 404).
-
-        ``max_age=math.inf`` accepts any cached entry (file lookups: files never change).
-        """
-        entry = await self._cached_entry(name)
-        if entry is not None:
-            now = time.time()
-            if self._is_fresh(entry, now) or (max_age is not None and entry.age(now) < max_age):
-                return entry
-        return await self._refresh(name, entry, prefetch=prefetch)
-
-    async def _refresh(
-        self, name: NormalizedName, cached: PageEntry | None, *, prefetch: bool = True
-    ) -> PageEntry:
-        flight = self._flights.get(name)
-        if flight is None:
-            flight = asyncio.get_running_loop().create_future()
-            self._flights[name] = flight
-            task = asyncio.create_task(self._fetch(name, cached, flight, prefetch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        # Shielded: a client that disconnects must not cancel the fetch others wait for.
-        return await asyncio.shield(flight)
-
-    async def _fetch(
-        self,
-        name: NormalizedName,
-        cached: PageEntry | None,
-        flight: asyncio.Future[PageEntry],
-        prefetch: bool,
-    ) -> None:
-        entry = await self._settle(name, cached, flight)
-        if entry is None:
-            return
-        fresh = cached is None or entry.page is not cached.page
-        if fresh and entry.page and self.on_page_fetched and prefetch:
-            self.on_page_fetched(entry.page)
-        try:  # clients already have the page; the disk copy follows
-            await self.pages.put(name, entry)
-        except Exception:
-            log.exception("could not store the page of %s", name)
-
-    async def _settle(
-        self, name: NormalizedName, cached: PageEntry | None, flight: asyncio.Future[PageEntry]
-    ) -> PageEntry | None:
-        """Fetch from the upstream and settle the flight; the new entry to store, if any."""
-        try:
-            entry = await self.upstream.fetch_page(name, cached)
-            if (
-                cached is not None
-                and cached.page is not None
-                and entry.page is not None
-                and entry.page is not cached.page
-                and cached.page.serial is not None
-                and entry.page.serial is not None
-                and entry.page.serial < cached.page.serial
-            ):
-                log.info("upstream page for %s went back in serial; keeping ours", name)
-                entry = PageEntry(cached.page, time.time(), cached.etag)
-            self._remember(name, entry)
-            flight.set_result(entry)
-            return entry
-        except UpstreamError as exc:
-            if cached is None:  # another worker process may have stored one meanwhile
-                cached = await self.pages.get(name, any_writer=True)
-            if cached is None:
-                flight.set_exception(exc)
-                return None
-            log.warning("serving stale page for %s: %s", name, exc)
-            # Don't ask again on every request while the upstream is failing: count the
-            # stale page as checked, for a minute at most (memory only, not on disk).
-            ttl = self.config.upstream.page_ttl
-            checked = PageEntry(
-                cached.page, time.time() - ttl + min(_STALE_RETRY, ttl), cached.etag
-            )
-            self._remember(name, checked)
-            flight.set_result(checked)
-            return None
-        except BaseException as exc:
-            flight.set_exception(exc)
-            raise
-        finally:
-            self._flights.pop(name, None)  # a later request starts a new fetch
-            if flight.done() and not flight.cancelled():
-                flight.exception()  # mark retrieved: nobody may be waiting any more
 
     # --- pages ----------------------------------------------------------------------------
 
@@ -249,22 +114,23 @@ class ProjectIndex:
         """The merged page for ``name``; NotFound if no source has it."""
         owner = self.owner(name)
         private: ProjectPage | None = None
-        entry: PageEntry | None = None
+        checked: Checked | None = None
         if owner is not Owner.UPSTREAM:
             private = await self._private_page(name)
         if owner is not Owner.PRIVATE:
             try:
-                entry = await self.upstream_entry(name)
+                checked = await self.upstream.get(name)
             except UpstreamError:
                 if private is None:
                     raise
                 log.warning("upstream failed for merged %s; serving private files only", name)
-        upstream = entry.page if entry else None
+        upstream = checked.page if checked else None
         page = merge_pages(private, upstream)
         if page is None:
             tombstone = self.storage.was_private(name)
             raise NotFound(not_found_reason(name, owner, tombstone, self.config.private))
-        return Resolved(page, owner, _Token(private, upstream), entry.fetched_at if entry else None)
+        until = checked.retry_at if checked else None
+        return Resolved(page, owner, _Token(private, upstream), until)
 
     async def render(self, name: NormalizedName, fmt: SimpleFormat) -> tuple[RenderedPage, int]:
         """The page's body in ``fmt`` and how many seconds clients may reuse it.
@@ -279,7 +145,7 @@ class ProjectIndex:
             and now < cached.valid_until
             and cached.generation == self.storage.generation
         ):
-            return cached.page, self.client_max_age(cached.page.private, cached.fetched_at)
+            return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
         generation = self.storage.generation
         resolved = await self.page(name)
         if cached is not None and cached.token.same(resolved.token):
@@ -291,34 +157,35 @@ class ProjectIndex:
             rendered = self._build(resolved, fmt)
         if len(self._rendered) > 2 * _MEMORY_PAGES:
             self._rendered.clear()
-        fetched_at = resolved.fetched_at
+        until = resolved.upstream_until
         if resolved.owner is Owner.PRIVATE:
             valid_until = math.inf  # until private storage changes (generation)
-        elif fetched_at is None:
+        elif until is None:
             valid_until = now  # merged page whose upstream part failed: try again next time
         else:
-            valid_until = fetched_at + self.config.upstream.page_ttl
+            valid_until = until
         self._rendered[(name, fmt)] = _Rendering(
-            rendered, resolved.token, generation, fetched_at, valid_until
+            rendered, resolved.token, generation, until, valid_until
         )
-        return rendered, self.client_max_age(rendered.private, fetched_at)
+        return rendered, self.client_max_age(rendered.private, until)
 
     def _build(self, resolved: Resolved, fmt: SimpleFormat) -> RenderedPage:
         body = render_project(resolved.page, fmt, self.config.server.base_url)
         return RenderedPage.build(body, resolved.private)
 
-    def client_max_age(self, private: bool, fetched_at: float | None) -> int:
-        """Seconds a client may reuse a page: 0 with private files (CC-01), else the TTL left."""
-        if private or fetched_at is None:
+    def client_max_age(self, private: bool, upstream_until: float | None) -> int:
+        """Seconds a client may reuse a page: 0 with private files (CC-01), else the time
+        left until the upstream page is due again."""
+        if private or upstream_until is None:
             return 0
-        left = self.config.upstream.page_ttl - (time.time() - fetched_at)
+        left = upstream_until - time.time()
         return max(0, min(600, int(left)))
 
     async def upstream_page_for_prefetch(self, name: NormalizedName) -> ProjectPage | None:
         """An upstream page to fetch ahead; never for a private name (dependency confusion)."""
         if self.owner(name) is Owner.PRIVATE:
             return None
-        return (await self.upstream_entry(name, prefetch=False)).page
+        return (await self.upstream.get(name, prefetch=False)).page
 
     async def private_metadata(self, name: NormalizedName, filename: str) -> bytes | None:
         return await asyncio.to_thread(self.storage.metadata, name, filename)
@@ -334,11 +201,11 @@ class ProjectIndex:
                 return path
             if owner is Owner.PRIVATE:
                 raise NotFound(f"no file {filename!r} in project {name!r}")
-        entry = await self.upstream_entry(name, max_age=math.inf)
-        dist = entry.page.file(filename) if entry.page else None
-        if dist is None and entry.age() > 1:
-            entry = await self._refresh(name, entry)
-            dist = entry.page.file(filename) if entry.page else None
+        checked = await self.upstream.get(name, max_age=math.inf)
+        dist = checked.page.file(filename) if checked.page else None
+        if dist is None and checked.entry.age() > 1:
+            checked = await self.upstream.refresh(name, checked)
+            dist = checked.page.file(filename) if checked.page else None
         if dist is None:
             raise NotFound(f"no file {filename!r} in project {name!r}")
         return dist

@@ -166,13 +166,13 @@ async def _check_shadowing(
     if index.owner(name) is not Owner.UPSTREAM:
         return  # already private, reserved or allowed to merge
     try:
-        entry = await index.upstream_entry(name, prefetch=False)
+        checked = await index.upstream.get(name, prefetch=False)
     except UpstreamError:
         if config.refuse_shadowing_uploads:
             raise
         log.warning("could not check whether %s exists upstream", name)
         return
-    if entry.page is None:
+    if checked.page is None:
         return
     if config.refuse_shadowing_uploads:
         raise Forbidden(

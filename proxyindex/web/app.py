@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
+from packaging.utils import NormalizedName
 
 from proxyindex.auth.authenticator import PUBLIC, Authenticator
 from proxyindex.config import Config
@@ -23,11 +24,13 @@ from proxyindex.errors import (
 )
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
+from proxyindex.models import ProjectPage
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient
 from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.network import ProxyRoutes, tls_context
+from proxyindex.upstream.pages import UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.readiness import UpstreamMonitor
 from proxyindex.web import appkeys, upload, views
@@ -143,13 +146,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     session = UpstreamClient.make_session(tls)
     upstream = UpstreamClient(config.upstream, session, proxies)
     downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
-    index = ProjectIndex(config, storage, pages, upstream)
+
+    # The prefetcher hears of fetched pages and reads pages itself (never private ones):
+    # it is given the index that exists a line later.
+    async def page_for_prefetch(name: NormalizedName) -> ProjectPage | None:
+        return await index.upstream_page_for_prefetch(name)
+
+    prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
+    listener = prefetcher.page_fetched if config.upstream.prefetch else None
+    upstream_pages = UpstreamPages(config.upstream, pages, upstream, listener)
+    index = ProjectIndex(config, storage, upstream_pages)
     root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
-    prefetcher = Prefetcher(
-        index.upstream_page_for_prefetch, downloader, config.upstream.prefetch_max_size
-    )
-    if config.upstream.prefetch:
-        index.on_page_fetched = prefetcher.page_fetched
     app[appkeys.STORAGE] = storage
     app[appkeys.PAGES] = pages
     app[appkeys.BLOBS] = blobs
@@ -177,7 +184,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await warm
         await root.close()
         await prefetcher.close()
-        await index.close()
+        await upstream_pages.close()
         await downloader.close()
         await session.close()
         await asyncio.to_thread(pages.close)

@@ -340,7 +340,7 @@ async def project_json(request: web.Request) -> web.StreamResponse:
         body = await asyncio.to_thread(build)
     else:
         body = build()
-    max_age = index.client_max_age(resolved.private, resolved.fetched_at)
+    max_age = index.client_max_age(resolved.private, resolved.upstream_until)
     etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
     headers: dict[str, str] = {
         hdrs.ETAG: etag,
