@@ -27,7 +27,7 @@ from proxyindex.models import DistFile
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient, mask_url
 
-__all__ = ["Download", "Downloader", "FileRange"]
+__all__ = ["CachedBlob", "Cursor", "Download", "Downloader", "FileRange"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,15 @@ class FileRange:
     file: BinaryIO
     offset: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBlob:
+    """A cached file, already open: an eviction that deletes it meanwhile cannot turn the
+    answer into a 404 (see :meth:`BlobStore.open`)."""
+
+    path: Path
+    file: BinaryIO
 
 
 class Download:
@@ -93,6 +102,13 @@ class Download:
     def _note_consumed(self) -> None:
         self._consumed.set()
         self._consumed = asyncio.Event()
+
+    async def begun(self) -> int | None:
+        """Wait until the transfer has started: its length, if known; raises its error."""
+        await self.started.wait()
+        if self.error is not None:
+            raise self.error
+        return self.length
 
     async def wait(self) -> Path:
         """The committed blob; raises the download's error, or :class:`CacheFull` if the
@@ -251,6 +267,25 @@ class Downloader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock_fd: int | None = None  # open for the process's life: closing drops locks
 
+    async def get(self, dist: DistFile) -> CachedBlob | Download:
+        """The one answer to "cached or running?": the download of ``dist`` running in this
+        process (fetched ahead already: joined, no cache lookup), else the cached file,
+        opened, else a new download."""
+        download = self.running(dist)
+        if download is not None:
+            return download
+        cached = await self._open_cached(dist)
+        if cached is not None:
+            return cached
+        return self.start(dist)
+
+    async def _open_cached(self, dist: DistFile) -> CachedBlob | None:
+        sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
+        if not sha256:
+            return None
+        fh = await asyncio.to_thread(self._blobs.open, sha256)
+        return None if fh is None else CachedBlob(self._blobs.path(sha256), fh)
+
     def running(self, dist: DistFile) -> Download | None:
         """The download of ``dist`` in progress in this process, if any."""
         return self._active.get(_key(dist))
@@ -400,16 +435,12 @@ class Downloader:
 
     async def _already_cached(self, download: Download) -> bool:
         """Serve ``download`` from the cache if the file is there (opened: see Download)."""
-        dist = download.dist
-        sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
-        if not sha256:
+        cached = await self._open_cached(download.dist)
+        if cached is None:
             return False
-        fh = await asyncio.to_thread(self._blobs.open, sha256)
-        if fh is None:
-            return False
-        download.reader = fh
-        download.result = self._blobs.path(sha256)
-        download.written = download.length = os.fstat(fh.fileno()).st_size
+        download.reader = cached.file
+        download.result = cached.path
+        download.written = download.length = os.fstat(cached.file.fileno()).st_size
         download.verified = True
         return True
 

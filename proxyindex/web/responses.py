@@ -1,4 +1,5 @@
-"""HTTP response helpers shared by the views: conditional requests and stored files."""
+"""HTTP response helpers shared by the views: conditional requests, stored files and files
+followed while their one upstream download runs."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_fileresponse import _FileResponseResult
 from multidict import CIMultiDict
 
+from proxyindex.upstream.downloads import Cursor, Download, FileRange
+
 __all__ = [
     "IMMUTABLE",
     "PRIVATE_IMMUTABLE",
+    "FollowedDownload",
     "StoredFile",
     "etag_matches",
     "not_modified",
@@ -29,6 +33,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"  # files never change (F-06)
 # to anyone; the client's own cache may (RFC 9111 5.2.2.7).
 PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
 OCTET_STREAM = "application/octet-stream"
+_PREAD_CHUNK = 256 * 1024
 _BYTE_RANGE_SPEC = re.compile(r"(?:[0-9]+-[0-9]*|-[0-9]+)\Z")
 
 
@@ -147,3 +152,65 @@ class StoredFile(web.FileResponse):
                 headers.popall(hdrs.RANGE, None)
             headers.popall(hdrs.IF_RANGE, None)
         return await super().prepare(request.clone(headers=headers))
+
+
+class FollowedDownload(web.StreamResponse):
+    """A file sent while its one upstream download is still running: the bytes as they
+    arrive, the last once verified, the rest of a finished download zero-copy.
+
+    Prepare it inside the reader's :meth:`Download.hold`: preparing sends the whole file.
+    A download that fails before the headers raises its error (a clean 502/504); after
+    them, the connection is broken off, so the client sees a failed transfer, never a short
+    or corrupt file that looks complete.
+    """
+
+    def __init__(self, download: Download, cursor: Cursor, headers: Mapping[str, str]) -> None:
+        super().__init__(headers={**headers, hdrs.CONTENT_TYPE: OCTET_STREAM})
+        self._download = download
+        self._cursor = cursor
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # aiohttp prepares a returned response again: nothing to do
+            return await super().prepare(request)
+        length = await self._download.begun()
+        if length is not None:
+            self.content_length = length
+        writer = await super().prepare(request)  # writes the headers right away
+        try:
+            async for part in self._download.stream(self._cursor):
+                if isinstance(part, FileRange):
+                    await _sendfile(request, self, part)
+                else:
+                    await self.write(part)
+        except Exception:
+            if request.transport is not None:
+                request.transport.abort()
+            return writer
+        await self.write_eof()
+        return writer
+
+
+async def _sendfile(
+    request: web.BaseRequest, response: web.StreamResponse, part: FileRange
+) -> None:
+    """Send the rest of a finished download zero-copy, as aiohttp's FileResponse does.
+
+    The file handle is shared by every reader of the download, so where sendfile is not
+    available (TLS, no ``os.sendfile``) the bytes are read at their offsets (pread), never
+    through the handle's position as asyncio's own fallback would.
+    """
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sendfile(transport, part.file, part.offset, part.count, fallback=False)
+    except asyncio.SendfileNotAvailableError:
+        offset, end = part.offset, part.offset + part.count
+        while offset < end:
+            size = min(end - offset, _PREAD_CHUNK)
+            chunk = await asyncio.to_thread(os.pread, part.file.fileno(), size, offset)
+            if not chunk:
+                raise ConnectionResetError("the file is shorter than its download") from None
+            await response.write(chunk)
+            offset += len(chunk)

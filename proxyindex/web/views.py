@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
-import os
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import NoReturn
 
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
@@ -20,13 +19,13 @@ from proxyindex.index.projects import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
 from proxyindex.private.storage import project_of
 from proxyindex.simple import SimpleFormat, negotiate
-from proxyindex.upstream.cache import BlobStore
-from proxyindex.upstream.downloads import Cursor, Download, FileRange
+from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
 from proxyindex.web import appkeys
 from proxyindex.web.responses import (
     IMMUTABLE,
     PRIVATE_IMMUTABLE,
+    FollowedDownload,
     StoredFile,
     etag_matches,
     not_modified,
@@ -47,7 +46,6 @@ __all__ = [
 _VARY = "Accept, Accept-Encoding"
 # A file evicted between its download and its sending is fetched again, this many times.
 _EVICTED_RETRIES = 3
-_PREAD_CHUNK = 256 * 1024
 
 
 @lru_cache(maxsize=4096)
@@ -194,91 +192,21 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
 
 async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResponse:
     """An upstream file from the cache, or following its one download (streamed to every
-    client as it arrives, the last byte once verified).
-
-    A cached file is opened before the response is built, and sent from that handle, so an
-    eviction that deletes it meanwhile cannot turn the answer into a 404; if it is gone
-    before it could be opened, it is fetched again.
-    """
+    client as it arrives, the last byte once verified). A cached file evicted before it
+    could be opened is fetched again."""
     headers: dict[str, str] = {hdrs.CACHE_CONTROL: _file_cache_control(request)}
     downloader = request.app[appkeys.DOWNLOADER]
     for _attempt in range(_EVICTED_RETRIES):
-        download = downloader.running(dist)  # fetched ahead already: join it, no cache lookup
-        if download is None:
-            cached = await _open_cached(request, dist)
-            if cached is not None:
-                return StoredFile(cached[0], file=cached[1], headers=headers)
-            download = downloader.start(dist)
+        found = await downloader.get(dist)
+        if isinstance(found, CachedBlob):
+            return StoredFile(found.path, file=found.file, headers=headers)
         if request.method == hdrs.METH_GET and hdrs.RANGE not in request.headers:
-            with download.hold() as cursor:  # entered before any await: see Download.hold
-                return await _follow_download(request, download, cursor, headers)
-        await download.wait()  # HEAD or a range: sent from the cache once committed
+            with found.hold() as cursor:  # entered before any await: see Download.hold
+                response = FollowedDownload(found, cursor, headers)
+                await response.prepare(request)
+                return response
+        await found.wait()  # HEAD or a range: sent from the cache once committed
     raise UpstreamUnavailable(f"{dist.filename} was evicted from the cache as soon as fetched")
-
-
-async def _follow_download(
-    request: web.Request, download: Download, cursor: Cursor, headers: dict[str, str]
-) -> web.StreamResponse:
-    """Stream a file while the one upstream download of it is still running."""
-    await download.started.wait()
-    if download.error is not None:
-        raise download.error
-    response = web.StreamResponse(
-        headers={**headers, hdrs.CONTENT_TYPE: "application/octet-stream"}
-    )
-    if download.length is not None:
-        response.content_length = download.length
-    await response.prepare(request)  # a StreamResponse writes its headers right away
-    try:
-        async for part in download.stream(cursor):
-            if isinstance(part, FileRange):
-                await _sendfile(request, response, part)
-            else:
-                await response.write(part)
-    except Exception:
-        # Headers are sent: break the connection so the client sees a failed transfer,
-        # never a short or corrupt file that looks complete.
-        if request.transport is not None:
-            request.transport.abort()
-        return response
-    await response.write_eof()
-    return response
-
-
-async def _sendfile(request: web.Request, response: web.StreamResponse, part: FileRange) -> None:
-    """Send the rest of a finished download zero-copy, as aiohttp's FileResponse does.
-
-    The file handle is shared by every reader of the download, so where sendfile is not
-    available (TLS, no ``os.sendfile``) the bytes are read at their offsets (pread), never
-    through the handle's position as asyncio's own fallback would.
-    """
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("client went away")
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.sendfile(transport, part.file, part.offset, part.count, fallback=False)
-    except asyncio.SendfileNotAvailableError:
-        offset, end = part.offset, part.offset + part.count
-        while offset < end:
-            size = min(end - offset, _PREAD_CHUNK)
-            chunk = await asyncio.to_thread(os.pread, part.file.fileno(), size, offset)
-            if not chunk:
-                raise ConnectionResetError("the file is shorter than its download") from None
-            await response.write(chunk)
-            offset += len(chunk)
-
-
-async def _open_cached(request: web.Request, dist: DistFile) -> tuple[Path, BinaryIO] | None:
-    """The cached blob of ``dist``, opened (see :meth:`BlobStore.open`), or None."""
-    blobs: BlobStore = request.app[appkeys.BLOBS]
-    sha256 = dist.sha256
-    if sha256 is None:
-        sha256 = await request.app[appkeys.PAGES].blob_for_url(dist.url)
-    if sha256 is None:
-        return None
-    fh = await asyncio.to_thread(blobs.open, sha256)
-    return None if fh is None else (blobs.path(sha256), fh)
 
 
 async def _metadata(
