@@ -72,28 +72,93 @@ class Download:
 
     def __init__(self, dist: DistFile) -> None:
         self.dist = dist
-        self.temp: Path | None = None
-        self.reader: BinaryIO | None = None
+        self._temp: Path | None = None
+        self._reader: BinaryIO | None = None
         self._holds = 1  # the transfer's own, released when it is over
-        self.written = 0
-        self.length: int | None = dist.size
-        self.result: Path | None = None
-        self.verified = False  # length and sha256 checked: the bytes may all go out
+        self._written = 0
+        self._length: int | None = dist.size
+        self._result: Path | None = None
+        self._verified = False  # length and sha256 checked: the bytes may all go out
         # Small files (.metadata) are also kept here, so that readers need no file opens or
         # reads in threads: on a resolver's critical path, each thread hop costs ms under load.
-        self.body: bytearray | None = None
-        self.error: UpstreamError | None = None
-        self.started = asyncio.Event()  # headers known (length) or failed
+        self._body: bytearray | None = None
+        self._error: UpstreamError | None = None
+        self._started = asyncio.Event()  # headers known (length) or failed
         self._progress = asyncio.Event()
-        self.finished = asyncio.Event()
+        self._finished = asyncio.Event()
         # Uncached (the cache disk is full): bytes from ``spilled`` on are kept in ``tail``
         # (from offset ``tail_start``) only until every reader has sent them.
-        self.uncached = False
-        self.spilled = 0
-        self.tail = bytearray()
-        self.tail_start = 0
+        self._uncached = False
+        self._spilled = 0
+        self._tail = bytearray()
+        self._tail_start = 0
         self._cursors: list[Cursor] = []
         self._consumed = asyncio.Event()
+
+    # --- the transfer's side: the transitions, in order ---------------------------------
+
+    @property
+    def temp(self) -> Path | None:
+        return self._temp
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    @property
+    def uncached(self) -> bool:
+        return self._uncached
+
+    @property
+    def in_memory(self) -> bool:
+        return self._body is not None
+
+    def writing_to(self, temp: Path) -> None:
+        """The temp file exists (it is removed if the download does not end in the cache)."""
+        self._temp = temp
+
+    def begin(self, length: int | None, *, in_memory: bool, reader: BinaryIO | None) -> None:
+        """The upstream answered: its length, if it said; readers may start following."""
+        self._length = length
+        if in_memory:
+            self._body = bytearray()
+        self._reader = reader
+        self._started.set()
+
+    def from_cache(self, cached: CachedBlob) -> None:
+        """The file was in the cache after all (another worker fetched it): readers read
+        it from there."""
+        self._reader = cached.file
+        self._written = self._length = os.fstat(cached.file.fileno()).st_size
+        self._verified = True
+
+    def append(self, data: bytes) -> None:
+        """Bytes hashed and written to the temp file."""
+        self._written += len(data)
+        if self._body is not None:
+            self._body += data
+        self._notify()
+
+    def verified(self) -> None:
+        """Length and sha256 checked: readers may send the last bytes now, while the file
+        is committed."""
+        self._verified = True
+        self._notify()
+
+    def fail(self, error: UpstreamError) -> None:
+        self._error = error
+
+    def finish(self, result: Path | None) -> None:
+        """The transfer is over: ``result`` is the committed blob (None: failed or sent
+        uncached)."""
+        self._result = result
+        self._started.set()
+        self._finished.set()
+        self._notify()
 
     def _notify(self) -> None:
         self._progress.set()
@@ -105,20 +170,20 @@ class Download:
 
     async def begun(self) -> int | None:
         """Wait until the transfer has started: its length, if known; raises its error."""
-        await self.started.wait()
-        if self.error is not None:
-            raise self.error
-        return self.length
+        await self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self._length
 
     async def wait(self) -> Path:
         """The committed blob; raises the download's error, or :class:`CacheFull` if the
         file was sent through uncached."""
-        await self.finished.wait()
-        if self.error is not None:
-            raise self.error
-        if self.result is None:
+        await self._finished.wait()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
             raise CacheFull(f"the cache disk is full: {self.dist.filename} was not stored")
-        return self.result
+        return self._result
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[Cursor]:
@@ -137,10 +202,10 @@ class Download:
 
     def release(self) -> None:
         self._holds -= 1
-        if self._holds == 0 and self.reader is not None:
+        if self._holds == 0 and self._reader is not None:
             # Closing a read-only descriptor has nothing to flush: no thread hop needed.
-            self.reader.close()
-            self.reader = None
+            self._reader.close()
+            self._reader = None
 
     async def read(self) -> bytes:
         """The whole file once verified, without waiting for it to be committed to the cache
@@ -164,51 +229,51 @@ class Download:
         ``cursor`` comes from :meth:`hold`; every reader reads the shared handle at its own
         offsets (pread, sendfile), never through its file position.
         """
-        await self.started.wait()
-        if self.error is not None:
-            raise self.error
-        fh = None if self.body is not None else self.reader
-        assert self.body is not None or fh is not None or self.uncached
+        await self._started.wait()
+        if self._error is not None:
+            raise self._error
+        fh = None if self._body is not None else self._reader
+        assert self._body is not None or fh is not None or self._uncached
         while True:
             progress = self._progress
             sent = cursor.sent
-            if self.error is not None:
-                raise self.error
-            if self.verified and fh is not None and not self.uncached:
-                if sent < self.written:
-                    cursor.sent = self.written
-                    yield FileRange(fh, sent, self.written - sent)
+            if self._error is not None:
+                raise self._error
+            if self._verified and fh is not None and not self._uncached:
+                if sent < self._written:
+                    cursor.sent = self._written
+                    yield FileRange(fh, sent, self._written - sent)
                 return
             # The last byte waits for the hash check: a client never holds a complete
             # body that turns out to be corrupt.
-            end = self.written if self.verified else self.written - 1
+            end = self._written if self._verified else self._written - 1
             if end > sent:
                 chunk = await self._chunk(fh, sent, min(end, sent + _READ_CHUNK))
                 cursor.sent = sent + len(chunk)
                 self._note_consumed()
                 yield chunk
                 continue
-            if self.verified:
+            if self._verified:
                 return
             await progress.wait()
 
     async def _chunk(self, fh: BinaryIO | None, start: int, end: int) -> bytes:
-        if self.body is not None:
-            return bytes(self.body[start:end])
-        if self.uncached and start >= self.spilled:
-            return bytes(self.tail[start - self.tail_start : end - self.tail_start])
-        if self.uncached:
-            end = min(end, self.spilled)
+        if self._body is not None:
+            return bytes(self._body[start:end])
+        if self._uncached and start >= self._spilled:
+            return bytes(self._tail[start - self._tail_start : end - self._tail_start])
+        if self._uncached:
+            end = min(end, self._spilled)
         assert fh is not None
         return await asyncio.to_thread(os.pread, fh.fileno(), end - start, start)
 
     def go_uncached(self, why: OSError) -> None:
         """The cache disk is full: from byte ``written`` on, keep the file in memory only
         until every reader has sent it; it will not be stored."""
-        if self.uncached:
+        if self._uncached:
             return
-        self.uncached = True
-        self.spilled = self.tail_start = self.written
+        self._uncached = True
+        self._spilled = self._tail_start = self._written
         log.warning(
             "cannot store %s in the cache (%s): sending it uncached to %d client(s)",
             self.dist.filename,
@@ -218,11 +283,11 @@ class Download:
 
     def keep(self, data: bytes) -> None:
         """Add bytes that are hashed but not written to the temp file (uncached)."""
-        if self.body is not None:
-            self.body += data
+        if self._body is not None:
+            self._body += data
         else:
-            self.tail += data
-        self.written += len(data)
+            self._tail += data
+        self._written += len(data)
         self._notify()
 
     def has_readers(self) -> bool:
@@ -232,11 +297,11 @@ class Download:
         """Wait until at most ``limit`` bytes of the uncached tail are unsent by a reader:
         the slowest reader paces the upstream, and memory stays bounded."""
         while True:
-            low = min((cursor.sent for cursor in self._cursors), default=self.written)
-            if low > self.tail_start:
-                del self.tail[: low - self.tail_start]
-                self.tail_start = low
-            if len(self.tail) <= limit:
+            low = min((cursor.sent for cursor in self._cursors), default=self._written)
+            if low > self._tail_start:
+                del self._tail[: low - self._tail_start]
+                self._tail_start = low
+            if len(self._tail) <= limit:
                 return
             await self._consumed.wait()
 
@@ -312,23 +377,26 @@ class Downloader:
 
     async def _run(self, download: Download, key: str) -> None:
         lock = None
+        result: Path | None = None
         try:
             lock = await self._lock(key)
-            if not await self._already_cached(download):  # fetched by another worker?
-                download.result = await self._transfer(download)
+            cached = await self._open_cached(download.dist)  # fetched by another worker?
+            if cached is not None:
+                download.from_cache(cached)
+                result = cached.path
+            else:
+                result = await self._transfer(download)
         except UpstreamError as exc:
-            download.error = exc
+            download.fail(exc)
             log.warning("download failed: %s", exc)
         except Exception as exc:
             log.exception("download of %s failed", mask_url(download.dist.url))
-            download.error = UpstreamUnavailable(f"download failed: {exc.__class__.__name__}")
+            download.fail(UpstreamUnavailable(f"download failed: {exc.__class__.__name__}"))
         finally:
-            download.started.set()
-            download.finished.set()
-            download._notify()
+            download.finish(result)
             if self._active.get(key) is download:
                 del self._active[key]
-            if download.result is None and download.temp is not None:
+            if result is None and download.temp is not None:
                 await asyncio.to_thread(download.temp.unlink, True)
             if lock is not None:
                 self._unlock(lock)
@@ -389,15 +457,12 @@ class Downloader:
                 self._uncached(download, exc)
                 download.keep(data)  # already hashed: _hash_write_flush hashes first
             else:
-                download.written += len(data)
-                if download.body is not None:
-                    download.body += data
-                download._notify()
+                download.append(data)
                 return True
         else:
             await asyncio.to_thread(digest.update, data)
             download.keep(data)
-        if download.body is None and not download.has_readers():
+        if not download.in_memory and not download.has_readers():
             return False
         await download.drained(_UNCACHED_BUFFER)
         return True
@@ -433,17 +498,6 @@ class Downloader:
         if self._lock_fd is not None:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
 
-    async def _already_cached(self, download: Download) -> bool:
-        """Serve ``download`` from the cache if the file is there (opened: see Download)."""
-        cached = await self._open_cached(download.dist)
-        if cached is None:
-            return False
-        download.reader = cached.file
-        download.result = cached.path
-        download.written = download.length = os.fstat(cached.file.fileno()).st_size
-        download.verified = True
-        return True
-
     async def _transfer(self, download: Download) -> Path | None:
         """Fetch, verify and store ``download``; None if it was sent through uncached."""
         dist = download.dist
@@ -455,23 +509,25 @@ class Downloader:
         try:
             async with self._upstream.open_file(dist.url) as upstream:
                 try:
-                    fh, download.temp = await opening
+                    fh, temp = await opening
+                    download.writing_to(temp)
                 except OSError as exc:
                     if exc.errno not in DISK_FULL:
                         raise
                     self._uncached(download, exc)
+                length = dist.size
                 if upstream.length is not None:
                     if dist.size is not None and dist.size != upstream.length:
                         raise IntegrityError(
                             f"{dist.filename}: upstream sends {upstream.length} bytes, "
                             f"the index says {dist.size}"
                         )
-                    download.length = upstream.length
-                if download.length is not None and download.length <= _IN_MEMORY:
-                    download.body = bytearray()
-                elif download.temp is not None:
-                    download.reader = await asyncio.to_thread(download.temp.open, "rb")
-                download.started.set()
+                    length = upstream.length
+                in_memory = length is not None and length <= _IN_MEMORY
+                reader = None
+                if not in_memory and download.temp is not None:
+                    reader = await asyncio.to_thread(download.temp.open, "rb")
+                download.begin(length, in_memory=in_memory, reader=reader)
                 pending = bytearray()
                 async for chunk in upstream.chunks:
                     pending += chunk
@@ -496,9 +552,7 @@ class Downloader:
         actual = digest.hexdigest()
         if dist.sha256 is not None and actual != dist.sha256:
             raise IntegrityError(f"{dist.filename}: sha256 {actual} does not match the index")
-        # Verified: readers may send the last bytes now, while the file is committed.
-        download.verified = True
-        download._notify()
+        download.verified()
         if download.uncached:
             return None
         assert download.temp is not None
