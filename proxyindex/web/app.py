@@ -129,66 +129,82 @@ async def _list_page_names(pages: PageCache) -> None:
         log.exception("could not list the cached pages")
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    await task
+
+
+async def _stop_warming(storage: PrivateStorage, warm: asyncio.Future[int]) -> None:
+    storage.stop_warming()
+    await warm
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """Everything with a lifetime: created before the ``yield``, closed after it."""
+    """Everything with a lifetime: created before the ``yield``, closed after it.
+
+    Each resource's close is pushed on one exit stack as soon as it exists, so a failure
+    halfway through start-up closes what was opened, and shutdown closes in reverse order
+    (the background tasks first, the upstream session before the caches, storage last).
+    """
     config = app[appkeys.CONFIG]
     cache_dir = config.storage.cache
     packages_dir = config.storage.packages
-    await asyncio.to_thread(packages_dir.mkdir, parents=True, exist_ok=True)
-    # Opening the sqlite files and creating folders block: done in threads, like all file I/O.
-    storage = await asyncio.to_thread(PrivateStorage, packages_dir, cache_dir / "private-meta")
-    await asyncio.to_thread(storage.rescan)
-    pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
-    blobs = await asyncio.to_thread(BlobStore, cache_dir / "files")
-    # The proxy environment is read once, here; the CA files are read in a thread.
-    proxies = ProxyRoutes.from_settings(config.upstream.proxy, os.environ)
-    tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)
-    session = UpstreamClient.make_session(tls)
-    upstream = UpstreamClient(config.upstream, session, proxies)
-    downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
+    async with contextlib.AsyncExitStack() as stack:
+        await asyncio.to_thread(packages_dir.mkdir, parents=True, exist_ok=True)
+        # Opening the sqlite files and creating folders block: done in threads, like all
+        # file I/O.
+        storage = await asyncio.to_thread(PrivateStorage, packages_dir, cache_dir / "private-meta")
+        stack.push_async_callback(asyncio.to_thread, storage.close)
+        await asyncio.to_thread(storage.rescan)
+        pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
+        stack.push_async_callback(asyncio.to_thread, pages.close)
+        blobs = await asyncio.to_thread(BlobStore, cache_dir / "files")
+        # The proxy environment is read once, here; the CA files are read in a thread.
+        proxies = ProxyRoutes.from_settings(config.upstream.proxy, os.environ)
+        tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)
+        session = UpstreamClient.make_session(tls)
+        stack.push_async_callback(session.close)
+        upstream = UpstreamClient(config.upstream, session, proxies)
+        downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
+        stack.push_async_callback(downloader.close)
 
-    # The prefetcher hears of fetched pages and reads pages itself (never private ones):
-    # it is given the index that exists a line later.
-    async def page_for_prefetch(name: NormalizedName) -> ProjectPage | None:
-        return await index.upstream_page_for_prefetch(name)
+        # The prefetcher hears of fetched pages and reads pages itself (never private ones):
+        # it is given the index that exists a few lines later.
+        async def page_for_prefetch(name: NormalizedName) -> ProjectPage | None:
+            return await index.upstream_page_for_prefetch(name)
 
-    prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
-    listener = prefetcher.page_fetched if config.upstream.prefetch else None
-    upstream_pages = UpstreamPages(config.upstream, pages, upstream, listener)
-    index = ProjectIndex(config, storage, upstream_pages)
-    root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
-    app[appkeys.STORAGE] = storage
-    app[appkeys.PAGES] = pages
-    app[appkeys.BLOBS] = blobs
-    app[appkeys.DOWNLOADER] = downloader
-    app[appkeys.INDEX] = index
-    app[appkeys.ROOT] = root
-    monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
-    app[appkeys.UPSTREAM_CHECK] = monitor
-    checker = asyncio.create_task(monitor.run_forever()) if config.upstream.check_interval else None
-    scanner = asyncio.create_task(_scan_forever(storage))
-    warm = asyncio.create_task(asyncio.to_thread(storage.warm))
-    listing = asyncio.create_task(_list_page_names(pages))
-    try:
-        yield
-    finally:
+        prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
+        listener = prefetcher.page_fetched if config.upstream.prefetch else None
+        upstream_pages = UpstreamPages(config.upstream, pages, upstream, listener)
+        stack.push_async_callback(upstream_pages.close)
+        stack.push_async_callback(prefetcher.close)
+        index = ProjectIndex(config, storage, upstream_pages)
+        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
+        stack.push_async_callback(root.close)
+        app[appkeys.STORAGE] = storage
+        app[appkeys.PAGES] = pages
+        app[appkeys.BLOBS] = blobs
+        app[appkeys.DOWNLOADER] = downloader
+        app[appkeys.INDEX] = index
+        app[appkeys.ROOT] = root
+        monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
+        app[appkeys.UPSTREAM_CHECK] = monitor
+        interval = config.upstream.check_interval
+        checker = asyncio.create_task(monitor.run_forever()) if interval else None
+        scanner = asyncio.create_task(_scan_forever(storage))
+        warm = asyncio.create_task(asyncio.to_thread(storage.warm))
+        listing = asyncio.create_task(_list_page_names(pages))
+        stack.push_async_callback(_stop_warming, storage, warm)
+        stack.push_async_callback(_finish, listing)  # reads one folder: let it end
+        stack.push_async_callback(_cancel, scanner)
         if checker is not None:
-            checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checker
-        scanner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await scanner
-        await listing
-        storage.stop_warming()
-        await warm
-        await root.close()
-        await prefetcher.close()
-        await upstream_pages.close()
-        await downloader.close()
-        await session.close()
-        await asyncio.to_thread(pages.close)
-        await asyncio.to_thread(storage.close)
+            stack.push_async_callback(_cancel, checker)
+        yield
 
 
 @dataclass(frozen=True, slots=True)
