@@ -6,6 +6,7 @@ every response body is rendered from that one model, escaped by construction.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,7 @@ from proxyindex.models import DistFile, Origin, ProjectPage
 __all__ = [
     "API_VERSION",
     "SimpleFormat",
+    "body_etag",
     "json_api_version",
     "negotiate",
     "parse_project_html",
@@ -76,6 +78,11 @@ _LATEST = {
     "application/vnd.pypi.simple.latest+json": JSON_V1,
     "application/vnd.pypi.simple.latest+html": HTML_V1,
 }
+
+
+def body_etag(body: bytes) -> str:
+    """The strong ETag of a body we render (pages, JSON, metadata): its sha256, shortened."""
+    return f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 
 def _parse_accept(accept: str) -> list[tuple[str, float]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ from proxyindex.errors import NotFound, UpstreamError
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
 from proxyindex.private.storage import PrivateStorage
-from proxyindex.simple import SimpleFormat, render_project
+from proxyindex.simple import SimpleFormat, body_etag, render_project
 from proxyindex.upstream.pages import Checked, UpstreamPages
 
 __all__ = ["ProjectIndex", "RenderedPage"]
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 
 _MEMORY_PAGES = 4096
 _GZIP_MIN = 1024
-_RENDER_INLINE_FILES = 100  # larger pages are rendered in a thread (1,000 files: ~10 ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +43,8 @@ class RenderedPage:
 
     @classmethod
     def build(cls, body: bytes, private: bool) -> RenderedPage:
-        digest = hashlib.sha256(body).hexdigest()[:32]
         packed = gzip.compress(body, 6, mtime=0) if len(body) >= _GZIP_MIN else None
-        return cls(body, f'"{digest}"', packed, private)
+        return cls(body, body_etag(body), packed, private)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +147,7 @@ class ProjectIndex:
         resolved = await self.page(name)
         if cached is not None and cached.token.same(resolved.token):
             rendered = cached.page
-        elif len(resolved.page.files) > _RENDER_INLINE_FILES:
+        elif resolved.page.is_large:
             # PyPI-sized pages (thousands of files): render, hash and gzip in a thread.
             rendered = await asyncio.to_thread(self._build, resolved, fmt)
         else:

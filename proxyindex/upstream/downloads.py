@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from proxyindex import fsutil
 from proxyindex.errors import CacheFull, IntegrityError, UpstreamError, UpstreamUnavailable
 from proxyindex.models import DistFile
+from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient, mask_url
 
@@ -329,7 +330,7 @@ class Downloader:
         self._added_while_shrinking = 0
         self._upstream = upstream
         self._active: dict[str, Download] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background()
         self._lock_fd: int | None = None  # open for the process's life: closing drops locks
 
     async def get(self, dist: DistFile) -> CachedBlob | Download:
@@ -362,15 +363,11 @@ class Downloader:
         if download is None:
             download = Download(dist)
             self._active[key] = download
-            task = asyncio.create_task(self._run(download, key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._run(download, key))
         return download
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -420,9 +417,7 @@ class Downloader:
             self._cache_size += size
             if self._cache_size <= self._max_cache_size:
                 return
-        self._shrinking = asyncio.create_task(self._shrink())
-        self._tasks.add(self._shrinking)
-        self._shrinking.add_done_callback(self._tasks.discard)
+        self._shrinking = self._tasks.spawn(self._shrink())
 
     async def _shrink(self) -> None:
         while True:

@@ -22,6 +22,7 @@ from packaging.utils import NormalizedName
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import UpstreamError
 from proxyindex.models import ProjectPage
+from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import PageCache, PageEntry
 from proxyindex.upstream.client import UpstreamClient
 
@@ -66,12 +67,10 @@ class UpstreamPages:
         self._on_fetched = on_fetched
         self._memory: OrderedDict[NormalizedName, Checked] = OrderedDict()
         self._flights: dict[NormalizedName, asyncio.Future[Checked]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     def _checked(self, entry: PageEntry) -> Checked:
         """An entry as fetched: good until its TTL (a 404's is ``negative_ttl``) runs out."""
@@ -119,9 +118,7 @@ class UpstreamPages:
             flight = asyncio.get_running_loop().create_future()
             self._flights[name] = flight
             entry = cached.entry if cached is not None else None
-            task = asyncio.create_task(self._fetch(name, entry, flight, prefetch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._fetch(name, entry, flight, prefetch))
         # Shielded: a client that disconnects must not cancel the fetch others wait for.
         return await asyncio.shield(flight)
 

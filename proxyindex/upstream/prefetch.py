@@ -34,6 +34,7 @@ from packaging.version import InvalidVersion, Version
 
 from proxyindex.errors import ProxyIndexError
 from proxyindex.models import DistFile, ProjectPage
+from proxyindex.upstream.background import Background
 from proxyindex.upstream.downloads import Downloader
 
 __all__ = ["Prefetcher", "choose_file", "dependencies"]
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 PageSource = Callable[[NormalizedName], Awaitable[ProjectPage | None]]
 
 _MAX_DEPTH = 12
-_CHOOSE_INLINE_FILES = 100
 _CONCURRENCY = 32  # guesses in flight at once; uv itself runs up to 50 requests
 
 
@@ -122,12 +122,10 @@ class Prefetcher:
         self._max_file_size = max_file_size
         self._limit = asyncio.Semaphore(_CONCURRENCY)
         self._seen: set[tuple[NormalizedName, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     def page_fetched(
         self, page: ProjectPage, specifier: SpecifierSet | None = None, depth: int = 0
@@ -139,14 +137,12 @@ class Prefetcher:
         if len(self._seen) > 100_000:
             self._seen.clear()
         self._seen.add(key)
-        task = asyncio.create_task(self._prefetch(page, specifier, depth))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._prefetch(page, specifier, depth))
 
     async def _prefetch(
         self, page: ProjectPage, specifier: SpecifierSet | None, depth: int
     ) -> None:
-        if len(page.files) > _CHOOSE_INLINE_FILES:  # thousands of filenames to parse: a thread
+        if page.is_large:  # thousands of filenames to parse: a thread
             dist = await asyncio.to_thread(choose_file, page, specifier)
         else:
             dist = choose_file(page, specifier)

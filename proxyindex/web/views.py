@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import html
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +17,7 @@ from proxyindex.fsutil import is_safe_filename
 from proxyindex.index.projects import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
 from proxyindex.private.storage import project_of
-from proxyindex.simple import SimpleFormat, negotiate
+from proxyindex.simple import SimpleFormat, body_etag, negotiate
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
 from proxyindex.web import appkeys
@@ -218,7 +217,7 @@ async def _metadata(
         data = await index.private_metadata(name, filename)
         if data is None:
             raise NotFound(f"no metadata for {filename!r}")
-        etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        etag = body_etag(data)
         headers: dict[str, str] = {
             hdrs.CACHE_CONTROL: _file_cache_control(request),
             hdrs.ETAG: etag,
@@ -233,7 +232,6 @@ async def _metadata(
 
 
 # Pages with more files than this are rendered in a thread (PyPI-sized projects).
-_JSON_INLINE_FILES = 100
 _MAX_VERSION_LENGTH = 100
 
 
@@ -246,7 +244,7 @@ async def project_json(request: web.Request) -> web.StreamResponse:
         raise NotFound("not a valid version")
     index = request.app[appkeys.INDEX]
     resolved = await index.page(name)
-    big = len(resolved.page.files) > _JSON_INLINE_FILES  # parsing thousands of filenames
+    big = resolved.page.is_large  # parsing thousands of filenames
     if big:
         found = await asyncio.to_thread(jsonapi.find_release, resolved.page, version)
     else:
@@ -269,7 +267,7 @@ async def project_json(request: web.Request) -> web.StreamResponse:
     else:
         body = build()
     max_age = index.client_max_age(resolved.private, resolved.upstream_until)
-    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    etag = body_etag(body)
     headers: dict[str, str] = {
         hdrs.ETAG: etag,
         hdrs.CACHE_CONTROL: _cache_control(request, max_age, resolved.private),
