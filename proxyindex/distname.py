@@ -24,7 +24,13 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["DistFilename", "InvalidDistFilename", "parse_dist_filename", "release_of"]
+__all__ = [
+    "DistFilename",
+    "InvalidDistFilename",
+    "parse_dist_filename",
+    "project_of",
+    "release_of",
+]
 
 SDIST_SUFFIXES = (".tar.gz", ".zip")
 
@@ -94,6 +100,12 @@ def parse_dist_filename(filename: str) -> DistFilename:
     except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion) as exc:
         raise InvalidDistFilename(str(exc)) from exc
     raise InvalidDistFilename(f"{filename!r} is not a wheel (.whl) or an sdist (.tar.gz)")
+
+
+def project_of(filename: str) -> NormalizedName | None:
+    """The project a distribution filename belongs to, or None if it is not a distribution."""
+    dist = release_of(filename)
+    return dist.name if dist is not None else None
 
 
 def release_of(filename: str) -> DistFilename | None:

@@ -27,14 +27,9 @@ from typing import Any
 
 import diskcache
 from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
     NormalizedName,
     canonicalize_version,
-    parse_sdist_filename,
-    parse_wheel_filename,
 )
-from packaging.version import InvalidVersion
 
 from proxyindex import fsutil
 from proxyindex.distname import DistFilename, release_of
@@ -48,25 +43,12 @@ __all__ = [
     "PrivateStorage",
     "Same",
     "Stored",
-    "project_of",
     "read_wheel_metadata",
 ]
 
 log = logging.getLogger(__name__)
 
 _MAX_METADATA = 10 << 20  # a METADATA larger than this is not a real one
-
-
-def project_of(filename: str) -> NormalizedName | None:
-    """The project a distribution filename belongs to, or None if it is not a distribution."""
-    try:
-        if filename.endswith(".whl"):
-            return parse_wheel_filename(filename)[0]
-        if filename.endswith((".tar.gz", ".zip")):
-            return parse_sdist_filename(filename)[0]
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        return None
-    return None
 
 
 def read_wheel_metadata(path: Path) -> bytes:

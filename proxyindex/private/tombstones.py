@@ -34,6 +34,7 @@ from typing import Any
 
 from packaging.utils import NormalizedName
 
+from proxyindex.distname import project_of
 from proxyindex.models import is_valid_name, normalize
 
 __all__ = ["LOG_PATH", "PrivateNames", "scan_names"]
@@ -172,7 +173,6 @@ class PrivateNames:
 
 def scan_names(packages_dir: Path) -> dict[NormalizedName, int]:
     """Project name -> number of distribution files, by walking the folder (for the CLI)."""
-    from proxyindex.private.storage import project_of  # here: storage imports this module
 
     counts: dict[NormalizedName, int] = {}
     for _folder, dirs, files in os.walk(packages_dir):

@@ -23,15 +23,12 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.tags import Tag, sys_tags
 from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
     NormalizedName,
     canonicalize_name,
-    parse_sdist_filename,
-    parse_wheel_filename,
 )
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
+from proxyindex.distname import release_of
 from proxyindex.errors import ProxyIndexError
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.upstream.background import Background
@@ -67,15 +64,13 @@ def _candidate(dist: DistFile, python: str) -> tuple[Version, int] | None:
         return None
     if dist.requires_python and not _allows(dist.requires_python, python):
         return None
-    try:
-        if dist.filename.endswith(".whl"):
-            _name, version, _build, tags = parse_wheel_filename(dist.filename)
-            ranks = [_tag_rank()[t] for t in tags if t in _tag_rank()]
-            return (version, -min(ranks)) if ranks else None
-        _name, version = parse_sdist_filename(dist.filename)
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+    parsed = release_of(dist.filename)
+    if parsed is None:
         return None
-    return version, -len(_tag_rank())  # an sdist ranks below every wheel
+    if parsed.is_wheel:
+        ranks = [_tag_rank()[t] for t in parsed.tags if t in _tag_rank()]
+        return (parsed.version, -min(ranks)) if ranks else None
+    return parsed.version, -len(_tag_rank())  # an sdist ranks below every wheel
 
 
 def choose_file(

@@ -12,11 +12,11 @@ from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
 from proxyindex import jsonapi
+from proxyindex.distname import project_of
 from proxyindex.errors import NotFound, UpstreamUnavailable
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index.projects import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
-from proxyindex.private.storage import project_of
 from proxyindex.simple import SimpleFormat, body_etag, negotiate
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
