@@ -18,6 +18,7 @@ from packaging.utils import NormalizedName
 
 from proxyindex.config import Config
 from proxyindex.errors import NotFound, UpstreamError
+from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
 from proxyindex.private.storage import PrivateStorage
@@ -85,8 +86,10 @@ class ProjectIndex:
         self.config = config
         self.storage = storage
         self.upstream = upstream
-        self._private: dict[NormalizedName, tuple[int, ProjectPage | None]] = {}
-        self._rendered: dict[tuple[NormalizedName, SimpleFormat], _Rendering] = {}
+        self._private: LRU[NormalizedName, tuple[int, ProjectPage | None]] = LRU(_MEMORY_PAGES)
+        self._rendered: LRU[tuple[NormalizedName, SimpleFormat], _Rendering] = LRU(
+            2 * _MEMORY_PAGES
+        )
 
     def owner(self, name: NormalizedName) -> Owner:
         # A name that had private files stays private when they are removed (a tombstone).
@@ -102,9 +105,7 @@ class ProjectIndex:
         if memo is not None and memo[0] == generation:
             return memo[1]
         page = await asyncio.to_thread(self.storage.page, name)
-        if len(self._private) > _MEMORY_PAGES:
-            self._private.clear()
-        self._private[name] = (generation, page)
+        self._private.put(name, (generation, page))
         return page
 
     async def page(self, name: NormalizedName) -> Resolved:
@@ -152,8 +153,6 @@ class ProjectIndex:
             rendered = await asyncio.to_thread(self._build, resolved, fmt)
         else:
             rendered = self._build(resolved, fmt)
-        if len(self._rendered) > 2 * _MEMORY_PAGES:
-            self._rendered.clear()
         until = resolved.upstream_until
         if resolved.owner is Owner.PRIVATE:
             valid_until = math.inf  # until private storage changes (generation)
@@ -161,8 +160,8 @@ class ProjectIndex:
             valid_until = now  # merged page whose upstream part failed: try again next time
         else:
             valid_until = until
-        self._rendered[(name, fmt)] = _Rendering(
-            rendered, resolved.token, generation, until, valid_until
+        self._rendered.put(
+            (name, fmt), _Rendering(rendered, resolved.token, generation, until, valid_until)
         )
         return rendered, self.client_max_age(rendered.private, until)
 

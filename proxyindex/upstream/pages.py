@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from packaging.utils import NormalizedName
 
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import UpstreamError
+from proxyindex.lru import LRU
 from proxyindex.models import ProjectPage
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import PageCache, PageEntry
@@ -65,7 +65,7 @@ class UpstreamPages:
         self.cache = cache
         self.client = client
         self._on_fetched = on_fetched
-        self._memory: OrderedDict[NormalizedName, Checked] = OrderedDict()
+        self._memory: LRU[NormalizedName, Checked] = LRU(_MEMORY_PAGES)
         self._flights: dict[NormalizedName, asyncio.Future[Checked]] = {}
         self._tasks = Background()
 
@@ -77,12 +77,6 @@ class UpstreamPages:
         ttl = self.config.page_ttl if entry.page else self.config.negative_ttl
         return Checked(entry, entry.fetched_at + ttl)
 
-    def _remember(self, name: NormalizedName, checked: Checked) -> None:
-        self._memory[name] = checked
-        self._memory.move_to_end(name)
-        while len(self._memory) > _MEMORY_PAGES:
-            self._memory.popitem(last=False)
-
     async def _cached(self, name: NormalizedName) -> Checked | None:
         checked = self._memory.get(name)
         if checked is None or time.time() >= checked.retry_at:
@@ -92,7 +86,7 @@ class UpstreamPages:
                 checked is None or on_disk.fetched_at > checked.entry.fetched_at
             ):
                 checked = self._checked(on_disk)
-                self._remember(name, checked)
+                self._memory.put(name, checked)
         return checked
 
     async def get(
@@ -158,7 +152,7 @@ class UpstreamPages:
                 log.info("upstream page for %s went back in serial; keeping ours", name)
                 entry = PageEntry(cached.page, time.time(), cached.etag)
             checked = self._checked(entry)
-            self._remember(name, checked)
+            self._memory.put(name, checked)
             flight.set_result(checked)
             return entry
         except UpstreamError as exc:
@@ -172,7 +166,7 @@ class UpstreamPages:
             # page counts as checked, for a minute at most (memory only, not on disk).
             retry = min(_STALE_RETRY, self.config.page_ttl)
             stale = Checked(cached, time.time() + retry)
-            self._remember(name, stale)
+            self._memory.put(name, stale)
             flight.set_result(stale)
             return None
         except BaseException as exc:

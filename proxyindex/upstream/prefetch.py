@@ -30,6 +30,7 @@ from packaging.version import Version
 
 from proxyindex.distname import release_of
 from proxyindex.errors import ProxyIndexError
+from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.downloads import Downloader
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 PageSource = Callable[[NormalizedName], Awaitable[ProjectPage | None]]
 
 _MAX_DEPTH = 12
+_SEEN_MAX = 100_000  # (project, specifier) pairs already fetched ahead
 _CONCURRENCY = 32  # guesses in flight at once; uv itself runs up to 50 requests
 
 
@@ -116,7 +118,7 @@ class Prefetcher:
         self._downloader = downloader
         self._max_file_size = max_file_size
         self._limit = asyncio.Semaphore(_CONCURRENCY)
-        self._seen: set[tuple[NormalizedName, str]] = set()
+        self._seen: LRU[tuple[NormalizedName, str], bool] = LRU(_SEEN_MAX)
         self._tasks = Background()
 
     async def close(self) -> None:
@@ -129,9 +131,7 @@ class Prefetcher:
         key = (page.name, str(specifier or ""))
         if depth > _MAX_DEPTH or key in self._seen:
             return
-        if len(self._seen) > 100_000:
-            self._seen.clear()
-        self._seen.add(key)
+        self._seen.put(key, True)
         self._tasks.spawn(self._prefetch(page, specifier, depth))
 
     async def _prefetch(
