@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,29 +49,53 @@ _SHUTDOWN_GRACE = 3.0
 _SHUTDOWN_LIMIT = 7.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    """A ``serve`` flag and the config key it overrides."""
+
+    names: tuple[str, ...]
+    section: str
+    key: str
+    help: str
+    type: Callable[[str], Any] = str
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """argparse's attribute name: the first long flag's."""
+        long = next(name for name in self.names if name.startswith("--"))
+        return long.removeprefix("--").replace("-", "_")
+
+
+_SERVE_FLAGS = (
+    _Flag(("--host",), "server", "host", "address to listen on"),
+    _Flag(("--port",), "server", "port", "port to listen on (0: any free port)", int),
+    _Flag(("--data-dir",), "storage", "data_dir", "folder for packages and cache", Path),
+    _Flag(("--packages-dir",), "storage", "packages_dir", "folder of private packages", Path),
+    _Flag(("--cache-dir",), "storage", "cache_dir", "folder for the upstream cache", Path),
+    _Flag(("--upstream",), "upstream", "url", "upstream simple index URL"),
+    _Flag(("--htpasswd",), "auth", "htpasswd", "htpasswd file enabling authentication", Path),
+    _Flag(("--workers",), "server", "workers", "worker processes sharing the port and cache", int),
+    _Flag(
+        ("-a", "--protect", "--authenticate"),
+        "auth",
+        "protect",
+        "what needs a login: all, or some of list,download,upload (pypiserver's -a; "
+        "'update' means upload)",
+        metavar="ACTIONS",
+    ),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxyindex", description=__doc__)
     parser.add_argument("--version", action="version", version=f"proxyindex {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the index server")
     serve.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
-    serve.add_argument("--host", help="address to listen on")
-    serve.add_argument("--port", type=int, help="port to listen on (0: any free port)")
-    serve.add_argument("--data-dir", type=Path, help="folder for packages and cache")
-    serve.add_argument("--packages-dir", type=Path, help="folder of private packages")
-    serve.add_argument("--cache-dir", type=Path, help="folder for the upstream cache")
-    serve.add_argument("--upstream", help="upstream simple index URL")
-    serve.add_argument("--htpasswd", type=Path, help="htpasswd file enabling authentication")
-    serve.add_argument("--workers", type=int, help="worker processes sharing the port and cache")
+    for flag in _SERVE_FLAGS:
+        serve.add_argument(*flag.names, type=flag.type, metavar=flag.metavar, help=flag.help)
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    serve.add_argument(
-        "-a",
-        "--protect",
-        "--authenticate",
-        metavar="ACTIONS",
-        help="what needs a login: all, or some of list,download,upload (pypiserver's -a; "
-        "'update' means upload)",
-    )
     user = commands.add_parser("user", help="manage users of the htpasswd file")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     add = user_commands.add_parser("add", help="add a user (or set a new password)")
@@ -130,21 +155,14 @@ def _private_parser(commands: Any) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config keys the command line sets (the ``private`` commands have only some)."""
     out: dict[str, dict[str, Any]] = {}
-    pairs = [
-        ("server", "host", getattr(args, "host", None)),
-        ("server", "port", getattr(args, "port", None)),
-        ("server", "workers", getattr(args, "workers", None)),
-        ("storage", "data_dir", getattr(args, "data_dir", None)),
-        ("storage", "packages_dir", args.packages_dir),
-        ("storage", "cache_dir", getattr(args, "cache_dir", None)),
-        ("upstream", "url", getattr(args, "upstream", None)),
-        ("auth", "htpasswd", getattr(args, "htpasswd", None)),
-        ("auth", "protect", getattr(args, "protect", None)),
-    ]
-    for section, key, value in pairs:
+    for flag in _SERVE_FLAGS:
+        value = getattr(args, flag.dest, None)
         if value is not None:
-            out.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+            out.setdefault(flag.section, {})[flag.key] = (
+                str(value) if isinstance(value, Path) else value
+            )
     return out
 
 
