@@ -25,13 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import diskcache
 from packaging.utils import (
     NormalizedName,
     canonicalize_version,
 )
 
 from proxyindex import fsutil
+from proxyindex.diskstore import open_cache
 from proxyindex.distname import DistFilename, release_of
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.private.tombstones import PrivateNames
@@ -210,7 +210,7 @@ class PrivateStorage:
         self._project_dirs: dict[NormalizedName, set[str]] = {}
         self._projects: dict[NormalizedName, dict[str, _Entry]] = {}
         self._infos: OrderedDict[tuple[str, int, int], FileInfo] = OrderedDict()
-        self._store = diskcache.Cache(str(meta_dir))
+        self._store = open_cache(meta_dir)
         self._lock_dir = meta_dir / "release-locks"
         self._lock = threading.Lock()
         self._stop = threading.Event()

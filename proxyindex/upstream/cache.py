@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-import diskcache
 from packaging.utils import NormalizedName
 
 from proxyindex import fsutil
+from proxyindex.diskstore import open_cache
 from proxyindex.models import ProjectPage
 
 __all__ = ["BlobStore", "PageCache", "PageEntry"]
@@ -57,7 +57,7 @@ class PageCache:
     def __init__(self, directory: Path) -> None:
         # No fsync per write (sqlite synchronous=OFF, WAL): a cache may lose its last writes
         # in a power cut, never its consistency; fsyncs made concurrent page writes queue.
-        self._cache = diskcache.Cache(str(directory), sqlite_synchronous=0)
+        self._cache = open_cache(directory, sqlite_synchronous=0)
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pagecache")
         # The names with a page on disk, once listed by ``load_names``: asking for any other
         # name is a miss without a thread hop (a cold resolution's first 20 page lookups
