@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from packaging.utils import NormalizedName, canonicalize_name
 
@@ -43,13 +44,13 @@ class Origin(Enum):
 class DistFile:
     """One distribution file as listed on a project page.
 
-    ``url`` is where *we* fetch it from: a path in the packages dir for private files, the
-    upstream's absolute URL for upstream files. Renderers never show it: clients always get
-    this server's ``/packages/<project>/<filename>``.
+    ``location`` is where *we* read it from: the upstream's absolute URL (a ``str``) for
+    upstream files, the file's ``Path`` in the packages folder for private ones. Renderers
+    never show it: clients always get this server's ``/packages/<project>/<filename>``.
     """
 
     filename: str
-    url: str
+    location: str | Path  # the field order is the pickle's: cached pages store it
     origin: Origin
     hashes: dict[str, str] = field(default_factory=dict)
     requires_python: str | None = None
@@ -57,6 +58,13 @@ class DistFile:
     upload_time: str | None = None
     yanked: bool | str = False
     core_metadata: dict[str, str] | bool = False
+
+    @property
+    def url(self) -> str:
+        """The upstream URL of an upstream file; a private file has none."""
+        if isinstance(self.location, Path):
+            raise ValueError(f"{self.filename} is a private file, not fetched from a URL")
+        return self.location
 
     @property
     def sha256(self) -> str | None:
@@ -69,7 +77,11 @@ class DistFile:
         hashes = self.core_metadata if isinstance(self.core_metadata, dict) else {}
         return DistFile(
             filename=f"{self.filename}.metadata",
-            url=f"{self.url}.metadata",
+            location=(
+                self.location.with_name(f"{self.location.name}.metadata")
+                if isinstance(self.location, Path)
+                else f"{self.location}.metadata"
+            ),
             origin=self.origin,
             hashes={"sha256": hashes["sha256"]} if "sha256" in hashes else {},
         )

@@ -456,7 +456,7 @@ def parse_project_json(
         files.append(
             DistFile(
                 filename=filename,
-                url=absolute,
+                location=absolute,
                 origin=origin,
                 hashes=read.digests(raw, index, "hashes"),
                 requires_python=read.text(raw, index, "requires-python") or None,
@@ -541,7 +541,7 @@ def parse_project_html(
         files.append(
             DistFile(
                 filename=filename,
-                url=url.split("#", 1)[0],
+                location=url.split("#", 1)[0],
                 origin=origin,
                 hashes=_hashes_from_fragment(url),
                 requires_python=attrs.get("data-requires-python") or None,

@@ -12,9 +12,12 @@ import pytest
 from packaging.utils import NormalizedName
 
 from proxyindex.diskstore import MOVED_MODULES, open_cache
-from proxyindex.models import ProjectPage
+from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.private.storage import FileInfo
 from proxyindex.upstream.cache import PageEntry
+
+# A DistFile pickles its fields by position: the old ``url`` field reads as ``location``.
+_UPSTREAM_FILE = DistFile("demo-1.0.tar.gz", "https://u/demo-1.0.tar.gz", Origin.UPSTREAM)
 
 
 def _pickled_before_the_move(value: Any) -> bytes:
@@ -29,7 +32,7 @@ def _pickled_before_the_move(value: Any) -> bytes:
 @pytest.mark.parametrize(
     "value",
     [
-        PageEntry(ProjectPage(NormalizedName("demo"), ()), 1.0, '"e"'),
+        PageEntry(ProjectPage(NormalizedName("demo"), (_UPSTREAM_FILE,)), 1.0, '"e"'),
         FileInfo(sha256="0" * 64, size=3, requires_python=None, metadata_sha256=None, mtime=1.0),
     ],
     ids=["page", "file-info"],

@@ -24,7 +24,7 @@ def _page(serial: int, *versions: str) -> ProjectPage:
     files = tuple(
         DistFile(
             filename=f"demo_pkg-{v}-py3-none-any.whl",
-            url=f"https://u/demo_pkg-{v}-py3-none-any.whl",
+            location=f"https://u/demo_pkg-{v}-py3-none-any.whl",
             origin=Origin.UPSTREAM,
         )
         for v in versions

@@ -23,7 +23,7 @@ from tests.wheelmaker import make_sdist, make_wheel, wheel_metadata
 def dist(filename: str, yanked: bool | str = False, metadata: bool = True) -> DistFile:
     return DistFile(
         filename=filename,
-        url=f"https://files.example/{filename}",
+        location=f"https://files.example/{filename}",
         origin=Origin.UPSTREAM,
         hashes={"sha256": "ab" * 32, "md5": "cd" * 16},
         requires_python=">=3.9",

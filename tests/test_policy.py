@@ -49,7 +49,7 @@ def test_bad_pattern_stops_startup_with_the_key_named() -> None:
 
 
 def _dist(filename: str, origin: Origin) -> DistFile:
-    return DistFile(filename=filename, url=f"u/{filename}", origin=origin)
+    return DistFile(filename=filename, location=f"u/{filename}", origin=origin)
 
 
 def test_merge_keeps_private_file_on_a_filename_clash() -> None:

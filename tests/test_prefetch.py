@@ -25,7 +25,7 @@ Client = TestClient[Any, Any]
 
 def _page(*filenames: str, **extra: Any) -> ProjectPage:
     files = tuple(
-        DistFile(filename=f, url=f"https://u/{f}", origin=Origin.UPSTREAM, **extra.get(f, {}))
+        DistFile(filename=f, location=f"https://u/{f}", origin=Origin.UPSTREAM, **extra.get(f, {}))
         for f in filenames
     )
     return ProjectPage(NormalizedName("pkg"), files)

@@ -108,7 +108,7 @@ def _page() -> ProjectPage:
         files=(
             DistFile(
                 filename="demo_pkg-1.0-py3-none-any.whl",
-                url="https://files.example/demo_pkg-1.0-py3-none-any.whl",
+                location="https://files.example/demo_pkg-1.0-py3-none-any.whl",
                 origin=Origin.UPSTREAM,
                 hashes={"sha256": "a" * 64},
                 requires_python=">=3.8,!=3.9.*,<4",
@@ -118,7 +118,7 @@ def _page() -> ProjectPage:
             ),
             DistFile(
                 filename="demo_pkg-1.1+local.tar.gz",
-                url="https://files.example/demo_pkg-1.1+local.tar.gz",
+                location="https://files.example/demo_pkg-1.1+local.tar.gz",
                 origin=Origin.UPSTREAM,
                 hashes={"sha256": "c" * 64},
                 size=99,

@@ -78,7 +78,7 @@ def test_same_filename_in_two_folders_is_listed_once(tmp_path: Path) -> None:
     store = storage(tmp_path)
     page = store.page(CORP)
     assert page is not None and len(page.files) == 1
-    assert page.files[0].url.endswith("/a/corp_lib-1.0-py3-none-any.whl")
+    assert page.files[0].location == root / "a" / "corp_lib-1.0-py3-none-any.whl"
 
 
 def test_hashes_and_metadata_are_remembered_across_restarts(tmp_path: Path) -> None:

@@ -427,7 +427,7 @@ class PrivateStorage:
             files.append(
                 DistFile(
                     filename=filename,
-                    url=entry.path,
+                    location=Path(entry.path),
                     origin=Origin.PRIVATE,
                     hashes={"sha256": info.sha256},
                     requires_python=info.requires_python,
