@@ -29,6 +29,9 @@ class LRU(Generic[_K, _V]):
         if len(self._data) > self._size:
             self._data.popitem(last=False)
 
+    def clear(self) -> None:
+        self._data.clear()
+
     def __contains__(self, key: object) -> bool:
         return key in self._data
 

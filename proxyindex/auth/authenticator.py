@@ -45,6 +45,7 @@ from passlib.hash import bcrypt
 from proxyindex.auth.tokens import TOKEN_USER, Token, TokenFile, write_private
 from proxyindex.config import AuthConfig
 from proxyindex.errors import AuthRequired, AuthUnavailable, Forbidden, TooManyRequests
+from proxyindex.lru import LRU
 
 __all__ = [
     "PUBLIC",
@@ -192,8 +193,8 @@ class Authenticator:
         self._refresh_lock = threading.Lock()
         self._tokens = TokenFile(config.tokens_file)
         self._salt = secrets.token_bytes(16)
-        self._remembered: set[bytes] = set()
-        self._failed: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self._remembered: LRU[bytes, bool] = LRU(_REMEMBERED_MAX)  # (user, password) that passed
+        self._failed: LRU[bytes, float] = LRU(_REMEMBERED_MAX)  # -> until when it is refused
         self._budget = FailureBudget(config.max_failed_logins, config.failed_login_window)
         self._executor = ThreadPoolExecutor(_HASH_THREADS, thread_name_prefix="proxyindex-auth")
         self._dummy_hash: str | None = None
@@ -293,7 +294,7 @@ class Authenticator:
 
     async def _password(self, user: str, password: str, client: str) -> Identity:
         key = self._key(user, password)
-        if key in self._remembered:
+        if self._remembered.get(key):
             return Identity(user)
         self._budget.check(client)
         expiry = self._failed.get(key)
@@ -311,15 +312,10 @@ class Authenticator:
         current = generation == self._remembered_generation
         if ok:
             if current:
-                if len(self._remembered) >= _REMEMBERED_MAX:
-                    self._remembered.clear()
-                self._remembered.add(key)
+                self._remembered.put(key, True)
             return Identity(user)
         if current:
-            self._failed[key] = time.monotonic() + _FAILED_TTL
-            self._failed.move_to_end(key)
-            if len(self._failed) > _REMEMBERED_MAX:
-                self._failed.popitem(last=False)
+            self._failed.put(key, time.monotonic() + _FAILED_TTL)
         self._budget.fail(client)
         raise AuthRequired("wrong user name or password")
 
