@@ -74,7 +74,17 @@ from proxyindex.storage import PrivateStorage  # noqa: E402
 from tests.serverproc import ProxyServer, write_config  # noqa: E402
 from tests.wheelmaker import make_wheel  # noqa: E402
 
-ITEMS = ("root", "generation", "pypijson", "memory", "firsthash", "upload", "eviction", "filereq")
+ITEMS = (
+    "root",
+    "generation",
+    "pypijson",
+    "memory",
+    "pages",
+    "firsthash",
+    "upload",
+    "eviction",
+    "filereq",
+)
 SCALES: dict[str, dict[str, tuple[int, ...]]] = {
     # A few minutes on 2 cores in all: for development and smoke runs.
     "small": {
@@ -82,6 +92,7 @@ SCALES: dict[str, dict[str, tuple[int, ...]]] = {
         "generation": (1_000, 3_000, 10_000),
         "pypijson": (1_000, 3_000, 10_000),
         "memory": (1_000, 3_000, 10_000),
+        "pages": (500, 2_000, 6_000),
         "firsthash": (300, 1_000, 3_000),
         "upload": (3_000, 10_000, 30_000),
         "eviction": (5_000, 10_000, 20_000),
@@ -93,6 +104,7 @@ SCALES: dict[str, dict[str, tuple[int, ...]]] = {
         "generation": (1_000, 10_000, 30_000),
         "pypijson": (1_000, 10_000, 30_000),
         "memory": (1_000, 10_000, 30_000),
+        "pages": (1_000, 4_000, 16_000),
         "firsthash": (1_000, 3_000, 10_000),
         "upload": (10_000, 100_000, 300_000),
         "eviction": (10_000, 50_000, 100_000),
@@ -242,6 +254,25 @@ def expect(answer: Answer, *statuses: int) -> Answer:
     if answer.status not in statuses:
         raise RuntimeError(f"HTTP {answer.status}: {answer.body[:300]!r}")
     return answer
+
+
+def keepalive_latency(port: int, method: str, path: str, count: int) -> float:
+    """Median seconds of ``count`` sequential requests on one keep-alive connection (the
+    least client overhead there is: what the server spends per request shows)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    times = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.request(method, path)
+            resp = conn.getresponse()
+            resp.read()
+            times.append(time.perf_counter() - started)
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status} for {method} {path}")
+    finally:
+        conn.close()
+    return statistics.median(times)
 
 
 def upload(port: int, wheel: Path) -> Answer:
@@ -467,11 +498,13 @@ def bench_root(ctx: Context, sizes: Sequence[int]) -> Curve:
             for i in range(ctx.reps):
                 upload(srv.port, ctx.wheel("growth-priv", f"1.{i + 1}"))
                 after_version.append(expect(ask(srv.port, "/simple/", headers), 200).ttfb)
+            time.sleep(0.5)  # the server's log reaches us through a pipe
             rebuilds_version = srv.log_since(mark).count("root list rebuilt")
             mark = srv.log_mark()
             for i in range(ctx.reps):
                 upload(srv.port, ctx.wheel(f"growth-new-{i}", "1.0"))
                 after_name.append(expect(ask(srv.port, "/simple/", headers), 200).ttfb)
+            time.sleep(0.5)
             rebuilds_name = srv.log_since(mark).count("root list rebuilt")
             tv, tn = statistics.median(after_version), statistics.median(after_name)
             curve.add(
@@ -552,7 +585,8 @@ def bench_bigpage(ctx: Context, sizes: dict[str, Sequence[int]], curves: dict[st
         pypijson.fit("again (200)", "<= 1: linear in its own size (the body is O(N))")
         pypijson.fit("again (If-None-Match)", "0: cached like the simple pages")
     if filereq:
-        filereq.fit("time per request", "0: index by filename")
+        filereq.fit("HEAD latency", "0: index by filename")
+        filereq.fit("time per request under load", "0: index by filename")
     all_sizes = sorted({n for item in curves for n in sizes[item]})
     for n in all_sizes:
         where = ctx.fresh_dir(f"bigpage-{n}")
@@ -590,22 +624,25 @@ def bench_bigpage(ctx: Context, sizes: dict[str, Sequence[int]], curves: dict[st
                 expect(ask(srv.port, page, {"Accept": JSON_ACCEPT}), 200)
                 path = f"/packages/{UPSTREAM_PROJECT}/{UPSTREAM_WHEEL}"
                 expect(ask(srv.port, path), 200)  # downloaded and cached
+                head = keepalive_latency(srv.port, "HEAD", path, 300)
                 result = load(f"{srv.url}{path}", {}, connections=8, duration=3.0)
                 per = 1 / result.req_s if result.req_s else None
                 filereq.add(
                     n,
                     [
+                        f"{head * 1e6:,.0f} us",
                         f"{result.req_s:,.0f}",
                         f"{result.p50_ms:.1f} / {result.p99_ms:.1f} ms",
                         f"{per * 1e6:,.0f} us" if per else "-",
                         str(result.errors),
                     ],
-                    **{"time per request": per},
+                    **{"HEAD latency": head, "time per request under load": per},
                 )
     if filereq:
         filereq.notes.append(
-            "3 s closed loop, 8 connections, load tool: wrk if installed, else an aiohttp "
-            "client in this process (shares the 2 cores); the file is the page's last entry"
+            "HEAD: median of 300 sequential requests on one keep-alive connection; GET req/s: "
+            "3 s closed loop, 8 connections, load tool: wrk if installed, else an aiohttp client "
+            "in this process (shares the 2 cores); the file (1 kB) is the page's last entry"
         )
     if memory:
         memory.notes.append(
@@ -653,6 +690,66 @@ def bench_firsthash(ctx: Context, sizes: Sequence[int]) -> Curve:
     return curve
 
 
+def _prewarm(packages: Path, meta: Path) -> PrivateStorage:
+    """Hash every private file in this process, in one transaction, as a long-running server
+    would have: the server's start-up warm-up then only reads, and nothing competes with the
+    timed requests. Returns the (scanned) storage; close it."""
+    storage = PrivateStorage(packages, meta)
+    storage.rescan()
+    with storage._store.transact():
+        storage.warm()
+    return storage
+
+
+def bench_pages(ctx: Context, sizes: Sequence[int]) -> Curve:
+    curve = Curve(
+        "pages",
+        "RSS after asking for N different private pages (HTML and JSON each)",
+        ["pages asked", "idle", "after", "growth", "per page"],
+    )
+    curve.fit("RSS growth", "0: bounded by configuration (bytes)")
+    per_project = 10
+    for n in sizes:
+        where = ctx.fresh_dir(f"pages-{n}")
+        packages = where / "packages"
+        _private_tree(packages, n * per_project, per_project)
+        _prewarm(packages, where / "cache" / "private-meta").close()
+        with ctx.upstream() as up, proxy(ctx, where, up.simple_url) as srv:
+            wait_idle(srv.pid)
+            idle = tree_rss(srv.pid)
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=REQUEST_TIMEOUT)
+            try:
+                for project in range(n):
+                    for accept in ("text/html", JSON_ACCEPT):
+                        conn.request(
+                            "GET", f"/simple/stand{project:06d}/", headers={"Accept": accept}
+                        )
+                        resp = conn.getresponse()
+                        resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"HTTP {resp.status} for stand{project:06d}")
+            finally:
+                conn.close()
+            time.sleep(0.5)
+            after = tree_rss(srv.pid)
+            curve.add(
+                n,
+                [
+                    mb(idle),
+                    mb(after),
+                    f"+{mb(after - idle)}",
+                    f"{(after - idle) / n / 1e3:,.1f} kB",
+                ],
+                **{"RSS growth": max(after - idle, 1)},
+            )
+    curve.notes.append(
+        f"private projects of {per_project} stand-in files each (hashed beforehand), each page "
+        "asked once as HTML and once as JSON over one keep-alive connection; the caches hold "
+        "up to 4,096 parsed pages and 8,192 renderings whatever their size"
+    )
+    return curve
+
+
 def _private_tree(root: Path, files: int, per_project: int = 10) -> None:
     for index in range(files):
         project, version = divmod(index, per_project)
@@ -682,12 +779,7 @@ def bench_upload(ctx: Context, sizes: Sequence[int]) -> Curve:
         packages = where / "packages"
         started = time.monotonic()
         _private_tree(packages, n)
-        # Hash everything beforehand (one transaction), as a long-running server would have:
-        # the server's start-up warm-up then only reads, and uploads are timed on a quiet server.
-        storage = PrivateStorage(packages, where / "cache" / "private-meta")
-        storage.rescan()
-        with storage._store.transact():
-            storage.warm()
+        storage = _prewarm(packages, where / "cache" / "private-meta")
         poll = median_of(max(ctx.reps, 5), functools.partial(_timed, storage.rescan))
         storage.close()
         progress(f"upload N={n:,}: tree and hashes ready in {time.monotonic() - started:.0f}s")
@@ -735,7 +827,7 @@ def bench_eviction(ctx: Context, sizes: Sequence[int]) -> Curve:
         ],
     )
     curve.fit("walk under the limit", "0: no full walk")
-    curve.fit("per evicted blob", "0: O(evicted)")
+    curve.fit("shrink 1 byte over", "<= 1: O(evicted), and ~10% of N are evicted")
     for n in sizes:
         where = ctx.fresh_dir(f"eviction-{n}")
         store = BlobStore(where / "files")
@@ -758,7 +850,7 @@ def bench_eviction(ctx: Context, sizes: Sequence[int]) -> Curve:
         curve.add(
             n,
             [ms(walk), f"{ms(took)} ({evicted:,})", f"{per * 1e6:,.1f} us" if per else "-"],
-            **{"walk under the limit": walk, "per evicted blob": per},
+            **{"walk under the limit": walk, "shrink 1 byte over": took},
         )
     curve.notes.append(
         "blobs of 100 bytes named by sha256 in the store's layout, last-use times spread; "
@@ -833,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         runners: dict[str, Callable[[Context, Sequence[int]], Curve]] = {
             "root": bench_root,
             "generation": bench_generation,
+            "pages": bench_pages,
             "firsthash": bench_firsthash,
             "upload": bench_upload,
             "eviction": bench_eviction,
@@ -852,7 +945,14 @@ def main(argv: list[str] | None = None) -> int:
             "filereq": Curve(
                 "filereq",
                 "requests per second for one cached file, vs files on its page",
-                ["files on the page", "req/s", "p50 / p99", "per request", "errors"],
+                [
+                    "files on the page",
+                    "HEAD (median, sequential)",
+                    "GET req/s",
+                    "p50 / p99",
+                    "per request",
+                    "errors",
+                ],
             ),
         }
         shared_curves["memory"].columns[-1] = "RSS total"
