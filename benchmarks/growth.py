@@ -22,6 +22,8 @@ Items (``--only``):
   and with ``If-None-Match`` (goal: 304 without building it).
 - ``memory``: the same upstream project of N files, on a fresh server: RSS of the server's
   process tree when idle, after its page as HTML, after JSON and after ``/pypi/<name>/json``.
+- ``pages``: N private projects of 10 files; RSS growth after asking each page once as HTML
+  and once as JSON (the caches are capped by entry counts, not bytes).
 - ``firsthash``: N real (tiny) wheels dropped into the packages folder of a running server
   (an atomic rename of a folder); the first ``GET /simple/<name>/`` (pip gives up at 15 s).
 - ``upload``: N private files (stand-ins, 10 per project folder, hashes known beforehand);
@@ -30,9 +32,10 @@ Items (``--only``):
   server spends per second (its 1 s poll).
 - ``eviction``: N blobs in a ``BlobStore`` folder (in this process): ``shrink`` with nothing
   to evict (the walk the first download after every start pays) and ``shrink`` with the
-  cache 1 byte over its limit (evicts ~10%), per evicted blob.
-- ``filereq``: an upstream project of N files; requests per second for one small cached file
-  of it (the page is searched for the filename on every request).
+  cache 1 byte over its limit (it evicts down to 90%: ~10% of N).
+- ``filereq``: an upstream project of N files; the median latency of sequential HEADs of one
+  small cached file of it, and GET requests per second (the page is searched for the filename
+  on every request).
 
 Everything runs on 127.0.0.1: the fake upstream (``fakeupstream.py``, no added latency) and
 the real server (``tests.serverproc.ProxyServer``, a ``proxyindex serve`` subprocess of this
