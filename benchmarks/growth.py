@@ -332,15 +332,17 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def wait_idle(pid: int, *, busy: float = 0.25, timeout: float = 600.0) -> float:
-    """Block until the process tree uses under ``busy`` of a core over one second (background
-    work such as the start-up warm-up is done); returns the seconds waited."""
+def wait_idle(pid: int, *, busy: float = 0.25, quiet: int = 3, timeout: float = 900.0) -> float:
+    """Block until the process tree used under ``busy`` of a core in each of ``quiet``
+    consecutive seconds (background work such as the start-up warm-up is done; one quiet
+    second is not enough on a shared machine, where a busy process may get little CPU);
+    returns the seconds waited."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
+    calm = 0
+    while calm < quiet and time.monotonic() - started < timeout:
         before = cpu_seconds(pid)
         time.sleep(1.0)
-        if cpu_seconds(pid) - before < busy:
-            break
+        calm = calm + 1 if cpu_seconds(pid) - before < busy else 0
     return time.monotonic() - started
 
 
@@ -787,7 +789,7 @@ def bench_upload(ctx: Context, sizes: Sequence[int]) -> Curve:
         storage.close()
         progress(f"upload N={n:,}: tree and hashes ready in {time.monotonic() - started:.0f}s")
         with ctx.upstream() as up, proxy(ctx, where, up.simple_url) as srv:
-            wait_idle(srv.pid)
+            progress(f"upload N={n:,}: server idle after {wait_idle(srv.pid):.0f}s")
             before, t0 = cpu_seconds(srv.pid), time.monotonic()
             time.sleep(5)
             idle_cpu = (cpu_seconds(srv.pid) - before) / (time.monotonic() - t0)
