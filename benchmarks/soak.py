@@ -239,7 +239,12 @@ class Soak:
         accept = self.rng.choice((PIP_ACCEPT, JSON_ACCEPT, "text/html", "*/*"))
         private = name.startswith("soak-private")
         status, body = await self.request(
-            session, "page", "GET", f"/simple/{name}/", {200}, headers={"Accept": accept}
+            session,
+            "page (private)" if private else "page",
+            "GET",
+            f"/simple/{name}/",
+            {200},
+            headers={"Accept": accept},
         )
         if status == 200 and accept == JSON_ACCEPT and not private:
             self.learn_urls(f"/simple/{name}/", body)
