@@ -109,11 +109,22 @@ class ProjectIndex:
         # Called with each page a client's request brought fresh from the upstream; requests
         # that only look (upload checks, the prefetcher itself) pass prefetch=False.
         self.on_page_fetched: Callable[[ProjectPage], None] | None = None
+        self._catching_up: asyncio.Future[bool] | None = None
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def catch_up(self) -> None:
+        """Bring private storage up to date first if another worker changed it (an upload
+        answered by one worker is then visible on the next request to any other). Concurrent
+        requests share one rescan."""
+        if not self.storage.stale():
+            return
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(asyncio.to_thread(self.storage.rescan))
+        await asyncio.shield(self._catching_up)
 
     def owner(self, name: NormalizedName) -> Owner:
         # A name that had private files stays private when they are removed (a tombstone).
@@ -247,6 +258,7 @@ class ProjectIndex:
 
     async def page(self, name: NormalizedName) -> Resolved:
         """The merged page for ``name``; NotFound if no source has it."""
+        await self.catch_up()
         owner = self.owner(name)
         private: ProjectPage | None = None
         entry: PageEntry | None = None
@@ -272,6 +284,8 @@ class ProjectIndex:
         The hot path (a page already rendered, still fresh, private storage unchanged) is a
         dict lookup: no await, no policy, no merge.
         """
+        if self.storage.stale():
+            await self.catch_up()
         now = time.time()
         cached = self._rendered.get((name, fmt))
         if (
@@ -327,6 +341,7 @@ class ProjectIndex:
 
     async def locate(self, name: NormalizedName, filename: str) -> Path | DistFile:
         """A private file's path, or the upstream file to serve through the cache."""
+        await self.catch_up()
         owner = self.owner(name)
         if owner is not Owner.UPSTREAM:
             path = self.storage.locate(name, filename)
