@@ -116,7 +116,7 @@ async def test_project_page_lists_versions_newest_first_with_hashes_and_readme(
     ]
     client = await make_app_client()
     body = await text_of(client, "/ui/projects/corp-tools/")
-    versions = re.findall(r'<li class="release" id="v([^"]+)"', body)
+    versions = re.findall(r'<tbody class="release" id="v([^"]+)"', body)
     assert versions == ["1.10", "1.9", "1.0"]
     for wheel in wheels:
         assert hashlib.sha256(wheel.read_bytes()).hexdigest() in body

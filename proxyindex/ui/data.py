@@ -259,7 +259,8 @@ class Chart:
     width: int
     height: int
     bars: list[Bar]
-    hit_line: str  # polyline points of the hit rate, minutes with lookups only
+    hit_line: str  # the hit rate as SVG polyline points, minutes with lookups only
+    hit_points: list[tuple[float, float]]
     peak: int
     bar_width: float
 
@@ -269,7 +270,7 @@ def chart(minutes: Sequence[Minute], width: int = 600, height: int = 120) -> Cha
     peak = max((m.requests for m in minutes), default=0)
     step = width / max(1, len(minutes))
     bars = []
-    points = []
+    points: list[tuple[float, float]] = []
     for i, minute in enumerate(minutes):
         h = (minute.requests / peak * (height - 4)) if peak else 0.0
         clock = time.strftime("%H:%M", time.gmtime(minute.start))
@@ -283,8 +284,9 @@ def chart(minutes: Sequence[Minute], width: int = 600, height: int = 120) -> Cha
         )
         if minute.lookups:
             rate = minute.hits / minute.lookups
-            points.append(f"{i * step + step / 2:.1f},{height - rate * (height - 4):.1f}")
-    return Chart(width, height, bars, " ".join(points), peak, round(max(1.0, step - 1), 1))
+            points.append((round(i * step + step / 2, 1), round(height - rate * (height - 4), 1)))
+    line = " ".join(f"{x},{y}" for x, y in points)
+    return Chart(width, height, bars, line, points, peak, round(max(1.0, step - 1), 1))
 
 
 def hit_rate(minutes: Iterable[Minute]) -> tuple[int, int]:
