@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import pytest
 from playwright.sync_api import Browser, Error, Page, sync_playwright
 
 from proxyindex.auth import add_user
+from tests.clients import client_env, run
 from tests.conftest import MakeProxy
 from tests.fakepypi import FakePyPI
 from tests.serverproc import REPO_ROOT, ProxyServer
@@ -201,3 +203,29 @@ def test_with_list_protected_projects_need_a_login_and_home_does_not(
     assert resp is not None and resp.status == 200
     assert page.locator(".release th.ver").first.inner_text() == "1.10"
     alice.close()
+
+
+@pytest.mark.e2e
+def test_what_a_person_copies_from_the_pages_works_with_pip(
+    browser: Browser, make_proxy: MakeProxy, client_tmp: Path
+) -> None:
+    """The pip.conf of the home page and the install command of a project page, as the
+    browser shows them, given to a real pip."""
+    server = proxy_with_projects(make_proxy)
+    base = server.url.rstrip("/")
+    page = browser.new_page()
+    page.goto(base + "/")
+    pip_conf = page.locator(".snippet", has_text="pip.conf").locator("pre").inner_text()
+    page.goto(base + "/ui/projects/corp-tools/")
+    command = page.inner_text(".install").split()
+    page.close()
+    conf = client_tmp / "pip.conf"
+    conf.write_text(pip_conf)
+    env = client_env(client_tmp, PIP_CONFIG_FILE=str(conf))
+    pip = [sys.executable, "-m", "pip"]
+    run([*pip, "download", "--no-deps", "-d", client_tmp / "dl", "corp-utils"], env, client_tmp)
+    assert [p.name for p in (client_tmp / "dl").iterdir()] == ["corp_utils-0.3-py3-none-any.whl"]
+    assert command[:2] == ["pip", "install"]
+    target = client_tmp / "target"
+    run([*pip, *command[1:], "--target", target], client_env(client_tmp), client_tmp)
+    assert (target / "corp_tools-1.10.dist-info").is_dir()
