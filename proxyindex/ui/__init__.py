@@ -7,6 +7,7 @@ does. :func:`setup` adds the routes, the template environment, and the request c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -51,6 +52,14 @@ async def _count_page_fetches(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _load_templates(app: web.Application) -> AsyncIterator[None]:
+    """Read and compile the templates in a thread at start-up, not on the event loop when
+    the first page is asked for."""
+    env = aiohttp_jinja2.get_env(app)
+    await asyncio.to_thread(lambda: [env.get_template(name) for name in env.list_templates()])
+    yield
+
+
 def setup(app: web.Application) -> None:
     """Add the UI to ``app`` (before its catch-all routes); ``GET /`` is the UI home."""
     aiohttp_jinja2.setup(
@@ -58,10 +67,12 @@ def setup(app: web.Application) -> None:
         loader=jinja2.FileSystemLoader(_HERE / "templates"),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # templates are package files: no stat() per page
     )
     app[STATS] = Stats()
     app[views.USAGE] = views.UsageMemo()
     app.middlewares.append(stats_middleware)
+    app.cleanup_ctx.append(_load_templates)
     app.cleanup_ctx.append(_count_page_fetches)
     app.router.add_get("/", views.home)
     app.router.add_get("/ui/projects/", views.projects)

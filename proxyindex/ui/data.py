@@ -11,7 +11,7 @@ import email.policy
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -139,21 +139,31 @@ def releases(page: ProjectPage) -> list[Release]:
 class Description:
     summary: str
     html: str | None  # sanitised by readme-renderer (nh3); None when there is no description
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
-@lru_cache(maxsize=256)
+_CACHED_METADATA = 256 * 1024  # larger METADATA files are rendered each time, not kept
+
+
 def describe(raw: bytes) -> Description:
+    """:func:`render_description`, remembered for the last 64 (small) METADATA files."""
+    return _describe_cached(raw) if len(raw) <= _CACHED_METADATA else render_description(raw)
+
+
+@lru_cache(maxsize=64)
+def _describe_cached(raw: bytes) -> Description:
+    return render_description(raw)
+
+
+def render_description(raw: bytes) -> Description:
     """Summary and long description of a METADATA file, the description rendered to HTML as
     PyPI does (readme-renderer: Markdown, reStructuredText or plain text, then sanitised, so
     a ``<script>`` or an ``onerror=`` in a README is text, never code). Pure; CPU-bound."""
     message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
-    fields = {k: str(v) for k, v in message.items() if k not in ("Description",)}
     body = message.get_payload()
     text = body if isinstance(body, str) and body.strip() else str(message.get("Description", ""))
     summary = str(message.get("Summary", "")).strip()
     if not text.strip():
-        return Description(summary, None, fields)
+        return Description(summary, None)
     content_type = str(message.get("Description-Content-Type", "text/x-rst")).lower()
     rendered: str | None
     if content_type.startswith("text/markdown"):
@@ -165,7 +175,7 @@ def describe(raw: bytes) -> Description:
         rendered = rst.render(text)
     if rendered is None:  # invalid reStructuredText: show it as text, as PyPI does
         rendered = txt.render(text)
-    return Description(summary, rendered, fields)
+    return Description(summary, rendered)
 
 
 # --- cache ------------------------------------------------------------------------------
