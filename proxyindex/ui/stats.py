@@ -123,7 +123,7 @@ async def stats_middleware(request: web.Request, handler: Handler) -> web.Stream
     stats.request()
     response = await handler(request)
     resource = request.match_info.route.resource
-    if resource is None or response.status != 200:
+    if resource is None or response.status not in (200, 304):  # 304: a revalidated hit
         return response
     route = resource.canonical
     if route not in _PAGE_ROUTES and route != _FILE_ROUTE:
