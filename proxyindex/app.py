@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from proxyindex import appkeys, upload, views
+from proxyindex import appkeys, ui, upload, views
 from proxyindex.auth import PUBLIC, Authenticator
 from proxyindex.cache import BlobStore, PageCache
 from proxyindex.config import Config
@@ -199,12 +199,13 @@ _ACTIONS: dict[str, dict[str, str]] = {
     "/pypi/{name}/json/": {"GET": "list", "HEAD": "list"},
     "/pypi/{name}/{version}/json": {"GET": "list", "HEAD": "list"},
     "/pypi/{name}/{version}/json/": {"GET": "list", "HEAD": "list"},
-    "/": {"GET": PUBLIC, "HEAD": PUBLIC, "POST": "upload"},
+    "/": {**ui.HOME_ACTIONS, "POST": "upload"},
     "/legacy": {"POST": "upload"},
     "/legacy/": {"POST": "upload"},
     # pypiserver-style project URLs at the root redirect to /simple/<name>/ (a listing).
     "/{name}/": {"GET": "list", "HEAD": "list"},
     "/{name}": {"GET": "list", "HEAD": "list"},
+    **ui.ACTIONS,  # the web UI (proxyindex/ui): home and stylesheet PUBLIC, the rest "list"
 }
 _UNLISTED = "unlisted route"  # not an action anyone can leave unprotected
 
@@ -225,7 +226,6 @@ def create_app(config: Config) -> web.Application:
     app[appkeys.AUTH] = Authenticator(config.auth)
     app.cleanup_ctx.append(_auth_resources)
     app.cleanup_ctx.append(_resources)
-    app.router.add_get("/", views.home)
     app.router.add_get("/health", views.health)
     app.router.add_get("/ready", views.ready)
     app.router.add_get("/simple/", views.root_page)
@@ -238,6 +238,7 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get(path + "/", views.project_json)
     for path in ("/", "/legacy", "/legacy/"):
         app.router.add_post(path, upload.handle_upload)
+    ui.setup(app)  # GET / and /ui/...: before the catch-all routes below
     # pypiserver-style index URLs (the server root): any fixed route above matches first.
     app.router.add_get("/{name}/", views.root_name_redirect)
     app.router.add_get("/{name}", views.root_name_redirect)
