@@ -146,6 +146,9 @@ class Soak:
         self.server: ProxyServer | None = None
         self.upstream_files: list[Dist] = []
         self.private_versions: dict[str, int] = {}
+        # Names with an accepted upload: only those have a page (a name whose first upload is
+        # still on its way, or failed, is reserved and answers 404, rightly).
+        self.private_listed: set[str] = set()
         self.deadline = 0.0
         self.builds = work / "builds"
 
@@ -230,13 +233,18 @@ class Soak:
             [
                 f"soak-up-{self.rng.randrange(UPSTREAM_PROJECTS)}",
                 "soak-app",
-                *self.private_versions,
+                *sorted(self.private_listed),
             ]
         )
         accept = self.rng.choice((PIP_ACCEPT, JSON_ACCEPT, "text/html", "*/*"))
         private = name.startswith("soak-private")
         status, body = await self.request(
-            session, "page", "GET", f"/simple/{name}/", {200}, headers={"Accept": accept}
+            session,
+            "page (private)" if private else "page",
+            "GET",
+            f"/simple/{name}/",
+            {200},
+            headers={"Accept": accept},
         )
         if status == 200 and accept == JSON_ACCEPT and not private:
             self.learn_urls(f"/simple/{name}/", body)
@@ -326,6 +334,7 @@ class Soak:
         status = await self.upload(session, path, "upload", {200})
         if status == 200:
             self.stats.uploads_ok[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            self.private_listed.add(project)
 
     async def re_upload(self, session: aiohttp.ClientSession, same: bool) -> None:
         if not self.stats.uploads_ok:

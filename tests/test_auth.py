@@ -25,6 +25,7 @@ from proxyindex.config import AuthConfig, load_config
 from proxyindex.web import app as app_module
 from proxyindex.web import appkeys
 from proxyindex.web.app import create_app
+from tests.clients import run_twine_upload
 from tests.conftest import MakeAppClient, MakeProxy
 from tests.fakepypi import FakePyPI
 from tests.test_upload import form, stored, upload
@@ -257,6 +258,20 @@ async def test_uploads_without_an_htpasswd_are_refused_with_403_saying_how_to_en
     assert "auth.anonymous_upload = true" in text
     assert stored(tmp_path) == []
     assert (await client.get("/simple/")).status == 200  # reads stay open
+
+
+@pytest.mark.e2e
+def test_twine_with_made_up_credentials_cannot_upload_to_a_fresh_install(
+    make_proxy: MakeProxy, tmp_path: Path, client_tmp: Path
+) -> None:
+    """The issue's story with the real client: no htpasswd, any user name and password."""
+    proxy = make_proxy()
+    wheel = make_wheel(tmp_path / "dist", "totally-new-name", "1.0")
+    result = run_twine_upload(client_tmp, proxy.upload_url, [wheel], "made", "up", check=False)
+    assert result.returncode != 0
+    assert "403" in result.stdout + result.stderr
+    packages = proxy.config.parent / "packages"
+    assert not list(packages.rglob("*.whl"))
 
 
 async def test_uploads_need_a_login_even_if_protect_leaves_upload_out(

@@ -110,6 +110,10 @@ async def test_a_removed_filename_comes_back_only_with_the_same_bytes(
     assert resp.status == 400
     assert (await resp.text()).startswith("This filename has already been used")
     assert not (tmp_path / "packages" / "corp-lib" / wheel.name).exists()
+    respelt = make_wheel(tmp_path / "respelt", "corp-lib", "1.0.0", modules={"corp_lib": "y"})
+    resp = await upload(client, form(respelt))  # 1.0.0 is release 1.0 under another spelling
+    assert resp.status == 400
+    assert wheel.name in await resp.text()
     newer = make_wheel(tmp_path / "newer", "corp-lib", "1.1")
     assert (await upload(client, form(newer))).status == 200  # a new version is welcome
 

@@ -7,14 +7,17 @@ import hashlib
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.clients import run_pip_install, run_twine_upload
 from tests.conftest import MakeProxy
 from tests.fakepypi import FakePyPI
+from tests.wheelmaker import make_wheel
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +49,38 @@ def test_workers_share_the_port_and_download_each_file_once(
     wheel_gets = [r for r in fake_pypi.requests_for("/files/") if r.path.endswith(".whl")]
     assert len(wheel_gets) == 1
     assert fake_pypi.count("/simple/demo-pkg/") <= 3  # at most one page fetch per worker
+
+
+def test_an_upload_through_one_worker_is_seen_at_once_by_every_other(
+    make_proxy: MakeProxy, tmp_path: Path, client_tmp: Path
+) -> None:
+    """Each worker keeps its own view of the packages folder; without the shared change counter
+    the other workers saw an upload only at their next poll (a second later): 32 of 60 page
+    requests made right after an upload answered 404, and ``twine upload`` then ``pip install``
+    failed about half the time."""
+    proxy = make_proxy(
+        server={"workers": 3},
+        auth={"anonymous_upload": True},
+        private={"reserved": ["acme-*"]},
+    )
+    for n in range(4):
+        wheel = make_wheel(tmp_path / f"dist{n}", f"acme-tool-{n}", "1.0")
+        run_twine_upload(client_tmp / f"up{n}", proxy.upload_url, [wheel], "any", "any")
+        statuses = [_status(f"{proxy.url}/simple/acme-tool-{n}/") for _ in range(8)]
+        assert statuses == [200] * 8, (n, statuses)
+    report = run_pip_install(
+        client_tmp / "pip", proxy.index_url, "acme-tool-3", target=client_tmp / "target"
+    )
+    assert report.versions() == {"acme-tool-3": "1.0"}
+
+
+def _status(url: str) -> int:
+    """One GET on a new connection (so the kernel may hand it to any worker)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - http://127.0.0.1
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_workers_stop_when_their_parent_dies(make_proxy: MakeProxy) -> None:

@@ -60,12 +60,16 @@ def _metadata(
     version: str,
     requires_dist: Sequence[str],
     requires_python: str | None,
+    description: str | None = None,
 ) -> bytes:
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     lines.append(f"Summary: {name} built by tests/wheelmaker.py")
     if requires_python is not None:
         lines.append(f"Requires-Python: {requires_python}")
     lines.extend(f"Requires-Dist: {req}" for req in requires_dist)
+    if description is not None:  # the long description: the message body (Metadata 2.1)
+        lines.append("Description-Content-Type: text/markdown")
+        return ("\n".join(lines) + "\n\n" + description).encode()
     return ("\n".join(lines) + "\n\n").encode()
 
 
@@ -94,8 +98,11 @@ def make_wheel(
     requires_python: str | None = None,
     modules: Mapping[str, str] | None = None,
     tag: str = "py3-none-any",
+    description: str | None = None,
 ) -> Path:
     """Write ``{name}-{version}-{tag}.whl`` into ``dest_dir`` and return its path.
+
+    ``description`` becomes the METADATA body, a Markdown long description.
 
     ``modules`` maps archive paths to source text; by default one package
     ``{import_name}/__init__.py`` defining ``__version__``. ``name`` is written verbatim into
@@ -112,7 +119,10 @@ def make_wheel(
     )
     members: list[tuple[str, bytes]] = [(path, text.encode()) for path, text in files.items()]
     members.append(
-        (f"{dist_info}/METADATA", _metadata(name, version, requires_dist, requires_python))
+        (
+            f"{dist_info}/METADATA",
+            _metadata(name, version, requires_dist, requires_python, description),
+        )
     )
     members.append((f"{dist_info}/WHEEL", wheel_file.encode()))
     record_lines = [f"{path},{_record_hash(data)},{len(data)}" for path, data in members]

@@ -90,6 +90,17 @@ class ProjectIndex:
         self._rendered: LRU[tuple[NormalizedName, SimpleFormat], _Rendering] = LRU(
             2 * _MEMORY_PAGES
         )
+        self._catching_up: asyncio.Future[bool] | None = None
+
+    async def catch_up(self) -> None:
+        """Bring private storage up to date first if another worker changed it (an upload
+        answered by one worker is then visible on the next request to any other). Concurrent
+        requests share one rescan."""
+        if not self.storage.stale():
+            return
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(asyncio.to_thread(self.storage.rescan))
+        await asyncio.shield(self._catching_up)
 
     def owner(self, name: NormalizedName) -> Owner:
         # A name that had private files stays private when they are removed (a tombstone).
@@ -110,6 +121,7 @@ class ProjectIndex:
 
     async def page(self, name: NormalizedName) -> Resolved:
         """The merged page for ``name``; NotFound if no source has it."""
+        await self.catch_up()
         owner = self.owner(name)
         private: ProjectPage | None = None
         checked: Checked | None = None
@@ -136,6 +148,8 @@ class ProjectIndex:
         The hot path (a page already rendered, still fresh, private storage unchanged) is a
         dict lookup: no await, no policy, no merge.
         """
+        if self.storage.stale():
+            await self.catch_up()
         now = time.time()
         cached = self._rendered.get((name, fmt))
         if (
@@ -190,6 +204,7 @@ class ProjectIndex:
 
     async def locate(self, name: NormalizedName, filename: str) -> Path | DistFile:
         """A private file's path, or the upstream file to serve through the cache."""
+        await self.catch_up()
         owner = self.owner(name)
         if owner is not Owner.UPSTREAM:
             path = self.storage.locate(name, filename)

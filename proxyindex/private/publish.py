@@ -19,7 +19,12 @@ from packaging.version import InvalidVersion, Version
 
 from proxyindex import fsutil
 from proxyindex.config import PrivateConfig
-from proxyindex.distname import DistFilename, InvalidDistFilename, parse_dist_filename
+from proxyindex.distname import (
+    DistFilename,
+    InvalidDistFilename,
+    parse_dist_filename,
+    release_of,
+)
 from proxyindex.errors import FileExists, Forbidden, InvalidRequest, NotFound, UpstreamError
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.models import is_valid_name, normalize
@@ -148,14 +153,19 @@ def _exists_message(filename: str, sha256: str, uploaded: str | None) -> str:
 
 
 def _check_filename_reuse(storage: PrivateStorage, dist: DistFilename, sha256: str) -> None:
-    """A removed filename may only come back with the same bytes: a pinned hash in someone's
-    lock file must never meet different content under the same name (PyPI never allows it)."""
+    """A removed release file may only come back with the same bytes: a pinned hash in
+    someone's lock file must never meet different content under the same release, whatever
+    the filename's spelling (``1.0`` and ``1.0.0`` are one release; PyPI never allows it)."""
     removed = storage.private_names.removed_files(dist.name)
-    if dist.filename in removed and removed[dist.filename] != sha256:
+    for filename, removed_sha256 in removed.items():
+        old = release_of(filename)
+        if old is None or old.release_key != dist.release_key or removed_sha256 == sha256:
+            continue
         # PyPI's wording and status (400), so twine users recognise it.
         raise InvalidRequest(
             f"This filename has already been used, use a different version: {dist.filename} "
-            "was removed and can only be uploaded again with the same content"
+            f"is the release file {filename} that was removed; it can only be uploaded again "
+            "with the same content"
         )
 
 

@@ -34,6 +34,7 @@ from proxyindex import fsutil
 from proxyindex.diskstore import open_cache
 from proxyindex.distname import DistFilename, release_of
 from proxyindex.models import DistFile, Origin, ProjectPage
+from proxyindex.private.changeboard import ChangeBoard
 from proxyindex.private.tombstones import PrivateNames
 from proxyindex.simple import project_versions
 
@@ -217,6 +218,14 @@ class PrivateStorage:
         self.generation = 0
         # Every name that ever had a private file, kept in the packages folder (tombstones).
         self.private_names = PrivateNames(root)
+        # What the other worker processes of this host changed (see changeboard).
+        self._board = ChangeBoard(meta_dir / "changes")
+        self._board_seen = self._board.read()
+
+    def stale(self) -> bool:
+        """True when another process changed the packages folder since this view caught up
+        (a shared-memory read: cheap enough for every request that reads private data)."""
+        return self._board.read() != self._board_seen
 
     def stop_warming(self) -> None:
         """Make a running :meth:`warm` return soon (shutdown must not wait for 100k hashes)."""
@@ -225,6 +234,7 @@ class PrivateStorage:
     def close(self) -> None:
         self._stop.set()
         self._store.close()
+        self._board.close()
 
     # --- scanning -------------------------------------------------------------------------
 
@@ -271,42 +281,51 @@ class PrivateStorage:
         folder, and a dropped-in file costs a listing of its folder.
         """
         with self._lock:
-            if self.private_names.refresh():  # another process recorded or released names
-                self.private_names.record_seen(self._projects)
-                self.generation += 1
-            root = str(self.root)
-            seen: dict[str, _DirState] = {}
-            changed: list[tuple[str, _DirState | None, _DirState | None]] = []
-            unreadable: set[str] = set()
-            pending = [root]
-            while pending:
-                directory = pending.pop()
-                old = self._dirs.get(directory)
-                try:
-                    state = self._fresh_state(directory, old)
-                except FileNotFoundError:
-                    if directory == root:
-                        unreadable.add(directory)  # a missing root is a failing mount
-                        break
-                    continue  # removed: its projects go with it
-                except OSError:
-                    # Unreadable (permissions, a failing disk or mount): keep what we knew.
-                    # Forgetting would make its private names fall through to the upstream
-                    # (dependency confusion, DC-04).
-                    unreadable.add(directory)
-                    if old is None:
-                        continue
-                    state = old
-                if state is not old:
-                    changed.append((directory, old, state))
-                seen[directory] = state
-                pending.extend(state.subdirs)
-            self._report_unreadable(unreadable)
-            if root in unreadable:
-                return False  # nothing can be told about any file: keep the whole view
-            changed.extend((d, self._dirs[d], None) for d in self._dirs.keys() - seen.keys())
-            self._dirs = seen
-            return self._update(changed)
+            board = self._board.read()  # before looking: a later change is caught next time
+            changed = self._rescan()
+            if changed:
+                self._board.bump()  # tell the other workers
+            self._board_seen = board
+            return changed
+
+    def _rescan(self) -> bool:
+        # Caller holds self._lock.
+        if self.private_names.refresh():  # another process recorded or released names
+            self.private_names.record_seen(self._projects)
+            self.generation += 1
+        root = str(self.root)
+        seen: dict[str, _DirState] = {}
+        changed: list[tuple[str, _DirState | None, _DirState | None]] = []
+        unreadable: set[str] = set()
+        pending = [root]
+        while pending:
+            directory = pending.pop()
+            old = self._dirs.get(directory)
+            try:
+                state = self._fresh_state(directory, old)
+            except FileNotFoundError:
+                if directory == root:
+                    unreadable.add(directory)  # a missing root is a failing mount
+                    break
+                continue  # removed: its projects go with it
+            except OSError:
+                # Unreadable (permissions, a failing disk or mount): keep what we knew.
+                # Forgetting would make its private names fall through to the upstream
+                # (dependency confusion, DC-04).
+                unreadable.add(directory)
+                if old is None:
+                    continue
+                state = old
+            if state is not old:
+                changed.append((directory, old, state))
+            seen[directory] = state
+            pending.extend(state.subdirs)
+        self._report_unreadable(unreadable)
+        if root in unreadable:
+            return False  # nothing can be told about any file: keep the whole view
+        changed.extend((d, self._dirs[d], None) for d in self._dirs.keys() - seen.keys())
+        self._dirs = seen
+        return self._update(changed)
 
     def _fresh_state(self, directory: str, old: _DirState | None) -> _DirState:
         mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116 - str paths: 100k folders

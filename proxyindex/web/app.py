@@ -7,12 +7,12 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
+from proxyindex import ui
 from proxyindex.auth.authenticator import PUBLIC, Authenticator
 from proxyindex.config import Config
 from proxyindex.errors import (
@@ -30,10 +30,11 @@ from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient
 from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.network import ProxyRoutes, tls_context
-from proxyindex.upstream.pages import UpstreamPages
+from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.readiness import UpstreamMonitor
 from proxyindex.web import appkeys, upload, views
+from proxyindex.web.routes import Handler, Route
 
 __all__ = ["create_app"]
 
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _SCAN_INTERVAL = 1.0  # seconds: a dropped file shows within ~1 s (the promise is 2 s)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _reason(message: str) -> str:
@@ -129,6 +128,17 @@ async def _list_page_names(pages: PageCache) -> None:
         log.exception("could not list the cached pages")
 
 
+def _all_of(listeners: list[PageListener]) -> PageListener | None:
+    if not listeners:
+        return None
+
+    def fetched(page: ProjectPage) -> None:
+        for listener in listeners:
+            listener(page)
+
+    return fetched
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -179,8 +189,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             return await index.upstream_page_for_prefetch(name)
 
         prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
-        listener = prefetcher.page_fetched if config.upstream.prefetch else None
-        upstream_pages = UpstreamPages(config.upstream, pages, upstream, listener)
+        listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
+        if config.upstream.prefetch:
+            listeners.append(prefetcher.page_fetched)
+        upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
         stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
         index = ProjectIndex(config, storage, upstream_pages)
@@ -207,27 +219,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One route and the action it needs (README "Users, tokens and access"): a GET route
-    answers HEAD with the same action."""
-
-    method: str
-    path: str
-    handler: Handler
-    action: str
-
-
 async def _simple_slash(_request: web.Request) -> web.StreamResponse:
     raise web.HTTPMovedPermanently("/simple/")
 
 
 # The one route table: every route names its action, PUBLIC only on purpose. A route added
 # without it (``app.router.add_get`` elsewhere) needs a login whenever auth is on (fail closed),
-# and tests/test_auth.py fails for it. Order matters: the pypiserver-style root URLs last, so
-# every fixed route above matches first.
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "/", views.home, PUBLIC),
+# and tests/test_auth.py fails for it. Order matters: the web UI (``GET /``, ``/ui/...``) and
+# then the pypiserver-style root URLs last, so every fixed route above matches first.
+_INDEX_ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", views.health, PUBLIC),
     # Load balancers and Kubernetes probe it without credentials; it names no project.
     Route("GET", "/ready", views.ready, PUBLIC),
@@ -243,10 +243,13 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/", upload.handle_upload, "upload"),
     Route("POST", "/legacy", upload.handle_upload, "upload"),
     Route("POST", "/legacy/", upload.handle_upload, "upload"),
-    # pypiserver-style project URLs at the root redirect to /simple/<name>/ (a listing).
+)
+# pypiserver-style project URLs at the root redirect to /simple/<name>/ (a listing).
+_ROOT_NAME_ROUTES = (
     Route("GET", "/{name}/", views.root_name_redirect, "list"),
     Route("GET", "/{name}", views.root_name_redirect, "list"),
 )
+ROUTES: tuple[Route, ...] = (*_INDEX_ROUTES, *ui.ROUTES, *_ROOT_NAME_ROUTES)
 
 
 def _action_table(routes: tuple[Route, ...]) -> dict[tuple[str, str], str]:
@@ -275,9 +278,8 @@ def create_app(config: Config) -> web.Application:
     app[appkeys.AUTH] = Authenticator(config.auth)
     app.cleanup_ctx.append(_auth_resources)
     app.cleanup_ctx.append(_resources)
+    app[appkeys.PAGE_LISTENERS] = []
+    ui.setup(app)
     for route in ROUTES:
-        if route.method == "GET":
-            app.router.add_get(route.path, route.handler)  # and HEAD
-        else:
-            app.router.add_route(route.method, route.path, route.handler)
+        route.add_to(app.router)
     return app

@@ -11,6 +11,7 @@ from proxyindex.index.root import RootIndex
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.downloads import Downloader
+from proxyindex.upstream.pages import PageListener
 from proxyindex.upstream.readiness import UpstreamMonitor
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "IDENTITY",
     "INDEX",
     "PAGES",
+    "PAGE_LISTENERS",
     "ROOT",
     "STORAGE",
     "UPSTREAM_CHECK",
@@ -35,6 +37,8 @@ INDEX = web.AppKey("index", ProjectIndex)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 ROOT = web.AppKey("root", RootIndex)
 UPSTREAM_CHECK = web.AppKey("upstream_check", UpstreamMonitor)
+# Told of each page a client's request brought from the upstream (set up before the start).
+PAGE_LISTENERS: web.AppKey[list[PageListener]] = web.AppKey("page_listeners")
 
 # Per request: who logged in (set by the auth middleware when a login was checked).
 IDENTITY = web.RequestKey("identity", Identity)

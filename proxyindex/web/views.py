@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
 from functools import lru_cache
 from pathlib import Path
 from typing import NoReturn
@@ -33,7 +32,6 @@ from proxyindex.web.responses import (
 __all__ = [
     "dist_file",
     "health",
-    "home",
     "project_json",
     "project_page",
     "project_redirect",
@@ -324,19 +322,3 @@ async def ready(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         body, status=503 if problems else 200, headers={hdrs.CACHE_CONTROL: "no-store"}
     )
-
-
-_HOME = """<!DOCTYPE html>
-<html><head><title>proxyindex</title></head><body>
-<h1>proxyindex</h1>
-<p>The package index is at <a href="simple/">simple/</a>:
-<code>pip install --index-url {base}/simple/ PACKAGE</code></p>
-<p>Upload with <code>twine upload --repository-url {base}/ dist/*</code>.</p>
-</body></html>
-"""
-
-
-async def home(request: web.Request) -> web.StreamResponse:
-    base = request.app[appkeys.CONFIG].server.base_url or f"{request.scheme}://{request.host}"
-    # The Host header is the client's to choose: escaped, like everything put into HTML.
-    return web.Response(text=_HOME.format(base=html.escape(base)), content_type="text/html")
