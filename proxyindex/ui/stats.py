@@ -2,9 +2,9 @@
 
 An operator wants to see at a glance whether the cache works (hit rate), what is asked for,
 and how busy the last hour was. Prometheus metrics are a later issue; until then one small
-object on an ``AppKey`` is fed in ONE place (:func:`stats_middleware`, plus the index's
-``on_page_fetched`` hook for page misses). Each worker process (``--workers N``) counts its
-own requests: the page says so.
+object on an ``AppKey`` is fed in ONE place (:func:`stats_middleware`, plus a page listener
+of ``UpstreamPages`` for page misses: ``appkeys.PAGE_LISTENERS``). Each worker process
+(``--workers N``) counts its own requests: the page says so.
 """
 
 from __future__ import annotations
