@@ -63,6 +63,7 @@ _ACCESS_LINE = re.compile(r"proxyindex\.access: \S+ (GET|HEAD) (\S+) (\d{3}) ")
 class Fetched:
     """What proxyindex asked the upstream for in one run, and what the client asked it."""
 
+    root: int = 0
     pages: int = 0
     metadata: int = 0
     files: int = 0
@@ -79,7 +80,9 @@ class Fetched:
             url, size = m.group(2), int(m.group(4) or 0)
             out.bytes += size
             last = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-            if "/simple/" in url:
+            if url.split("?")[0].endswith("/simple/"):
+                out.root += 1
+            elif "/simple/" in url:
                 out.pages += 1
             elif last.endswith(".metadata"):
                 out.metadata += 1
@@ -94,7 +97,7 @@ class Fetched:
 
     def describe(self) -> str:
         return (
-            f"{self.pages} pages, {self.metadata} metadata, {self.files} files, "
+            f"{self.root} root, {self.pages} pages, {self.metadata} metadata, {self.files} files, "
             f"{self.other} other, {self.bytes / 1e6:.1f} MB; never asked by the client: "
             f"{self.unasked_files} files ({self.unasked_bytes / 1e6:.1f} MB)"
         )
