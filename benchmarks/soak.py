@@ -124,7 +124,11 @@ class Stats:
         elif status >= 500:
             pass  # a 5xx is only excused by an upstream fault window
         if not excused:
-            self.unexpected[f"{kind} -> {status}"] += 1
+            key = f"{kind} -> {status}"
+            ends = [w.end for w in self.fault_windows if w.end <= started]
+            if ends and isinstance(status, int) and status >= 500:
+                key += f" ({started - max(ends):.0f} s after the last fault window ended)"
+            self.unexpected[key] += 1
 
 
 @dataclass
@@ -633,11 +637,28 @@ class Soak:
         print(f"lost or corrupt: {lost} (goal 0)")
         tracebacks = log_text.count("Traceback")
         print(f"server log: {len(log_text.encode()) / 1024:.0f} KiB, {tracebacks} tracebacks")
+        for excerpt in _traceback_excerpts(log_text):
+            print("  traceback: " + excerpt)
         if s.unexpected:
             print("unexpected outcomes:")
             for key, n in s.unexpected.most_common(20):
                 print(f"  {n:6d}  {key}")
         return 1 if (lost or s.corrupt_served or unexpected_5xx) else 0
+
+
+def _traceback_excerpts(text: str, most: int = 5) -> list[str]:
+    """The distinct last lines of the server's tracebacks, each with the log line before it."""
+    lines = text.splitlines()
+    found: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback"):
+            continue
+        end = i + 1
+        while end < len(lines) and (lines[end].startswith((" ", "\t")) or not lines[end]):
+            end += 1
+        last = lines[end] if end < len(lines) else "?"
+        found.setdefault(last, f"{lines[i - 1][:160] if i else ''} ... {last[:200]}")
+    return list(found.values())[:most]
 
 
 def basic(user: str, password: str) -> str:
