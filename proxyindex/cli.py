@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
     for flag in _SERVE_FLAGS:
         serve.add_argument(*flag.names, type=flag.type, metavar=flag.metavar, help=flag.help)
+    serve.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="serve only what is cached, never contact the upstream (upstream.offline)",
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     user = commands.add_parser("user", help="manage users of the htpasswd file")
     user_commands = user.add_subparsers(dest="user_command", required=True)
@@ -163,6 +169,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             out.setdefault(flag.section, {})[flag.key] = (
                 str(value) if isinstance(value, Path) else value
             )
+    if getattr(args, "offline", None):
+        out.setdefault("upstream", {})["offline"] = True
     return out
 
 
@@ -275,13 +283,20 @@ def _announce(config: Config, host: str, port: int) -> None:
     storage = config.storage
     log.info("packages: %s", storage.packages)
     log.info("cache: %s", storage.cache)
-    log.info(
-        "upstream: %s (checked %s)",
-        mask_url(config.upstream.url),
-        f"every {config.upstream.check_interval} s, see /ready"
-        if config.upstream.check_interval
-        else "never: upstream.check_interval = 0",
-    )
+    if config.upstream.offline:
+        log.info(
+            "OFFLINE (upstream.offline): serving only what is cached; the upstream %s is "
+            "never contacted",
+            mask_url(config.upstream.url),
+        )
+    else:
+        log.info(
+            "upstream: %s (checked %s)",
+            mask_url(config.upstream.url),
+            f"every {config.upstream.check_interval} s, see /ready"
+            if config.upstream.check_interval
+            else "never: upstream.check_interval = 0",
+        )
     log.info("%s", _auth_summary(config))
     private = config.private
     log.info(

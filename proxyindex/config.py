@@ -102,6 +102,7 @@ class UpstreamConfig:
     negative_ttl: int = 60
     root_ttl: int = 21600
     prefetch: bool = True
+    offline: bool = False
     prefetch_max_size: int = 50 << 20
     proxy: str = ""
     ca_file: Path | None = None

@@ -18,6 +18,7 @@ from proxyindex.config import Config
 from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
+    Offline,
     ProxyIndexError,
     TooManyRequests,
     UpstreamError,
@@ -74,6 +75,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except UpstreamError as exc:
         log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+        return error_response(exc.status, str(exc))
+    except Offline as exc:
+        log.info("%s %s -> 404: %s", request.method, request.path, exc)
         return error_response(exc.status, str(exc))
     except ProxyIndexError as exc:
         return error_response(exc.status, str(exc))
@@ -190,7 +194,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
         prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
         listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
-        if config.upstream.prefetch:
+        if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(prefetcher.page_fetched)
         upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
         stack.push_async_callback(upstream_pages.close)
@@ -207,7 +211,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
         app[appkeys.UPSTREAM_CHECK] = monitor
         interval = config.upstream.check_interval
-        checker = asyncio.create_task(monitor.run_forever()) if interval else None
+        checked = interval and not config.upstream.offline
+        checker = asyncio.create_task(monitor.run_forever()) if checked else None
         scanner = asyncio.create_task(_scan_forever(storage))
         warm = asyncio.create_task(asyncio.to_thread(storage.warm))
         listing = asyncio.create_task(_list_page_names(pages))
