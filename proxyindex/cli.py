@@ -26,6 +26,7 @@ from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
 from proxyindex.models import is_valid_name, normalize
+from proxyindex.private.audit import AuditEvent, AuditLog, audit_path
 from proxyindex.private.tombstones import PrivateNames, scan_names
 from proxyindex.upstream.client import mask_url
 from proxyindex.upstream.network import ProxyRoutes
@@ -439,7 +440,8 @@ def user_command(args: argparse.Namespace) -> int:
 def private_command(args: argparse.Namespace) -> int:
     """``private list-tombstones`` and ``private release NAME``: they edit the names log in
     the packages folder; a running server reads the change within a second."""
-    packages_dir = _load(args).storage.packages
+    config = _load(args)
+    packages_dir = config.storage.packages
     names = PrivateNames(packages_dir)
     names.refresh()
     files = scan_names(packages_dir)
@@ -462,6 +464,11 @@ def private_command(args: argparse.Namespace) -> int:
     if not names.release(name):
         print(f"proxyindex: {name} is not a tombstoned private name", file=sys.stderr)
         return 1
+    # The actor of a CLI change is the operating-system user who ran it.
+    try:
+        AuditLog(audit_path(config)).write(AuditEvent("release", getpass.getuser(), "cli", name))
+    except OSError as exc:
+        print(f"proxyindex: could not write the audit log: {exc}", file=sys.stderr)
     print(f"proxyindex: released {name}: it comes from the upstream again", file=sys.stderr)
     return 0
 

@@ -26,6 +26,7 @@ from proxyindex.errors import (
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.models import ProjectPage
+from proxyindex.private.audit import AuditLog, audit_path
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient
@@ -170,6 +171,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     packages_dir = config.storage.packages
     async with contextlib.AsyncExitStack() as stack:
         await asyncio.to_thread(packages_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(app[appkeys.AUDIT].check)  # unwritable: refuse to start
         # Opening the sqlite files and creating folders block: done in threads, like all
         # file I/O.
         storage = await asyncio.to_thread(PrivateStorage, packages_dir, cache_dir / "private-meta")
@@ -281,6 +283,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[appkeys.CONFIG] = config
     app[appkeys.AUTH] = Authenticator(config.auth)
+    app[appkeys.AUDIT] = AuditLog(audit_path(config))
     app.cleanup_ctx.append(_auth_resources)
     app.cleanup_ctx.append(_resources)
     app[appkeys.PAGE_LISTENERS] = []
