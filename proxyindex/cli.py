@@ -26,6 +26,7 @@ from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
 from proxyindex.models import is_valid_name, normalize
+from proxyindex.private.audit import AuditEvent, AuditLog, audit_path
 from proxyindex.private.tombstones import PrivateNames, scan_names
 from proxyindex.upstream.client import mask_url
 from proxyindex.upstream.network import ProxyRoutes
@@ -95,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
     for flag in _SERVE_FLAGS:
         serve.add_argument(*flag.names, type=flag.type, metavar=flag.metavar, help=flag.help)
+    serve.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="serve only what is cached, never contact the upstream (upstream.offline)",
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     user = commands.add_parser("user", help="manage users of the htpasswd file")
     user_commands = user.add_subparsers(dest="user_command", required=True)
@@ -163,6 +170,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             out.setdefault(flag.section, {})[flag.key] = (
                 str(value) if isinstance(value, Path) else value
             )
+    if getattr(args, "offline", None):
+        out.setdefault("upstream", {})["offline"] = True
     return out
 
 
@@ -275,13 +284,20 @@ def _announce(config: Config, host: str, port: int) -> None:
     storage = config.storage
     log.info("packages: %s", storage.packages)
     log.info("cache: %s", storage.cache)
-    log.info(
-        "upstream: %s (checked %s)",
-        mask_url(config.upstream.url),
-        f"every {config.upstream.check_interval} s, see /ready"
-        if config.upstream.check_interval
-        else "never: upstream.check_interval = 0",
-    )
+    if config.upstream.offline:
+        log.info(
+            "OFFLINE (upstream.offline): serving only what is cached; the upstream %s is "
+            "never contacted",
+            mask_url(config.upstream.url),
+        )
+    else:
+        log.info(
+            "upstream: %s (checked %s)",
+            mask_url(config.upstream.url),
+            f"every {config.upstream.check_interval} s, see /ready"
+            if config.upstream.check_interval
+            else "never: upstream.check_interval = 0",
+        )
     log.info("%s", _auth_summary(config))
     private = config.private
     log.info(
@@ -424,7 +440,8 @@ def user_command(args: argparse.Namespace) -> int:
 def private_command(args: argparse.Namespace) -> int:
     """``private list-tombstones`` and ``private release NAME``: they edit the names log in
     the packages folder; a running server reads the change within a second."""
-    packages_dir = _load(args).storage.packages
+    config = _load(args)
+    packages_dir = config.storage.packages
     names = PrivateNames(packages_dir)
     names.refresh()
     files = scan_names(packages_dir)
@@ -447,6 +464,11 @@ def private_command(args: argparse.Namespace) -> int:
     if not names.release(name):
         print(f"proxyindex: {name} is not a tombstoned private name", file=sys.stderr)
         return 1
+    # The actor of a CLI change is the operating-system user who ran it.
+    try:
+        AuditLog(audit_path(config)).write(AuditEvent("release", getpass.getuser(), "cli", name))
+    except OSError as exc:
+        print(f"proxyindex: could not write the audit log: {exc}", file=sys.stderr)
     print(f"proxyindex: released {name}: it comes from the upstream again", file=sys.stderr)
     return 0
 

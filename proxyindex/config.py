@@ -55,6 +55,7 @@ class ServerConfig:
     idle_timeout: int = 30
     max_connections: int = 1000
     access_log: str = "-"
+    audit_log: str = ""  # "": <data_dir>/audit.jsonl; "off": none; else a file
 
 
 def default_data_dir(environ: Mapping[str, str], euid: int) -> Path:
@@ -102,6 +103,7 @@ class UpstreamConfig:
     negative_ttl: int = 60
     root_ttl: int = 21600
     prefetch: bool = True
+    offline: bool = False
     prefetch_max_size: int = 50 << 20
     proxy: str = ""
     ca_file: Path | None = None
@@ -171,6 +173,8 @@ def _coerce(key: str, kind: Any, value: Any, base_dir: Path) -> Any:
     if kind is str:
         if isinstance(value, str):
             if key == "server.access_log" and value not in ("", "-"):
+                return str(base_dir / Path(value).expanduser())  # a file: like other paths
+            if key == "server.audit_log" and value not in ("", "off"):
                 return str(base_dir / Path(value).expanduser())  # a file: like other paths
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -34,6 +34,7 @@ __all__ = [
     "InvalidRequest",
     "NotAnIndexPage",
     "NotFound",
+    "Offline",
     "ProxyIndexError",
     "TooLarge",
     "TooManyRequests",
@@ -67,6 +68,11 @@ class Forbidden(ClientError):
 
 class NotFound(ClientError):
     status = 404
+
+
+class Offline(NotFound):
+    """What an offline server (``upstream.offline``) has not cached: a 404, so pip and uv
+    move on as for a name not on this index, with a reason that says why."""
 
 
 class FileExists(ClientError):

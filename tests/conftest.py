@@ -56,6 +56,20 @@ def _loopback_never_proxied() -> Iterator[None]:
             os.environ[name] = value
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers write to their data folder even when packages and cache are set apart (the
+    audit log, ``<data_dir>/audit.jsonl``): keep it out of the real home folder, for
+    in-process and subprocess servers alike."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def fake_pypi_server() -> Iterator[FakePyPI]:
     """The one fake upstream of the session; use ``fake_pypi`` in tests."""

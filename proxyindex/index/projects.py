@@ -17,7 +17,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 
 from proxyindex.config import Config
-from proxyindex.errors import NotFound, UpstreamError
+from proxyindex.errors import NotFound, Offline, UpstreamError
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
@@ -130,7 +130,7 @@ class ProjectIndex:
         if owner is not Owner.PRIVATE:
             try:
                 checked = await self.upstream.get(name)
-            except UpstreamError:
+            except (UpstreamError, Offline):
                 if private is None:
                     raise
                 log.warning("upstream failed for merged %s; serving private files only", name)

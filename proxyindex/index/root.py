@@ -132,7 +132,9 @@ class RootIndex:
     async def path(self, fmt: SimpleFormat) -> Path:
         """The prebuilt root file for ``fmt`` (serve with FileResponse: it picks the .gz)."""
         names_mtime = await asyncio.to_thread(self._names_mtime)
-        if time.time() - names_mtime > self._upstream.config.root_ttl:
+        # Offline: the names list as cached (copied from the connected site), never fetched.
+        offline = self._upstream.config.offline
+        if not offline and time.time() - names_mtime > self._upstream.config.root_ttl:
             self.refresh_in_background()
             if not names_mtime and self._refresh is not None:
                 # Never fetched: an empty list would look like an empty index, so wait for

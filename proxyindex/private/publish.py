@@ -29,6 +29,7 @@ from proxyindex.errors import FileExists, Forbidden, InvalidRequest, NotFound, U
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.policy import Owner
+from proxyindex.private.audit import Audit
 from proxyindex.private.sdistcheck import read_sdist_pkg_info
 from proxyindex.private.storage import (
     Conflict,
@@ -204,6 +205,7 @@ async def publish(
     config: PrivateConfig,
     received: Received,
     dist: DistFilename,
+    audit: Audit | None = None,
 ) -> str:
     """Check the upload (digests, metadata, a removed filename's bytes, shadowing) and store
     it (U-05); the line that tells the client what happened."""
@@ -217,10 +219,26 @@ async def publish(
             _check_filename_reuse(storage, dist, sha256)
         await _check_shadowing(index, config, dist.name)
     result = await asyncio.to_thread(storage.add, received.temp, dist, sha256, overwrite=overwrite)
-    if isinstance(result, Same):
-        return f"{dist.filename} already stored with the same content as {result.existing}"
     if isinstance(result, Conflict):
         raise FileExists(_exists_message(result.existing, result.sha256, dist.filename))
+    if audit is not None:
+        version = str(dist.version)
+        if isinstance(result, Same):
+            await audit.record("upload-same", dist.name, version, dist.filename, sha256)
+        elif result.replaced is not None:
+            await audit.record(
+                "overwrite",
+                dist.name,
+                version,
+                dist.filename,
+                sha256,
+                replaced=result.replaced,
+                replaced_sha256=result.replaced_sha256,
+            )
+        else:
+            await audit.record("upload", dist.name, version, dist.filename, sha256)
+    if isinstance(result, Same):
+        return f"{dist.filename} already stored with the same content as {result.existing}"
     return f"stored {dist.filename}"
 
 
@@ -232,9 +250,15 @@ def removal_target(received: Received) -> tuple[NormalizedName, str]:
     return normalize(name), version
 
 
-async def remove_release(storage: PrivateStorage, project: NormalizedName, version: str) -> str:
+async def remove_release(
+    storage: PrivateStorage, project: NormalizedName, version: str, audit: Audit | None = None
+) -> str:
     """Remove every file of the release (404 if there is none); the line for the client."""
-    count = await asyncio.to_thread(storage.remove_version, project, version)
+    removed = await asyncio.to_thread(storage.remove_version_files, project, version)
+    count = len(removed)
+    if audit is not None:
+        for filename, sha256 in removed:
+            await audit.record("remove", project, version, filename, sha256)
     if not count:
         raise NotFound(f"no files of {project} {version}")
     log.info("removed %s %s (%d files)", project, version, count)

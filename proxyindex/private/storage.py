@@ -181,6 +181,8 @@ class Stored:
 
     filename: str
     size: int
+    replaced: str | None = None  # overwriting: the file that was there
+    replaced_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +518,7 @@ class PrivateStorage:
         this host. ``temp`` is renamed away on success; the caller removes it otherwise.
         """
         size = temp.stat().st_size
+        replaced: tuple[str, str] | None = None
         with self.release_lock(dist.name):
             existing = self.find_release(dist)
             if existing is not None:
@@ -525,6 +528,7 @@ class PrivateStorage:
                 if not overwrite:
                     return Conflict(existing.name, existing_sha)
                 dest = existing.parent / dist.filename
+                replaced = (existing.name, existing_sha)
                 fsutil.commit_replace(temp, dest)
                 if dest != existing:
                     existing.unlink(missing_ok=True)
@@ -534,12 +538,19 @@ class PrivateStorage:
                     return Conflict(dest.name, fsutil.file_sha256(dest))
             self.rescan()
         log.info("stored %s (%d bytes)", dest, size)
+        if replaced is not None:
+            return Stored(dist.filename, size, *replaced)
         return Stored(dist.filename, size)
 
     def remove_version(self, name: NormalizedName, version: str) -> int:
         """Remove every file of ``name``'s release ``version`` (compared canonically);
-        the number of files removed. Each is hashed first, so its tombstone records the
-        bytes a later upload of the same filename must have."""
+        the number of files removed."""
+        return len(self.remove_version_files(name, version))
+
+    def remove_version_files(self, name: NormalizedName, version: str) -> list[tuple[str, str]]:
+        """:meth:`remove_version`, saying which files went: (filename, sha256) each (for
+        the audit log). Each is hashed first, so its tombstone records the bytes a later
+        upload of the same filename must have."""
         wanted = canonicalize_version(version)
         paths = []
         for filename, entry in sorted(self._projects.get(name, {}).items()):
@@ -547,15 +558,15 @@ class PrivateStorage:
             if dist is None or canonicalize_version(dist.version) != wanted:
                 continue
             try:
-                self._info(entry)
+                info = self._info(entry)
             except OSError:
                 continue  # removed since the last scan
-            paths.append(Path(entry.path))
-        for path in paths:
+            paths.append((Path(entry.path), info.sha256))
+        for path, _sha256 in paths:
             path.unlink(missing_ok=True)
         if paths:
             self.rescan()
-        return len(paths)
+        return [(path.name, sha256) for path, sha256 in paths]
 
     def find_release(self, dist: DistFilename) -> Path | None:
         """The file that holds ``dist``'s release, under whatever spelling: the one pages list,

@@ -91,6 +91,12 @@ class UpstreamClient:
             trace_configs=[_request_log()] if log.isEnabledFor(logging.DEBUG) else None,
         )
 
+    def _refuse_offline(self, url: str | URL) -> None:
+        """The last guard of offline mode: the callers answer from the cache before they get
+        here, so a request that does is a bug, refused instead of opening a connection."""
+        if self.config.offline:
+            raise UpstreamUnavailable(f"offline: not contacting the upstream for {mask_url(url)}")
+
     def project_url(self, name: NormalizedName) -> URL:
         return self.base / name / ""
 
@@ -101,6 +107,7 @@ class UpstreamClient:
         if cached is not None and cached.etag and cached.page is not None:
             headers["If-None-Match"] = cached.etag
         started = time.monotonic()
+        self._refuse_offline(url)
         proxy = self._proxies.for_url(url)
         with _mapped_errors(url, "failed for", proxy):
             async with self._session.get(
@@ -130,6 +137,7 @@ class UpstreamClient:
         """GET the upstream's root and read only its first ``limit`` bytes (PyPI's root is
         40 MB): (status, Content-Type, first bytes). UpstreamError if it cannot be reached."""
         head = bytearray()
+        self._refuse_offline(self.base)
         proxy = self._proxies.for_url(self.base)
         with _mapped_errors(self.base, "failed for", proxy):
             async with self._session.get(
@@ -169,6 +177,7 @@ class UpstreamClient:
         self, url: str, headers: dict[str, str], *, decompress: bool
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET a body to stream; UpstreamError on refusal, non-200 or timeout."""
+        self._refuse_offline(url)
         proxy = self._proxies.for_url(URL(url))
         with _mapped_errors(url, "failed for", proxy):
             async with self._session.get(

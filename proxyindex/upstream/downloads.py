@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from proxyindex import fsutil
-from proxyindex.errors import CacheFull, IntegrityError, UpstreamError, UpstreamUnavailable
+from proxyindex.errors import (
+    CacheFull,
+    IntegrityError,
+    Offline,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from proxyindex.models import DistFile
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import BlobStore, PageCache
@@ -343,6 +349,8 @@ class Downloader:
         cached = await self._open_cached(dist)
         if cached is not None:
             return cached
+        if self._upstream.config.offline:
+            raise Offline(f"offline: file {dist.filename!r} is not in the cache")
         return self.start(dist)
 
     async def _open_cached(self, dist: DistFile) -> CachedBlob | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from packaging.utils import NormalizedName
 
 from proxyindex.config import UpstreamConfig
-from proxyindex.errors import UpstreamError
+from proxyindex.errors import Offline, UpstreamError
 from proxyindex.lru import LRU
 from proxyindex.models import ProjectPage
 from proxyindex.upstream.background import Background
@@ -106,7 +106,10 @@ class UpstreamPages:
     async def refresh(
         self, name: NormalizedName, cached: Checked | None, *, prefetch: bool = True
     ) -> Checked:
-        """Ask the upstream now (one fetch for every caller of one name)."""
+        """Ask the upstream now (one fetch for every caller of one name); offline, the
+        cached page whatever its age, or :class:`Offline`."""
+        if self.config.offline:
+            return self._offline(name, cached)
         flight = self._flights.get(name)
         if flight is None:
             flight = asyncio.get_running_loop().create_future()
@@ -115,6 +118,15 @@ class UpstreamPages:
             self._tasks.spawn(self._fetch(name, entry, flight, prefetch))
         # Shielded: a client that disconnects must not cancel the fetch others wait for.
         return await asyncio.shield(flight)
+
+    def _offline(self, name: NormalizedName, cached: Checked | None) -> Checked:
+        """Offline: nothing to revalidate against, so the cached entry (a page, or a 404
+        remembered) counts as fresh; nothing cached is a 404 that says why."""
+        if cached is None:
+            raise Offline(f"offline: project {name!r} is not in the cache")
+        fresh = Checked(cached.entry, time.time() + self.config.page_ttl)
+        self._memory.put(name, fresh)
+        return fresh
 
     async def _fetch(
         self,

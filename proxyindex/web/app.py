@@ -18,6 +18,7 @@ from proxyindex.config import Config
 from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
+    Offline,
     ProxyIndexError,
     TooManyRequests,
     UpstreamError,
@@ -25,6 +26,7 @@ from proxyindex.errors import (
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.models import ProjectPage
+from proxyindex.private.audit import AuditLog, audit_path
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient
@@ -74,6 +76,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except UpstreamError as exc:
         log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+        return error_response(exc.status, str(exc))
+    except Offline as exc:
+        log.info("%s %s -> 404: %s", request.method, request.path, exc)
         return error_response(exc.status, str(exc))
     except ProxyIndexError as exc:
         return error_response(exc.status, str(exc))
@@ -166,6 +171,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     packages_dir = config.storage.packages
     async with contextlib.AsyncExitStack() as stack:
         await asyncio.to_thread(packages_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(app[appkeys.AUDIT].check)  # unwritable: refuse to start
         # Opening the sqlite files and creating folders block: done in threads, like all
         # file I/O.
         storage = await asyncio.to_thread(PrivateStorage, packages_dir, cache_dir / "private-meta")
@@ -190,7 +196,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
         prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
         listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
-        if config.upstream.prefetch:
+        if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(prefetcher.page_fetched)
         upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
         stack.push_async_callback(upstream_pages.close)
@@ -207,7 +213,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
         app[appkeys.UPSTREAM_CHECK] = monitor
         interval = config.upstream.check_interval
-        checker = asyncio.create_task(monitor.run_forever()) if interval else None
+        checked = interval and not config.upstream.offline
+        checker = asyncio.create_task(monitor.run_forever()) if checked else None
         scanner = asyncio.create_task(_scan_forever(storage))
         warm = asyncio.create_task(asyncio.to_thread(storage.warm))
         listing = asyncio.create_task(_list_page_names(pages))
@@ -276,6 +283,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[appkeys.CONFIG] = config
     app[appkeys.AUTH] = Authenticator(config.auth)
+    app[appkeys.AUDIT] = AuditLog(audit_path(config))
     app.cleanup_ctx.append(_auth_resources)
     app.cleanup_ctx.append(_resources)
     app[appkeys.PAGE_LISTENERS] = []

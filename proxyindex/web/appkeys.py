@@ -8,6 +8,7 @@ from proxyindex.auth.authenticator import Authenticator, Identity
 from proxyindex.config import Config
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
+from proxyindex.private.audit import AuditLog
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.downloads import Downloader
@@ -15,6 +16,7 @@ from proxyindex.upstream.pages import PageListener
 from proxyindex.upstream.readiness import UpstreamMonitor
 
 __all__ = [
+    "AUDIT",
     "AUTH",
     "BLOBS",
     "CONFIG",
@@ -30,6 +32,7 @@ __all__ = [
 
 CONFIG = web.AppKey("config", Config)
 AUTH = web.AppKey("auth", Authenticator)
+AUDIT = web.AppKey("audit", AuditLog)
 STORAGE = web.AppKey("storage", PrivateStorage)
 PAGES = web.AppKey("pages", PageCache)
 BLOBS = web.AppKey("blobs", BlobStore)

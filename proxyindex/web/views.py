@@ -305,7 +305,9 @@ async def ready(request: web.Request) -> web.StreamResponse:
         storage_problems, config.storage.packages, config.storage.cache
     )
     monitor = request.app[appkeys.UPSTREAM_CHECK]
-    if monitor.interval == 0:
+    if config.upstream.offline:
+        upstream = "offline (upstream.offline = true): serving only what is cached"
+    elif monitor.interval == 0:
         upstream = "not checked (upstream.check_interval = 0)"
     elif monitor.last is None:
         upstream = f"upstream {monitor.url} not checked yet"
