@@ -188,6 +188,37 @@ class UpstreamClient:
         async with self._stream(url, {"Accept-Encoding": "identity"}, decompress=False) as resp:
             yield UpstreamFile(resp.content_length, self._chunks(resp, url))
 
+    async def read_range(self, url: str, spec: str, limit: int) -> tuple[bytes, int] | None:
+        """GET ``Range: bytes=<spec>`` of a file: (the bytes, the file's total size), or None
+        when the upstream ignores ranges (answers 200; the body is not read). At most
+        ``limit`` bytes are accepted: UpstreamUnavailable beyond."""
+        proxy = self._proxies.for_url(URL(url))
+        headers = {"Range": f"bytes={spec}", "Accept-Encoding": "identity"}
+        with _mapped_errors(url, "failed for", proxy):
+            async with self._session.get(
+                url,
+                headers=headers,
+                timeout=self._page_timeout,
+                auto_decompress=False,
+                proxy=_proxy_url(proxy),
+                proxy_auth=_proxy_auth(proxy),
+            ) as resp:
+                if resp.status == 200:
+                    return None
+                if resp.status != 206:
+                    _require_200(resp, url, proxy)
+                total = _range_total(resp.headers.get("Content-Range", ""))
+                if total is None or (resp.content_length or 0) > limit:
+                    raise UpstreamUnavailable(
+                        f"upstream sent an unusable range of {mask_url(url)}{_via(proxy)}"
+                    )
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        raise UpstreamUnavailable(f"upstream range too long for {mask_url(url)}")
+                return bytes(body), total
+
     @asynccontextmanager
     async def open_root(self, url: str) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         """Stream the upstream root list: (Content-Type, chunks)."""
@@ -244,6 +275,13 @@ def _request_log() -> aiohttp.TraceConfig:
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(on_end)
     return trace
+
+
+def _range_total(content_range: str) -> int | None:
+    """The total of ``Content-Range: bytes a-b/total``; None if absent or ``*``."""
+    _unit, _, rest = content_range.partition(" ")
+    total = rest.rpartition("/")[2]
+    return int(total) if total.isdigit() else None
 
 
 def _require_200(resp: aiohttp.ClientResponse, url: str | URL, proxy: Proxy | None) -> None:

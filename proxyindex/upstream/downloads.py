@@ -345,6 +345,10 @@ class Downloader:
             return cached
         return self.start(dist)
 
+    async def cached(self, dist: DistFile) -> CachedBlob | None:
+        """The cached file, opened, or None (no download is started)."""
+        return await self._open_cached(dist)
+
     async def _open_cached(self, dist: DistFile) -> CachedBlob | None:
         sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
         if not sha256:

@@ -33,6 +33,7 @@ from proxyindex.upstream.network import ProxyRoutes, tls_context
 from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import appkeys, upload, views
 from proxyindex.web.routes import Handler, Route
 
@@ -182,6 +183,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         upstream = UpstreamClient(config.upstream, session, proxies)
         downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
         stack.push_async_callback(downloader.close)
+        wheel_metadata = WheelMetadata(blobs, pages, upstream, downloader)
+        stack.push_async_callback(wheel_metadata.close)
 
         # The prefetcher hears of fetched pages and reads pages itself (never private ones):
         # it is given the index that exists a few lines later.
@@ -202,6 +205,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.PAGES] = pages
         app[appkeys.BLOBS] = blobs
         app[appkeys.DOWNLOADER] = downloader
+        app[appkeys.WHEEL_METADATA] = wheel_metadata
         app[appkeys.INDEX] = index
         app[appkeys.ROOT] = root
         monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
