@@ -18,7 +18,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxyindex.upstream import lazywheel
-from tests.conftest import MakeAppClient
+from tests.clients import (
+    client_env,
+    make_venv,
+    run,
+    run_pip_install,
+    run_uv_pip_install,
+    uv_command,
+)
+from tests.conftest import MakeAppClient, MakeProxy
 from tests.fakepypi import FakePyPI
 from tests.wheelmaker import wheel_metadata
 
@@ -201,3 +209,63 @@ async def test_metadata_of_a_wheel_is_a_502_when_the_upstream_fails(
     fake_pypi.status = {"/files/": 500}
     resp = await client.get(f"/packages/demo-pkg/{wheel.name}.metadata")
     assert resp.status == 502
+
+
+# --- real clients ----------------------------------------------------------------------------
+
+
+def _publish(fake: FakePyPI) -> None:
+    fake.no_core_metadata = True
+    fake.add_wheel("top-pkg", "1.0", requires_dist=["dep-one>=1.0"])
+    fake.add_wheel("dep-one", "1.0")
+
+
+def _upstream_wheel_gets(fake: FakePyPI) -> list[str | None]:
+    return [
+        r.headers.get("Range")
+        for r in fake.requests
+        if r.method == "GET" and r.path.endswith(".whl")
+    ]
+
+
+@pytest.mark.e2e
+def test_uv_lock_reads_metadata_files_and_never_a_whole_wheel(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI, client_tmp: Path
+) -> None:
+    """uv fetches the advertised ``.metadata`` instead of range-reading wheels itself; the
+    proxy range-reads them upstream: no wheel is downloaded whole for a lock."""
+    _publish(fake_pypi)
+    proxy = make_proxy(upstream=NO_PREFETCH)
+    project = client_tmp / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "proj"\nversion = "0.1"\nrequires-python = ">=3.8"\n'
+        'dependencies = ["top-pkg"]\n'
+    )
+    env = client_env(client_tmp, UV_NO_CONFIG="1", UV_INDEX_URL=proxy.index_url)
+    run([*uv_command(), "lock", "--index-url", proxy.index_url], env, cwd=project)
+    lock = (project / "uv.lock").read_text()
+    assert 'name = "top-pkg"' in lock and 'name = "dep-one"' in lock
+    log = proxy.log_text()
+    assert ".whl.metadata" in log, log
+    gets = _upstream_wheel_gets(fake_pypi)
+    assert gets and all(g is not None for g in gets), gets  # Range only, never a full GET
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("client", ["pip", "uv"])
+def test_installers_succeed_through_an_upstream_without_metadata_files(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI, client_tmp: Path, client: str
+) -> None:
+    _publish(fake_pypi)
+    proxy = make_proxy(upstream=NO_PREFETCH)
+    if client == "pip":
+        report = run_pip_install(client_tmp, proxy.index_url, "top-pkg", target=client_tmp / "t")
+        assert report.versions() == {"top-pkg": "1.0", "dep-one": "1.0"}
+    else:
+        python = make_venv(client_tmp / "venv")
+        result = run_uv_pip_install(
+            client_tmp, proxy.index_url, "top-pkg", python=python, extra_args=["--no-config"]
+        )
+        assert result.installed == {"top-pkg": "1.0", "dep-one": "1.0"}
+    assert ".whl.metadata" in proxy.log_text()
