@@ -191,7 +191,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         async def page_for_prefetch(name: NormalizedName) -> ProjectPage | None:
             return await index.upstream_page_for_prefetch(name)
 
-        prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
+        prefetcher = Prefetcher(
+            page_for_prefetch, downloader, config.upstream.prefetch_max_size, wheel_metadata.get
+        )
         listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
         if config.upstream.prefetch:
             listeners.append(prefetcher.page_fetched)
