@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import re
 import struct
+import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -269,3 +271,31 @@ def test_installers_succeed_through_an_upstream_without_metadata_files(
         )
         assert result.installed == {"top-pkg": "1.0", "dep-one": "1.0"}
     assert ".whl.metadata" in proxy.log_text()
+
+
+@pytest.mark.e2e
+def test_poetry_lock_reads_metadata_files_of_an_upstream_without_them(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI, client_tmp: Path
+) -> None:
+    _publish(fake_pypi)
+    proxy = make_proxy(upstream=NO_PREFETCH)
+    project = client_tmp / "app"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "app"\nversion = "0.1.0"\n'
+        f'requires-python = ">={sys.version_info.major}.{sys.version_info.minor}"\n'
+        'dependencies = ["top-pkg"]\n\n[tool.poetry]\npackage-mode = false\n'
+    )
+    env = client_env(client_tmp / "poetry", POETRY_NO_INTERACTION="1")
+    poetry = [sys.executable, "-m", "poetry"]
+    run([*poetry, "source", "add", "--priority=primary", "proxyindex", proxy.index_url],
+        env, cwd=project)  # fmt: skip
+    run([*poetry, "lock"], env, cwd=project, timeout=300)
+    lock = tomllib.loads((project / "poetry.lock").read_text())
+    assert {p["name"]: p["version"] for p in lock["package"]} == {
+        "top-pkg": "1.0",
+        "dep-one": "1.0",
+    }
+    assert ".whl.metadata" in proxy.log_text()
+    gets = _upstream_wheel_gets(fake_pypi)
+    assert all(g is not None for g in gets), gets  # never a whole wheel to lock
