@@ -166,6 +166,26 @@ async def test_metadata_of_an_upstream_wheel_is_read_with_ranges_not_a_download(
     assert len(gets) <= 3  # the second answer came from the cache
 
 
+async def test_metadata_of_a_wheel_with_a_large_central_directory_takes_three_ranges(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    """A central directory longer than the first suffix range is read with a range of its own."""
+    fake_pypi.no_core_metadata = True
+    modules = {
+        f"big_pkg/module_with_a_rather_long_name_{i:05}.py": f"X = {i}\n" for i in range(1500)
+    }
+    wheel = fake_pypi.add_wheel("big-pkg", "1.0", requires_dist=["dep-one"], modules=modules)
+    with zipfile.ZipFile(wheel) as zf:  # the directory alone is longer than the first range
+        assert sum(46 + len(i.filename) for i in zf.infolist()) > lazywheel.TAIL_SIZE
+    client = await make_app_client(upstream=NO_PREFETCH)
+    await _page(client, "big-pkg", JSON)
+    resp = await client.get(f"/packages/big-pkg/{wheel.name}.metadata")
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == wheel_metadata(wheel)
+    gets = _wheel_gets(fake_pypi, wheel)
+    assert len(gets) == 3 and all(g is not None for g in gets), gets
+
+
 async def test_metadata_falls_back_to_one_download_when_the_upstream_ignores_range(
     make_app_client: MakeAppClient, fake_pypi: FakePyPI
 ) -> None:

@@ -104,37 +104,45 @@ class WheelMetadata:
     async def _from_ranges(self, dist: DistFile) -> bytes | None:
         """METADATA through Range requests; None to fall back to the whole wheel."""
         url = dist.url
-        read = self._upstream.read_range
         try:
-            got = await read(url, f"-{lazywheel.TAIL_SIZE}", lazywheel.TAIL_SIZE)
+            size = lazywheel.TAIL_SIZE
+            got = await self._upstream.read_range(url, f"-{size}", size)
             if got is None:
                 return None
-            tail, total = got
+            tail_start, tail, total = got
+            if tail_start + len(tail) != total:
+                raise lazywheel.Unsupported("the suffix range was not the end of the file")
             where = lazywheel.parse_tail(tail, total)
-            tail_start = total - len(tail)
+            directory: bytes | None
             if where.offset >= tail_start:
                 start = where.offset - tail_start
                 directory = tail[start : start + where.size]
+            elif where.size > _MAX_DIRECTORY:
+                raise lazywheel.Unsupported("central directory too large")
             else:
-                if where.size > _MAX_DIRECTORY:
-                    raise lazywheel.Unsupported("central directory too large")
-                last = where.offset + where.size - 1
-                got = await read(url, f"{where.offset}-{last}", where.size)
-                if got is None:
-                    return None
-                directory = got[0]
+                directory = await self._range(url, where.offset, where.offset + where.size - 1)
+            if directory is None:
+                return None
             member = lazywheel.find_metadata(lazywheel.parse_directory(directory))
             end = min(total, member.header_offset + member.compressed_size + _LOCAL_SLACK)
-            want = end - member.header_offset
-            got = await read(url, f"{member.header_offset}-{end - 1}", want)
-            if got is None:
+            chunk = await self._range(url, member.header_offset, end - 1)
+            if chunk is None:
                 return None
-            return lazywheel.inflate(member, lazywheel.member_data(member, got[0]))
+            return lazywheel.inflate(member, lazywheel.member_data(member, chunk))
         except lazywheel.Unsupported as exc:
             log.info("reading all of %s for its METADATA: %s", mask_url(url), exc)
             return None
         except lazywheel.BrokenWheel as exc:
             raise NotFound(f"{dist.filename} has no usable METADATA: {exc}") from exc
+
+    async def _range(self, url: str, first: int, last: int) -> bytes | None:
+        """Bytes ``first..last`` (inclusive); None if the upstream ignores ranges."""
+        got = await self._upstream.read_range(url, f"{first}-{last}", last - first + 1)
+        if got is None:
+            return None
+        if got[0] != first:
+            raise lazywheel.Unsupported("the upstream sent another range than asked")
+        return got[1]
 
     def _read_blob(self, sha256: str) -> bytes | None:
         fh = self._blobs.open(sha256)
