@@ -12,6 +12,7 @@ One extraction per wheel at a time in this process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -21,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from proxyindex.errors import NotFound, UpstreamUnavailable
+from proxyindex.errors import CacheFull, NotFound, UpstreamUnavailable
 from proxyindex.models import DistFile
 from proxyindex.upstream import lazywheel
 from proxyindex.upstream.background import Background
@@ -67,6 +68,7 @@ class WheelMetadata:
         return await asyncio.shield(task)  # a client that leaves does not cancel the others
 
     async def _extract(self, dist: DistFile, key: str) -> bytes:
+        data: bytes | None = None
         known = await self._pages.metadata_for(key)
         if known is not None:
             data = await asyncio.to_thread(self._read_blob, known)
@@ -75,19 +77,20 @@ class WheelMetadata:
         running = self._downloader.running(dist)
         cached = None if running is not None else await self._downloader.cached(dist)
         if running is not None:  # being downloaded whole anyway: read it once cached
-            data = await self._from_wheel(await running.wait(), dist)
+            with contextlib.suppress(CacheFull):  # sent uncached: ranges, then
+                data = await self._from_wheel(await running.wait(), dist)
         elif cached is not None:
             data = await self._from_wheel(cached.file, dist)
-        else:
+        if data is None:
             data = await self._from_ranges(dist)
-            if data is None:  # ranges ignored or an unusual zip: the whole wheel, cached
-                path = await self._downloader.start(dist).wait()
-                data = await self._from_wheel(path, dist)
+        if data is None:  # ranges ignored or an unusual zip: the whole wheel, cached
+            path = await self._downloader.start(dist).wait()
+            data = await self._from_wheel(path, dist)
         sha256 = hashlib.sha256(data).hexdigest()
         try:
             await asyncio.to_thread(self._store, data, sha256)
             await self._pages.remember_metadata(key, sha256)
-        except OSError as exc:  # a full disk: served anyway, extracted again next time
+        except Exception as exc:  # a full disk, sqlite: served anyway, extracted again later
             log.warning("could not cache the metadata of %s: %s", dist.filename, exc)
         return data
 
