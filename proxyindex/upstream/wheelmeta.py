@@ -75,8 +75,10 @@ class WheelMetadata:
             if data is not None:
                 return data
         running = self._downloader.running(dist)
+        if running is not None and (running.length is None or running.written < running.length):
+            running = None  # still arriving (a prefetch): three ranges beat waiting for it all
         cached = None if running is not None else await self._downloader.cached(dist)
-        if running is not None:  # being downloaded whole anyway: read it once cached
+        if running is not None:  # all bytes in, being verified and committed: read it then
             with contextlib.suppress(CacheFull):  # sent uncached: ranges, then
                 data = await self._from_wheel(await running.wait(), dist)
         elif cached is not None:
