@@ -180,13 +180,24 @@ def _html_attrs(dist: DistFile) -> str:
     attrs = []
     if dist.requires_python:
         attrs.append(f' data-requires-python="{html.escape(dist.requires_python)}"')
-    if dist.core_metadata:
-        value = _core_metadata_attr(dist.core_metadata)
+    core_metadata = advertised_metadata(dist)
+    if core_metadata:
+        value = _core_metadata_attr(core_metadata)
         attrs.append(f' data-core-metadata="{value}" data-dist-info-metadata="{value}"')
     if dist.yanked is not False:
         reason = dist.yanked if isinstance(dist.yanked, str) else ""
         attrs.append(f' data-yanked="{html.escape(reason)}"')
     return "".join(attrs)
+
+
+def advertised_metadata(dist: DistFile) -> Mapping[str, str] | bool:
+    """What a page says of the file's ``.metadata`` (PEP 658): the upstream's own, else
+    ``true`` for every upstream wheel, whose METADATA this server reads out of the wheel
+    (``upstream.wheelmeta``; its hash is unknown until then: H-07, J-04). Never for an sdist
+    (M-03)."""
+    if dist.core_metadata:
+        return dist.core_metadata
+    return dist.origin is Origin.UPSTREAM and dist.filename.endswith(".whl")
 
 
 def _core_metadata_attr(value: Mapping[str, str] | bool) -> str:
@@ -234,10 +245,9 @@ def _file_json(page: ProjectPage, dist: DistFile, base_url: str) -> dict[str, An
     if dist.upload_time is not None:
         entry["upload-time"] = dist.upload_time
     entry["yanked"] = dist.yanked
-    if dist.core_metadata:
-        entry["core-metadata"] = (
-            dict(dist.core_metadata) if isinstance(dist.core_metadata, Mapping) else True
-        )
+    core_metadata = advertised_metadata(dist)
+    if core_metadata:
+        entry["core-metadata"] = dict(core_metadata) if isinstance(core_metadata, Mapping) else True
     return entry
 
 

@@ -30,6 +30,12 @@ Knobs (plain attributes, read by the server thread on every request; all reset b
     whatever ``Accept`` says, and with no ``ETag``, ``X-PyPI-Last-Serial`` or ``Cache-Control``.
 ``metadata_404``
     ``<file>.metadata`` answers 404 although pages still advertise ``core-metadata``.
+``no_core_metadata``
+    Like some mirrors (and what this machine reaches as pypi.org): pages carry no
+    ``core-metadata`` and ``<file>.metadata`` answers 404.
+``ignore_range``
+    Dist files ignore ``Range`` and always answer 200 with the whole body (by default a
+    single ``Range: bytes=a-b`` or ``bytes=-n`` is answered 206 with ``Content-Range``).
 ``relative_urls``
     File URLs on pages are relative (``../../files/...``) instead of absolute.
 ``root_names``
@@ -226,6 +232,8 @@ class FakePyPI:
         self.no_etag = False
         self.html_only = False
         self.metadata_404 = False
+        self.no_core_metadata = False
+        self.ignore_range = False
         self.relative_urls = False
         self.root_names = 0
         self.raw_pages: Mapping[str, tuple[str, bytes]] = {}
@@ -613,6 +621,8 @@ class FakePyPI:
             serial = project.serial
         base = "../../files" if self.relative_urls else f"{self.url}/files"
         urls = [f"{base}/{d.sha256}/{quote(d.filename, safe='')}" for d in dists]
+        if self.no_core_metadata:
+            dists = [dataclasses.replace(d, metadata=None) for d in dists]
         if content_type == JSON_TYPE:
             body = _render_project_json(name, dists, urls, serial)
         else:
@@ -648,7 +658,7 @@ class FakePyPI:
         if want_metadata:
             if dist is None or dist.filename + ".metadata" != filename or dist.metadata is None:
                 raise web.HTTPNotFound()
-            if self.metadata_404:
+            if self.metadata_404 or self.no_core_metadata:
                 raise web.HTTPNotFound(text="fakepypi: metadata_404\n")
             body = dist.metadata
         else:
@@ -663,7 +673,30 @@ class FakePyPI:
             return web.Response(status=304, headers=headers)
         if self.truncate_files and not want_metadata and request.method == "GET":
             return await _send_truncated(request, body, headers)
+        wanted = _byte_range(request.headers.get("Range"), len(body))
+        if wanted is not None and not want_metadata and not self.ignore_range:
+            start, end = wanted
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(body)}"
+            return web.Response(
+                status=206,
+                body=body[start:end],
+                headers=headers,
+                content_type="application/octet-stream",
+            )
         return web.Response(body=body, headers=headers, content_type="application/octet-stream")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as [start, end); None if absent or other."""
+    if header is None or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header.removeprefix("bytes=").partition("-")
+    if not first and last.isdigit():
+        return max(0, size - int(last)), size
+    if first.isdigit() and (last.isdigit() or not last):
+        end = min(size, int(last) + 1) if last else size
+        return (int(first), end) if int(first) < end else None
+    return None
 
 
 async def _send_truncated(

@@ -115,6 +115,19 @@ async def test_a_page_request_fetches_the_dependency_tree_ahead(
     assert fake_pypi.paths() == []
 
 
+async def test_prefetch_follows_dependencies_of_wheels_without_metadata_files(
+    client_factory: Callable[..., Awaitable[Client]], fake_pypi: FakePyPI
+) -> None:
+    """An upstream with no ``.metadata``: the METADATA is read out of the wheel (ranges)."""
+    fake_pypi.no_core_metadata = True
+    fake_pypi.add_wheel("top-pkg", "1.0", requires_dist=["leaf-pkg"])
+    fake_pypi.add_wheel("leaf-pkg", "0.1")
+    client = await client_factory()
+    assert (await client.get("/simple/top-pkg/")).status == 200
+    await wait_for(lambda: any("/leaf_pkg-0.1-py3-none-any.whl" in p for p in fake_pypi.paths()))
+    assert "/simple/leaf-pkg/" in fake_pypi.paths()
+
+
 async def test_prefetch_never_asks_the_upstream_for_a_private_name(
     client_factory: Callable[..., Awaitable[Client]], fake_pypi: FakePyPI, tmp_path: Path
 ) -> None:

@@ -117,6 +117,18 @@ class PageCache:
     async def remember_blob(self, url: str, sha256: str) -> None:
         await self._call(self._cache.set, ("url", url), sha256)
 
+    def _metadata_for(self, wheel: str) -> str | None:
+        value: Any = self._cache.get(("metadata", wheel))
+        return value if isinstance(value, str) else None
+
+    async def metadata_for(self, wheel: str) -> str | None:
+        """The sha256 of the METADATA blob read out of a wheel (by its sha256, or URL if the
+        index gave none), for wheels whose upstream has no ``.metadata`` file."""
+        return await self._call(self._metadata_for, wheel)
+
+    async def remember_metadata(self, wheel: str, sha256: str) -> None:
+        await self._call(self._cache.set, ("metadata", wheel), sha256)
+
 
 def is_sha256(value: str) -> bool:
     return len(value) == 64 and set(value) <= _SHA256_HEX

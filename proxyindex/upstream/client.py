@@ -197,6 +197,42 @@ class UpstreamClient:
         async with self._stream(url, {"Accept-Encoding": "identity"}, decompress=False) as resp:
             yield UpstreamFile(resp.content_length, self._chunks(resp, url))
 
+    async def read_range(self, url: str, spec: str, limit: int) -> tuple[int, bytes, int] | None:
+        """GET ``Range: bytes=<spec>`` of a file: (the offset of the bytes, the bytes, the
+        file's total size), as ``Content-Range`` says and checked against the body; None when
+        the upstream ignores ranges (answers 200; the body is not read). At most ``limit``
+        bytes are accepted: UpstreamUnavailable beyond."""
+        proxy = self._proxies.for_url(URL(url))
+        headers = {"Range": f"bytes={spec}", "Accept-Encoding": "identity"}
+        with _mapped_errors(url, "failed for", proxy):
+            async with self._session.get(
+                url,
+                headers=headers,
+                timeout=self._page_timeout,
+                auto_decompress=False,
+                proxy=_proxy_url(proxy),
+                proxy_auth=_proxy_auth(proxy),
+            ) as resp:
+                if resp.status == 200:
+                    return None
+                if resp.status != 206:
+                    _require_200(resp, url, proxy)
+                unusable = UpstreamUnavailable(
+                    f"upstream sent an unusable range of {mask_url(url)}{_via(proxy)}"
+                )
+                where = _content_range(resp.headers.get("Content-Range", ""))
+                if where is None or (resp.content_length or 0) > limit:
+                    raise unusable
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        raise unusable
+        first, last, total = where
+        if len(body) != last - first + 1 or last >= total:
+            raise unusable
+        return first, bytes(body), total
+
     @asynccontextmanager
     async def open_root(self, url: str) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         """Stream the upstream root list: (Content-Type, chunks)."""
@@ -253,6 +289,16 @@ def _request_log() -> aiohttp.TraceConfig:
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(on_end)
     return trace
+
+
+def _content_range(value: str) -> tuple[int, int, int] | None:
+    """``bytes first-last/total`` as numbers; None if absent, ``*`` or malformed."""
+    unit, _, rest = value.partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+        return None
+    return int(first), int(last), int(total)
 
 
 def _require_200(resp: aiohttp.ClientResponse, url: str | URL, proxy: Proxy | None) -> None:

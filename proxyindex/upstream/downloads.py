@@ -353,6 +353,10 @@ class Downloader:
             raise Offline(f"offline: file {dist.filename!r} is not in the cache")
         return self.start(dist)
 
+    async def cached(self, dist: DistFile) -> CachedBlob | None:
+        """The cached file, opened, or None (no download is started)."""
+        return await self._open_cached(dist)
+
     async def _open_cached(self, dist: DistFile) -> CachedBlob | None:
         sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
         if not sha256:

@@ -40,6 +40,7 @@ __all__ = ["Prefetcher", "choose_file", "dependencies"]
 log = logging.getLogger(__name__)
 
 PageSource = Callable[[NormalizedName], Awaitable[ProjectPage | None]]
+WheelMetadataSource = Callable[[DistFile], Awaitable[bytes]]
 
 _MAX_DEPTH = 12
 _SEEN_MAX = 100_000  # (project, specifier) pairs already fetched ahead
@@ -113,9 +114,12 @@ class Prefetcher:
         page_of: PageSource,
         downloader: Downloader,
         max_file_size: int,
+        wheel_metadata: WheelMetadataSource | None = None,
     ) -> None:
         self._page_of = page_of
         self._downloader = downloader
+        # METADATA read out of a wheel whose upstream has no .metadata (upstream.wheelmeta).
+        self._wheel_metadata = wheel_metadata
         self._max_file_size = max_file_size
         self._limit = asyncio.Semaphore(_CONCURRENCY)
         self._seen: LRU[tuple[NormalizedName, str], bool] = LRU(_SEEN_MAX)
@@ -160,9 +164,11 @@ class Prefetcher:
             log.exception("prefetch for %s failed", page.name)
 
     async def _metadata(self, dist: DistFile) -> bytes | None:
-        meta = dist.metadata_file()
-        if meta is None or not dist.filename.endswith(".whl"):
+        if not dist.filename.endswith(".whl"):
             return None
+        meta = dist.metadata_file()
+        if meta is None:
+            return None if self._wheel_metadata is None else await self._wheel_metadata(dist)
         return await self._downloader.start(meta).read()
 
     async def _follow(self, name: NormalizedName, specifier: SpecifierSet, depth: int) -> None:

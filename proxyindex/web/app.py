@@ -35,6 +35,7 @@ from proxyindex.upstream.network import ProxyRoutes, tls_context
 from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import appkeys, upload, views
 from proxyindex.web.routes import Handler, Route
 
@@ -188,13 +189,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         upstream = UpstreamClient(config.upstream, session, proxies)
         downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
         stack.push_async_callback(downloader.close)
+        wheel_metadata = WheelMetadata(blobs, pages, upstream, downloader)
+        stack.push_async_callback(wheel_metadata.close)
 
         # The prefetcher hears of fetched pages and reads pages itself (never private ones):
         # it is given the index that exists a few lines later.
         async def page_for_prefetch(name: NormalizedName) -> ProjectPage | None:
             return await index.upstream_page_for_prefetch(name)
 
-        prefetcher = Prefetcher(page_for_prefetch, downloader, config.upstream.prefetch_max_size)
+        prefetcher = Prefetcher(
+            page_for_prefetch, downloader, config.upstream.prefetch_max_size, wheel_metadata.get
+        )
         listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
         if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(prefetcher.page_fetched)
@@ -208,6 +213,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.PAGES] = pages
         app[appkeys.BLOBS] = blobs
         app[appkeys.DOWNLOADER] = downloader
+        app[appkeys.WHEEL_METADATA] = wheel_metadata
         app[appkeys.INDEX] = index
         app[appkeys.ROOT] = root
         monitor = UpstreamMonitor(upstream, config.upstream.check_interval)

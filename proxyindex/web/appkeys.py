@@ -14,6 +14,7 @@ from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.pages import PageListener
 from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.upstream.wheelmeta import WheelMetadata
 
 __all__ = [
     "AUDIT",
@@ -28,6 +29,7 @@ __all__ = [
     "ROOT",
     "STORAGE",
     "UPSTREAM_CHECK",
+    "WHEEL_METADATA",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -38,6 +40,7 @@ PAGES = web.AppKey("pages", PageCache)
 BLOBS = web.AppKey("blobs", BlobStore)
 INDEX = web.AppKey("index", ProjectIndex)
 DOWNLOADER = web.AppKey("downloader", Downloader)
+WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
 ROOT = web.AppKey("root", RootIndex)
 UPSTREAM_CHECK = web.AppKey("upstream_check", UpstreamMonitor)
 # Told of each page a client's request brought from the upstream (set up before the start).

@@ -215,18 +215,25 @@ async def _metadata(
         data = await index.private_metadata(name, filename)
         if data is None:
             raise NotFound(f"no metadata for {filename!r}")
-        etag = body_etag(data)
-        headers: dict[str, str] = {
-            hdrs.CACHE_CONTROL: _file_cache_control(request),
-            hdrs.ETAG: etag,
-        }
-        if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
-            return not_modified(headers)
-        return web.Response(body=data, headers=headers, content_type="application/octet-stream")
+        return _metadata_response(request, data)
     meta = target.metadata_file()
     if meta is None:
-        raise NotFound(f"the upstream has no metadata file for {filename!r}")
+        if not filename.endswith(".whl"):
+            raise NotFound(f"the upstream has no metadata file for {filename!r}")
+        # Advertised for every upstream wheel: read out of the wheel (upstream.wheelmeta).
+        return _metadata_response(request, await request.app[appkeys.WHEEL_METADATA].get(target))
     return await _upstream_file(request, meta)
+
+
+def _metadata_response(request: web.Request, data: bytes) -> web.StreamResponse:
+    etag = body_etag(data)
+    headers: dict[str, str] = {
+        hdrs.CACHE_CONTROL: _file_cache_control(request),
+        hdrs.ETAG: etag,
+    }
+    if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return not_modified(headers)
+    return web.Response(body=data, headers=headers, content_type="application/octet-stream")
 
 
 # Pages with more files than this are rendered in a thread (PyPI-sized projects).
