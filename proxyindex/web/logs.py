@@ -82,6 +82,17 @@ class ClientFaultFilter(logging.Filter):
             record.levelno = logging.INFO
             record.levelname = logging.getLevelName(logging.INFO)
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        if isinstance(exc, ConnectionError):
+            # The client went away while its answer was being written (a cancelled install,
+            # a killed process): its fault, not ours; one line, no traceback (seen in the soak).
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "client %s went away while its answer was sent (%s)"
+            record.args = (remote, type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.INFO
+            record.levelname = logging.getLevelName(logging.INFO)
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 
