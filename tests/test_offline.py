@@ -122,3 +122,21 @@ async def test_offline_serves_cached_pages_whatever_their_age(
     assert again.status == 200
     assert await again.read() == data
     assert fake_pypi.paths() == []
+
+
+async def test_offline_metadata_of_an_uncached_wheel_never_reads_ranges_upstream(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    """PEP 658 for every wheel reads an uncached wheel's METADATA with Range requests: offline,
+    that path must stop at the guard instead of opening a connection."""
+    _publish(fake_pypi)
+    fake_pypi.no_core_metadata = True
+    online = await make_app_client(upstream={"prefetch": False})
+    assert (await online.get("/simple/dep-one/")).status == 200
+    await online.close()
+    fake_pypi.clear_log()
+    offline = await make_app_client(upstream={"offline": True})
+    resp = await offline.get("/packages/dep-one/dep_one-1.0-py3-none-any.whl.metadata")
+    assert resp.status == 404  # as for an uncached file: pip and uv move on
+    assert "offline" in await resp.text()
+    assert fake_pypi.paths() == []

@@ -202,6 +202,7 @@ class UpstreamClient:
         file's total size), as ``Content-Range`` says and checked against the body; None when
         the upstream ignores ranges (answers 200; the body is not read). At most ``limit``
         bytes are accepted: UpstreamUnavailable beyond."""
+        self._refuse_offline(url)
         proxy = self._proxies.for_url(URL(url))
         headers = {"Range": f"bytes={spec}", "Accept-Encoding": "identity"}
         with _mapped_errors(url, "failed for", proxy):

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from proxyindex.errors import CacheFull, NotFound, UpstreamUnavailable
+from proxyindex.errors import CacheFull, NotFound, Offline, UpstreamUnavailable
 from proxyindex.models import DistFile
 from proxyindex.upstream import lazywheel
 from proxyindex.upstream.background import Background
@@ -83,6 +83,8 @@ class WheelMetadata:
                 data = await self._from_wheel(await running.wait(), dist)
         elif cached is not None:
             data = await self._from_wheel(cached.file, dist)
+        if data is None and self._upstream.config.offline:
+            raise Offline(f"offline: the metadata of {dist.filename!r} is not in the cache")
         if data is None:
             data = await self._from_ranges(dist)
         if data is None:  # ranges ignored or an unusual zip: the whole wheel, cached
