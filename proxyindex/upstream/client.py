@@ -100,6 +100,30 @@ class UpstreamClient:
     def project_url(self, name: NormalizedName) -> URL:
         return self.base / name / ""
 
+    @asynccontextmanager
+    async def _get(
+        self,
+        url: str | URL,
+        headers: dict[str, str],
+        limits: aiohttp.ClientTimeout,
+        *,
+        decompress: bool = True,
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, Proxy | None]]:
+        """Every upstream GET: the offline guard, the proxy for this URL, and aiohttp's errors
+        mapped to ours (also those raised while the caller reads the body)."""
+        self._refuse_offline(url)
+        proxy = self._proxies.for_url(URL(url))
+        with _mapped_errors(url, "failed for", proxy):
+            async with self._session.get(
+                url,
+                headers=headers,
+                timeout=limits,
+                auto_decompress=decompress,
+                proxy=_proxy_url(proxy),
+                proxy_auth=_proxy_auth(proxy),
+            ) as resp:
+                yield resp, proxy
+
     async def fetch_page(self, name: NormalizedName, cached: PageEntry | None) -> PageEntry:
         """GET the project's page; revalidate ``cached`` with If-None-Match when it has an ETag."""
         url = self.project_url(name)
@@ -107,25 +131,16 @@ class UpstreamClient:
         if cached is not None and cached.etag and cached.page is not None:
             headers["If-None-Match"] = cached.etag
         started = time.monotonic()
-        self._refuse_offline(url)
-        proxy = self._proxies.for_url(url)
-        with _mapped_errors(url, "failed for", proxy):
-            async with self._session.get(
-                url,
-                headers=headers,
-                timeout=self._page_timeout,
-                proxy=_proxy_url(proxy),
-                proxy_auth=_proxy_auth(proxy),
-            ) as resp:
-                if resp.status == 304 and cached is not None:
-                    return PageEntry(cached.page, time.time(), cached.etag)
-                if resp.status == 404:
-                    return PageEntry(None, time.time())
-                _require_200(resp, url, proxy)
-                body = await self._read_page(resp, name)
-                content_type = resp.headers.get("Content-Type", "")
-                etag = resp.headers.get("ETag")
-                final_url = str(resp.url)
+        async with self._get(url, headers, self._page_timeout) as (resp, proxy):
+            if resp.status == 304 and cached is not None:
+                return PageEntry(cached.page, time.time(), cached.etag)
+            if resp.status == 404:
+                return PageEntry(None, time.time())
+            _require_200(resp, url, proxy)
+            body = await self._read_page(resp, name)
+            content_type = resp.headers.get("Content-Type", "")
+            etag = resp.headers.get("ETag")
+            final_url = str(resp.url)
         if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
             page = await _parse_in_thread(body, content_type, final_url, name)
         else:
@@ -137,23 +152,15 @@ class UpstreamClient:
         """GET the upstream's root and read only its first ``limit`` bytes (PyPI's root is
         40 MB): (status, Content-Type, first bytes). UpstreamError if it cannot be reached."""
         head = bytearray()
-        self._refuse_offline(self.base)
-        proxy = self._proxies.for_url(self.base)
-        with _mapped_errors(self.base, "failed for", proxy):
-            async with self._session.get(
-                self.base,
-                headers={"Accept": UPSTREAM_ACCEPT},
-                timeout=self._page_timeout,
-                proxy=_proxy_url(proxy),
-                proxy_auth=_proxy_auth(proxy),
-            ) as resp:
-                while resp.status == 200 and len(head) < limit:
-                    chunk = await resp.content.read(limit - len(head))
-                    if not chunk:
-                        break
-                    head += chunk
-                # Leaving the block with the body unread closes the connection.
-                return resp.status, resp.headers.get("Content-Type", ""), bytes(head)
+        accept = {"Accept": UPSTREAM_ACCEPT}
+        async with self._get(self.base, accept, self._page_timeout) as (resp, _proxy):
+            while resp.status == 200 and len(head) < limit:
+                chunk = await resp.content.read(limit - len(head))
+                if not chunk:
+                    break
+                head += chunk
+            # Leaving the block with the body unread closes the connection.
+            return resp.status, resp.headers.get("Content-Type", ""), bytes(head)
 
     async def _read_page(self, resp: aiohttp.ClientResponse, name: NormalizedName) -> bytearray:
         """The (decoded) body, counted while it arrives: UpstreamUnavailable as soon as it
@@ -177,19 +184,12 @@ class UpstreamClient:
         self, url: str, headers: dict[str, str], *, decompress: bool
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET a body to stream; UpstreamError on refusal, non-200 or timeout."""
-        self._refuse_offline(url)
-        proxy = self._proxies.for_url(URL(url))
-        with _mapped_errors(url, "failed for", proxy):
-            async with self._session.get(
-                url,
-                headers=headers,
-                timeout=self._file_timeout,
-                auto_decompress=decompress,
-                proxy=_proxy_url(proxy),
-                proxy_auth=_proxy_auth(proxy),
-            ) as resp:
-                _require_200(resp, url, proxy)
-                yield resp
+        async with self._get(url, headers, self._file_timeout, decompress=decompress) as (
+            resp,
+            proxy,
+        ):
+            _require_200(resp, url, proxy)
+            yield resp
 
     @asynccontextmanager
     async def open_file(self, url: str) -> AsyncIterator[UpstreamFile]:
@@ -202,33 +202,23 @@ class UpstreamClient:
         file's total size), as ``Content-Range`` says and checked against the body; None when
         the upstream ignores ranges (answers 200; the body is not read). At most ``limit``
         bytes are accepted: UpstreamUnavailable beyond."""
-        self._refuse_offline(url)
-        proxy = self._proxies.for_url(URL(url))
         headers = {"Range": f"bytes={spec}", "Accept-Encoding": "identity"}
-        with _mapped_errors(url, "failed for", proxy):
-            async with self._session.get(
-                url,
-                headers=headers,
-                timeout=self._page_timeout,
-                auto_decompress=False,
-                proxy=_proxy_url(proxy),
-                proxy_auth=_proxy_auth(proxy),
-            ) as resp:
-                if resp.status == 200:
-                    return None
-                if resp.status != 206:
-                    _require_200(resp, url, proxy)
-                unusable = UpstreamUnavailable(
-                    f"upstream sent an unusable range of {mask_url(url)}{_via(proxy)}"
-                )
-                where = _content_range(resp.headers.get("Content-Range", ""))
-                if where is None or (resp.content_length or 0) > limit:
+        async with self._get(url, headers, self._page_timeout, decompress=False) as (resp, proxy):
+            if resp.status == 200:
+                return None
+            if resp.status != 206:
+                _require_200(resp, url, proxy)
+            unusable = UpstreamUnavailable(
+                f"upstream sent an unusable range of {mask_url(url)}{_via(proxy)}"
+            )
+            where = _content_range(resp.headers.get("Content-Range", ""))
+            if where is None or (resp.content_length or 0) > limit:
+                raise unusable
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                body += chunk
+                if len(body) > limit:
                     raise unusable
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    body += chunk
-                    if len(body) > limit:
-                        raise unusable
         first, last, total = where
         if len(body) != last - first + 1 or last >= total:
             raise unusable
