@@ -273,3 +273,30 @@ def test_s3_settings_come_from_the_environment_like_every_key() -> None:
 def test_bad_s3_settings_stop_start_up_naming_the_key(settings: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         load_config(None, overrides={"storage": settings})
+
+
+def test_a_file_replaced_through_one_replica_is_never_served_from_an_old_copy(
+    replica: ReplicaFactory, tmp_path: Path
+) -> None:
+    """allow_overwrite: the other replica's mirror copy of the old bytes must not be served."""
+    a, b = replica(), replica()
+    name = NormalizedName("replaced")
+    old = make_wheel(tmp_path / "old", "replaced", "1.0", modules={"replaced.py": "V = 1\n"})
+    new = make_wheel(tmp_path / "new", "replaced", "1.0", modules={"replaced.py": "V = 2\n"})
+    assert isinstance(_upload(a, old), Stored)
+    _wait_for(lambda: b.has(name), b, limit=POLL + 5)
+    first = b.locate(name, old.name)
+    assert first is not None and first.read_bytes() == old.read_bytes()
+    temp = a.temp_dir / ".upload-new"
+    temp.write_bytes(new.read_bytes())
+    result = a.add(temp, parse_dist_filename(new.name), sha256_file(new), overwrite=True)
+    assert isinstance(result, Stored) and result.replaced_sha256 == sha256_file(old)
+
+    def replaced() -> bool:
+        page = b.page(name)
+        return page is not None and page.files[0].hashes["sha256"] == sha256_file(new)
+
+    _wait_for(replaced, b, limit=POLL + 5)
+    again = b.locate(name, new.name)
+    assert again is not None and again.read_bytes() == new.read_bytes()
+    assert not first.exists()  # the old copy is gone from the replica's disk

@@ -28,6 +28,7 @@ Every method blocks; the async side calls them through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -236,13 +237,22 @@ class S3PrivateStorage:
             if fresh is not None:
                 projects[name] = fresh
                 changed = True
+                if known is not None:
+                    self._forget_copies(name, known, fresh)
         for name in projects.keys() - seen.keys():
-            del projects[name]
+            self._forget_copies(name, projects.pop(name), _Project())
             changed = True
         if changed:
             self._projects = projects
             self.generation += 1
         return changed
+
+    def _forget_copies(self, name: NormalizedName, old: _Project, new: _Project) -> None:
+        """Delete this replica's copies of files removed or replaced through another one."""
+        for filename, record in old.files.items():
+            kept = new.files.get(filename)
+            if kept is None or kept.sha256 != record.sha256:
+                self._forget_copy(name, filename, record.sha256)
 
     def _read(self, name: NormalizedName) -> _Project | None:
         found = self.bucket.get(f"{_PROJECTS}{name}.json")
@@ -275,8 +285,10 @@ class S3PrivateStorage:
     def was_private(self, name: NormalizedName) -> bool:
         return name in self._projects
 
-    def _mirror_path(self, name: NormalizedName, filename: str) -> Path:
-        return self._local / "files" / name / filename
+    def _mirror_path(self, name: NormalizedName, filename: str, sha256: str) -> Path:
+        """Where this replica keeps its copy: named by content too, so a file replaced
+        through another replica (``allow_overwrite``) can never be served from an old copy."""
+        return self._local / "files" / name / sha256[:16] / filename
 
     def page(self, name: NormalizedName) -> ProjectPage | None:
         project = self._projects.get(name)
@@ -285,7 +297,7 @@ class S3PrivateStorage:
         files = [
             DistFile(
                 filename=filename,
-                location=self._mirror_path(name, filename),
+                location=self._mirror_path(name, filename, f.sha256),
                 origin=Origin.PRIVATE,
                 hashes={"sha256": f.sha256},
                 requires_python=f.requires_python,
@@ -304,7 +316,7 @@ class S3PrivateStorage:
         record = project.files.get(filename) if project is not None else None
         if record is None:
             return None
-        path = self._mirror_path(name, filename)
+        path = self._mirror_path(name, filename, record.sha256)
         if path.exists():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +345,7 @@ class S3PrivateStorage:
         except FileNotFoundError:
             pass
         data: bytes | None = None
-        mirrored = self._mirror_path(name, filename)
+        mirrored = self._mirror_path(name, filename, record.sha256)
         if mirrored.exists():  # read out of the wheel: works while the bucket is away
             try:
                 data = read_wheel_metadata(mirrored)
@@ -355,10 +367,18 @@ class S3PrivateStorage:
         fh.close()
         return temp
 
+    def _forget_copy(self, name: NormalizedName, filename: str, sha256: str) -> None:
+        path = self._mirror_path(name, filename, sha256)
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
     def find_release(self, dist: DistFilename) -> Path | None:
         project = self._projects.get(dist.name)
         filename = project.release_file(dist) if project is not None else None
-        return self._mirror_path(dist.name, filename) if filename is not None else None
+        if project is None or filename is None:
+            return None
+        return self._mirror_path(dist.name, filename, project.files[filename].sha256)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -396,11 +416,11 @@ class S3PrivateStorage:
             result = self._record_add(dist, record, replaced)
             if not isinstance(result, Stored):
                 return result
-        mirror = self._mirror_path(dist.name, dist.filename)
+        mirror = self._mirror_path(dist.name, dist.filename, sha256)
         mirror.parent.mkdir(parents=True, exist_ok=True)
         fsutil.commit_replace(temp, mirror, durable=False)
-        if replaced is not None and replaced[0] != dist.filename:
-            self._mirror_path(dist.name, replaced[0]).unlink(missing_ok=True)
+        if replaced is not None:
+            self._forget_copy(dist.name, replaced[0], replaced[1])
         log.info("stored %s in %s (%d bytes)", dist.filename, self.bucket, size)
         return result
 
@@ -470,7 +490,7 @@ class S3PrivateStorage:
                     break
             else:
                 raise StorageUnavailable(f"could not update the record of {name}: too many writers")
-        for filename, _sha256 in gone:
+        for filename, sha256 in gone:
             self.bucket.delete(f"{_FILES}{name}/{filename}")
-            self._mirror_path(name, filename).unlink(missing_ok=True)
+            self._forget_copy(name, filename, sha256)
         return gone

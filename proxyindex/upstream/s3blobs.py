@@ -12,6 +12,7 @@ downloads are kept locally only.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,10 @@ __all__ = ["S3BlobStore"]
 
 log = logging.getLogger(__name__)
 
+# After a failed bucket request, blobs missing locally go straight to the upstream for this
+# long: a bucket that times out must not add its timeouts to every cold file.
+_BACKOFF = 10.0
+
 
 def blob_key(sha256: str) -> str:
     return f"files/{sha256[:2]}/{sha256}"
@@ -34,11 +39,13 @@ class S3BlobStore(BlobStore):
         super().__init__(root)
         self.bucket = bucket
         self._failing = False
+        self._retry_at = 0.0
 
     def _failed(self, exc: StorageUnavailable) -> None:
         if not self._failing:
             log.error("%s; cached files are served from the local disk only", exc)
         self._failing = True
+        self._retry_at = time.monotonic() + _BACKOFF
 
     def _ok(self) -> None:
         if self._failing:
@@ -51,6 +58,8 @@ class S3BlobStore(BlobStore):
         fh = super().open(sha256)
         if fh is not None or not is_sha256(sha256):
             return fh
+        if self._failing and time.monotonic() < self._retry_at:
+            return None
         temp_fh, temp = fsutil.open_temp(self.temp_dir)
         temp_fh.close()
         try:
