@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -89,33 +90,45 @@ def _wait_until_every_replica_lists(cluster: Cluster, project: str, filename: st
     return time.monotonic() - start
 
 
+class MakeCluster(Protocol):
+    def __call__(self, **storage: object) -> Cluster: ...
+
+
 @pytest.fixture
-def cluster(make_proxy: MakeProxy, tmp_path: Path) -> Iterator[Cluster]:
-    moto = MotoServer()
-    moto.start()
-    storage = {
-        "backend": "s3",
-        "s3_bucket": moto.bucket,
-        "s3_prefix": "index",
-        "s3_endpoint_url": moto.url,
-        "s3_poll_interval": POLL,
-    }
-    replicas = [
-        make_proxy(
-            storage=storage,
-            auth={"anonymous_upload": True},
-            env=AWS_ENV,
-        )
-        for _ in range(2)
-    ]
-    nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{r.port}" for r in replicas])
-    nginx.start()
-    try:
-        yield Cluster(moto, replicas, nginx)
-    finally:
-        nginx.stop()
-        print(f"=== nginx error log ===\n{nginx.error_log()[-4000:]}")
-        moto.stop()
+def make_cluster(make_proxy: MakeProxy, tmp_path: Path) -> Iterator[MakeCluster]:
+    """moto, two replicas on its bucket (``storage`` keys added to theirs), nginx in front."""
+    started: list[Cluster] = []
+
+    def factory(**extra: object) -> Cluster:
+        moto = MotoServer()
+        moto.start()
+        storage = {
+            "backend": "s3",
+            "s3_bucket": moto.bucket,
+            "s3_prefix": "index",
+            "s3_endpoint_url": moto.url,
+            "s3_poll_interval": POLL,
+            **extra,
+        }
+        replicas = [
+            make_proxy(storage=storage, auth={"anonymous_upload": True}, env=AWS_ENV)
+            for _ in range(2)
+        ]
+        nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{r.port}" for r in replicas])
+        started.append(Cluster(moto, replicas, nginx))
+        nginx.start()
+        return started[-1]
+
+    yield factory
+    for cluster in started:
+        cluster.nginx.stop()
+        print(f"=== nginx error log ===\n{cluster.nginx.error_log()[-4000:]}")
+        cluster.moto.stop()
+
+
+@pytest.fixture
+def cluster(make_cluster: MakeCluster) -> Cluster:
+    return make_cluster()
 
 
 def test_upload_through_the_balancer_installs_from_both_replicas(
@@ -139,7 +152,8 @@ def test_upload_through_the_balancer_installs_from_both_replicas(
     for replica in cluster.replicas:
         status, body = _get(f"{replica.url}/packages/corp-lib/{wheel.name}")
         assert status == 200 and body == wheel.read_bytes()
-    assert fake_pypi.count("/files/", "GET") <= 2  # at most one download per replica
+    wheels = [p for p in fake_pypi.paths() if p.endswith("public_dep-2.0-py3-none-any.whl")]
+    assert len(wheels) <= 2, wheels  # at most one download per replica
 
 
 def test_the_same_filename_raced_through_both_replicas_is_one_200_and_one_409(
@@ -245,3 +259,27 @@ def test_an_unreachable_bucket_keeps_pages_and_files_serving_and_uploads_fail_wi
     for replica in cluster.replicas:  # nothing half-stored shows up anywhere
         status, body = _get(f"{replica.url}/simple/corp-app/")
         assert status == 200 and newer.name.encode() not in body
+
+
+def test_redirect_delivery_sends_cached_files_from_the_bucket(
+    make_cluster: MakeCluster, fake_pypi: FakePyPI, tmp_path: Path
+) -> None:
+    """storage.s3_delivery = "redirect": once a file is in the bucket, every replica answers
+    it with a 302 to a presigned URL; pip and uv follow it (and check the hash)."""
+    cluster = make_cluster(s3_delivery="redirect")
+    fake_pypi.add_wheel("bucket-served", "1.0")
+    run_pip_install(tmp_path / "cold", cluster.index_url, "bucket-served", target=tmp_path / "t0")
+    file_lines = [line for line in cluster.nginx.access_lines() if line[1].endswith("-any.whl")]
+    # Cold: streamed (or, if the prefetcher put it in the bucket first, already redirected).
+    assert len(file_lines) == 1
+    report = run_pip_install(
+        tmp_path / "pip", cluster.index_url, "bucket-served", target=tmp_path / "t1"
+    )
+    assert report.versions() == {"bucket-served": "1.0"}
+    python = make_venv(tmp_path / "venv")
+    uv = run_uv_pip_install(tmp_path / "uv", cluster.index_url, "bucket-served", python=python)
+    assert uv.installed == {"bucket-served": "1.0"}
+    file_lines = [line for line in cluster.nginx.access_lines() if line[1].endswith("-any.whl")]
+    assert [line[2] for line in file_lines[1:]] == ["302", "302"]
+    wheels = [p for p in fake_pypi.paths() if p.endswith(".whl")]
+    assert len(wheels) == 1, fake_pypi.paths()  # downloaded once, then only the bucket

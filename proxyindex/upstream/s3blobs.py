@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # After a failed bucket request, blobs missing locally go straight to the upstream for this
 # long: a bucket that times out must not add its timeouts to every cold file.
 _BACKOFF = 10.0
+_REMEMBERED = 100_000  # blobs known to be in the bucket (64-byte keys: a few MB at most)
 
 
 def blob_key(sha256: str) -> str:
@@ -40,6 +41,7 @@ class S3BlobStore(BlobStore):
         self.bucket = bucket
         self._failing = False
         self._retry_at = 0.0
+        self._in_bucket: set[str] = set()
 
     def _failed(self, exc: StorageUnavailable) -> None:
         if not self._failing:
@@ -88,10 +90,15 @@ class S3BlobStore(BlobStore):
         return super().commit(temp, sha256)
 
     def presigned_url(self, sha256: str, expires: timedelta) -> str | None:
-        """A URL the bucket serves the blob from, if the bucket has it."""
+        """A URL the bucket serves the blob from, if the bucket has it (known once seen:
+        blobs are immutable, so one HEAD per blob and replica)."""
         try:
-            if self.bucket.etag(blob_key(sha256)) is None:
-                return None
+            if sha256 not in self._in_bucket:
+                if self.bucket.etag(blob_key(sha256)) is None:
+                    return None
+                if len(self._in_bucket) >= _REMEMBERED:
+                    self._in_bucket.clear()
+                self._in_bucket.add(sha256)
             return self.bucket.presigned_url(blob_key(sha256), expires)
         except StorageUnavailable as exc:
             self._failed(exc)
