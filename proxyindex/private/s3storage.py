@@ -393,29 +393,31 @@ class S3PrivateStorage:
         size = temp.stat().st_size
         record = _File(sha256, size, _now(), requires_python, metadata_sha256)
         key = f"{_FILES}{dist.name}/{dist.filename}"
+        # No lock around the transfer: the bucket's conditional create decides races, and
+        # uploads of other files (through this replica or any other) go on meanwhile.
+        project = self._read(dist.name) or _Project()
+        held = project.release_file(dist)
+        replaced: tuple[str, str] | None = None
+        if held is not None:
+            held_sha = project.files[held].sha256
+            if held_sha == sha256:
+                return Same(held)
+            if not overwrite:
+                return Conflict(held, held_sha)
+            replaced = (held, held_sha)
+            self.bucket.put(key, temp)
+        elif not self.bucket.create(key, temp):
+            # Another replica stored this filename a moment ago (or an upload died before
+            # its record was written): its bytes decide.
+            theirs = self._object_sha256(key)
+            if theirs != sha256:
+                return Conflict(dist.filename, theirs or "unknown")
+        if metadata is not None:
+            self.bucket.put(f"{_METADATA}{metadata_sha256}", metadata)
         with self._lock:
-            project = self._read(dist.name) or _Project()
-            held = project.release_file(dist)
-            replaced: tuple[str, str] | None = None
-            if held is not None:
-                held_sha = project.files[held].sha256
-                if held_sha == sha256:
-                    return Same(held)
-                if not overwrite:
-                    return Conflict(held, held_sha)
-                replaced = (held, held_sha)
-                self.bucket.put(key, temp)
-            elif not self.bucket.create(key, temp):
-                # Another replica stored this filename a moment ago (or an upload died before
-                # its record was written): its bytes decide.
-                theirs = self._object_sha256(key)
-                if theirs != sha256:
-                    return Conflict(dist.filename, theirs or "unknown")
-            if metadata is not None:
-                self.bucket.put(f"{_METADATA}{metadata_sha256}", metadata)
             result = self._record_add(dist, record, replaced)
-            if not isinstance(result, Stored):
-                return result
+        if not isinstance(result, Stored):
+            return result
         mirror = self._mirror_path(dist.name, dist.filename, sha256)
         mirror.parent.mkdir(parents=True, exist_ok=True)
         fsutil.commit_replace(temp, mirror, durable=False)
