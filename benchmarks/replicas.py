@@ -155,6 +155,15 @@ def main() -> None:
                     if p.is_file() and "tmp" not in p.relative_to(local_blobs).parts:
                         p.unlink()
                 upstream_cold.append(_get_seconds(local.url + file))
+                # The blob is committed just after the last byte is sent: wait for it, so the
+                # next round deletes it (else that round is a cache hit).
+                deadline = time.monotonic() + 10
+                while not any(
+                    p.is_file() and "tmp" not in p.relative_to(local_blobs).parts
+                    for p in local_blobs.rglob("*")
+                ):
+                    assert time.monotonic() < deadline, "the download was never committed"
+                    time.sleep(0.05)
             fetched = len([p for p in fake.paths() if p.endswith(".whl")]) - before
             print(f"\nupstream downloads in the local-backend loop: {fetched}")
             print(f"| one file GET (median of {args.cold_repeat}) | ms |")
