@@ -282,4 +282,6 @@ def test_redirect_delivery_sends_cached_files_from_the_bucket(
     file_lines = [line for line in cluster.nginx.access_lines() if line[1].endswith("-any.whl")]
     assert [line[2] for line in file_lines[1:]] == ["302", "302"]
     wheels = [p for p in fake_pypi.paths() if p.endswith(".whl")]
-    assert len(wheels) == 1, fake_pypi.paths()  # downloaded once, then only the bucket
+    # At most one download per replica (each may fetch ahead before the other's copy is in
+    # the bucket); every later request is a redirect to the bucket.
+    assert len(wheels) <= 2, fake_pypi.paths()
