@@ -10,7 +10,8 @@ WORKDIR /app
 COPY pyproject.toml README.md config.toml ./
 COPY proxyindex ./proxyindex
 COPY config.toml /etc/proxyindex/config.toml
-RUN pip install . \
+# The s3 extra: the image is what replicas on object storage run (storage.backend = "s3").
+RUN pip install '.[s3]' \
     && useradd --system --uid 10001 --home-dir /data proxyindex \
     && mkdir -p /data/packages /data/cache /etc/proxyindex \
     && chown -R proxyindex /data

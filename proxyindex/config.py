@@ -78,6 +78,14 @@ class StorageConfig:
     packages_dir: Path | None = None  # None: <data_dir>/packages
     cache_dir: Path | None = None  # None: <data_dir>/cache
     cache_max_size: int = 0
+    # Object storage (private/s3storage.py, upstream/s3blobs.py): "local" or "s3".
+    backend: str = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""  # "": AWS; else MinIO, Ceph RGW, R2, GCS's S3 interface
+    s3_region: str = ""  # "": the AWS chain's region (AWS_REGION), else us-east-1
+    s3_poll_interval: int = 2  # seconds between looks at the bucket's change marker
+    s3_delivery: str = "stream"  # or "redirect": a presigned URL for cached upstream files
 
     @property
     def data(self) -> Path:
@@ -210,6 +218,7 @@ def _validate(config: Config, environ: Mapping[str, str]) -> Config:
             config, upstream=dataclasses.replace(config.upstream, url=config.upstream.url + "/")
         )
     _check_network(config.upstream)
+    _check_storage(config.storage)
     if config.server.port > 65535:
         raise ConfigError(f"server.port: expected 0..65535, got {config.server.port}")
     if config.server.workers < 1:
@@ -251,6 +260,28 @@ def _validate(config: Config, environ: Mapping[str, str]) -> Config:
         ),
     )
     return config
+
+
+def _check_storage(storage: StorageConfig) -> None:
+    """An object storage setting that cannot work stops start-up with the key's name."""
+    if storage.backend not in ("local", "s3"):
+        raise ConfigError(f"storage.backend: expected 'local' or 's3', got {storage.backend!r}")
+    if storage.s3_delivery not in ("stream", "redirect"):
+        raise ConfigError(
+            f"storage.s3_delivery: expected 'stream' or 'redirect', got {storage.s3_delivery!r}"
+        )
+    if storage.backend != "s3":
+        return
+    if not storage.s3_bucket:
+        raise ConfigError("storage.s3_bucket: required when storage.backend is 's3'")
+    if storage.s3_endpoint_url:
+        endpoint = URL(storage.s3_endpoint_url)
+        if endpoint.scheme not in ("http", "https") or not endpoint.host:
+            raise ConfigError(
+                f"storage.s3_endpoint_url: expected an http(s) URL, got {storage.s3_endpoint_url!r}"
+            )
+    if storage.s3_poll_interval < 1:
+        raise ConfigError("storage.s3_poll_interval: expected at least 1 second")
 
 
 def _check_network(upstream: UpstreamConfig) -> None:

@@ -21,7 +21,7 @@ from proxyindex.errors import NotFound, Offline, UpstreamError
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
-from proxyindex.private.storage import PrivateStorage
+from proxyindex.private.store import PrivateStore
 from proxyindex.simple import SimpleFormat, body_etag, render_project
 from proxyindex.upstream.pages import Checked, UpstreamPages
 
@@ -82,7 +82,7 @@ class Resolved:
 
 
 class ProjectIndex:
-    def __init__(self, config: Config, storage: PrivateStorage, upstream: UpstreamPages) -> None:
+    def __init__(self, config: Config, storage: PrivateStore, upstream: UpstreamPages) -> None:
         self.config = config
         self.storage = storage
         self.upstream = upstream
@@ -207,7 +207,7 @@ class ProjectIndex:
         await self.catch_up()
         owner = self.owner(name)
         if owner is not Owner.UPSTREAM:
-            path = self.storage.locate(name, filename)
+            path = await asyncio.to_thread(self.storage.locate, name, filename)
             if path is not None:
                 return path
             if owner is Owner.PRIVATE:

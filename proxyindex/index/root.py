@@ -23,7 +23,7 @@ from packaging.utils import NormalizedName
 from proxyindex import fsutil
 from proxyindex.errors import UpstreamError
 from proxyindex.models import is_valid_name, normalize
-from proxyindex.private.storage import PrivateStorage
+from proxyindex.private.store import PrivateStore
 from proxyindex.simple import (
     SimpleFormat,
     parse_root_names,
@@ -107,7 +107,7 @@ def _write_all(directory: Path, private: Iterable[NormalizedName], names_file: P
 
 
 class RootIndex:
-    def __init__(self, directory: Path, storage: PrivateStorage, upstream: UpstreamClient) -> None:
+    def __init__(self, directory: Path, storage: PrivateStore, upstream: UpstreamClient) -> None:
         self.directory = directory
         self.names_file = directory / "upstream-names.txt"
         self._storage = storage

@@ -33,11 +33,11 @@ from proxyindex.private.audit import Audit
 from proxyindex.private.sdistcheck import read_sdist_pkg_info
 from proxyindex.private.storage import (
     Conflict,
-    PrivateStorage,
     Same,
     metadata_fields,
     read_wheel_metadata,
 )
+from proxyindex.private.store import PrivateStore
 
 __all__ = ["Received", "check_upload", "publish", "removal_target", "remove_release"]
 
@@ -153,7 +153,7 @@ def _exists_message(filename: str, sha256: str, uploaded: str | None) -> str:
     return message
 
 
-def _check_filename_reuse(storage: PrivateStorage, dist: DistFilename, sha256: str) -> None:
+def _check_filename_reuse(storage: PrivateStore, dist: DistFilename, sha256: str) -> None:
     """A removed release file may only come back with the same bytes: a pinned hash in
     someone's lock file must never meet different content under the same release, whatever
     the filename's spelling (``1.0`` and ``1.0.0`` are one release; PyPI never allows it)."""
@@ -200,7 +200,7 @@ def check_upload(received: Received) -> DistFilename:
 
 
 async def publish(
-    storage: PrivateStorage,
+    storage: PrivateStore,
     index: ProjectIndex,
     config: PrivateConfig,
     received: Received,
@@ -251,7 +251,7 @@ def removal_target(received: Received) -> tuple[NormalizedName, str]:
 
 
 async def remove_release(
-    storage: PrivateStorage, project: NormalizedName, version: str, audit: Audit | None = None
+    storage: PrivateStore, project: NormalizedName, version: str, audit: Audit | None = None
 ) -> str:
     """Remove every file of the release (404 if there is none); the line for the client."""
     removed = await asyncio.to_thread(storage.remove_version_files, project, version)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
-from proxyindex import ui
+from proxyindex import backends, ui
 from proxyindex.auth.authenticator import PUBLIC, Authenticator
 from proxyindex.config import Config
 from proxyindex.errors import (
@@ -27,8 +27,8 @@ from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.models import ProjectPage
 from proxyindex.private.audit import AuditLog, audit_path
-from proxyindex.private.storage import PrivateStorage
-from proxyindex.upstream.cache import BlobStore, PageCache
+from proxyindex.private.store import PrivateStore
+from proxyindex.upstream.cache import PageCache
 from proxyindex.upstream.client import UpstreamClient
 from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.network import ProxyRoutes, tls_context
@@ -118,7 +118,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-async def _scan_forever(storage: PrivateStorage) -> None:
+async def _scan_forever(storage: PrivateStore) -> None:
     while True:
         await asyncio.sleep(_SCAN_INTERVAL)
         try:
@@ -155,7 +155,7 @@ async def _finish(task: asyncio.Task[None]) -> None:
     await task
 
 
-async def _stop_warming(storage: PrivateStorage, warm: asyncio.Future[int]) -> None:
+async def _stop_warming(storage: PrivateStore, warm: asyncio.Future[int]) -> None:
     storage.stop_warming()
     await warm
 
@@ -175,12 +175,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(app[appkeys.AUDIT].check)  # unwritable: refuse to start
         # Opening the sqlite files and creating folders block: done in threads, like all
         # file I/O.
-        storage = await asyncio.to_thread(PrivateStorage, packages_dir, cache_dir / "private-meta")
+        bucket = await asyncio.to_thread(backends.bucket, config)  # None: local storage
+        storage = await asyncio.to_thread(backends.private_storage, config, bucket)
         stack.push_async_callback(asyncio.to_thread, storage.close)
         await asyncio.to_thread(storage.rescan)
         pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
         stack.push_async_callback(asyncio.to_thread, pages.close)
-        blobs = await asyncio.to_thread(BlobStore, cache_dir / "files")
+        blobs = await asyncio.to_thread(backends.blob_store, config, bucket)
         # The proxy environment is read once, here; the CA files are read in a thread.
         proxies = ProxyRoutes.from_settings(config.upstream.proxy, os.environ)
         tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)

@@ -9,7 +9,7 @@ from proxyindex.config import Config
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.private.audit import AuditLog
-from proxyindex.private.storage import PrivateStorage
+from proxyindex.private.store import PrivateStore
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.pages import PageListener
@@ -35,7 +35,7 @@ __all__ = [
 CONFIG = web.AppKey("config", Config)
 AUTH = web.AppKey("auth", Authenticator)
 AUDIT = web.AppKey("audit", AuditLog)
-STORAGE = web.AppKey("storage", PrivateStorage)
+STORAGE = web.AppKey("storage", PrivateStore)
 PAGES = web.AppKey("pages", PageCache)
 BLOBS = web.AppKey("blobs", BlobStore)
 INDEX = web.AppKey("index", ProjectIndex)

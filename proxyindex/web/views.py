@@ -20,7 +20,7 @@ from proxyindex.simple import SimpleFormat, body_etag, negotiate
 from proxyindex.upstream.clientprofile import CLIENT, profile_from_user_agent
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
-from proxyindex.web import appkeys
+from proxyindex.web import appkeys, delivery
 from proxyindex.web.responses import (
     IMMUTABLE,
     PRIVATE_IMMUTABLE,
@@ -194,6 +194,9 @@ async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResp
     """An upstream file from the cache, or following its one download (streamed to every
     client as it arrives, the last byte once verified). A cached file evicted before it
     could be opened is fetched again."""
+    redirect = await delivery.bucket_redirect(request, dist)  # storage.s3_delivery
+    if redirect is not None:
+        return redirect
     headers: dict[str, str] = {hdrs.CACHE_CONTROL: _file_cache_control(request)}
     downloader = request.app[appkeys.DOWNLOADER]
     for _attempt in range(_EVICTED_RETRIES):
