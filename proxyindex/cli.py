@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxyindex import __version__, admincli, fsutil
+from proxyindex import __version__, admincli, fsutil, prefetchcli
 from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
@@ -144,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         )
     _private_parser(commands)
     admincli.add_parsers(commands)
+    prefetchcli.add_parser(commands)
     return parser
 
 
@@ -559,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             return private_command(args)
         if args.command in admincli.COMMANDS:
             return admincli.run(args)
+        if args.command == "prefetch":
+            return prefetchcli.run(args)
     except ConfigError as exc:
         print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
         return 2
