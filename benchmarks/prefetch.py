@@ -90,8 +90,18 @@ def _start_upstream(wheels: Path, work: Path) -> tuple[subprocess.Popen[bytes], 
 def _prefetch(server: str, lock: Path, jobs: int) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "proxyindex", "prefetch", "-r", str(lock)]
-        + ["--server", server, "--jobs", str(jobs)],
+        [
+            sys.executable,
+            "-m",
+            "proxyindex",
+            "prefetch",
+            "-r",
+            str(lock),
+            "--server",
+            server,
+            "--jobs",
+            str(jobs),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -49,6 +49,7 @@ from proxyindex.lru import LRU
 
 __all__ = [
     "ADMIN",
+    "MANAGE",
     "PUBLIC",
     "Authenticator",
     "FailureBudget",
@@ -68,6 +69,7 @@ _HASH_THREADS = 2  # bcrypt is CPU-bound: more threads than cores only lengthens
 _CLIENTS_MAX = 10_000
 PUBLIC = "public"  # the action of routes that never need a login (/health, the home page)
 ADMIN = "admin"  # the admin API: users in auth.admins; without users, localhost only
+MANAGE = "manage"  # the web UI's yank/remove buttons: admins and users allowed to upload
 _LOOPBACK = ("127.0.0.1", "::1")
 
 
@@ -343,7 +345,7 @@ class Authenticator:
         """The identity allowed to do ``action``, None if no login is needed; raises 401, 403,
         429 or 503. ``client`` is the address failed logins are counted against."""
         if not self.enabled:
-            if action == ADMIN and not is_loopback(client):
+            if action in (ADMIN, MANAGE) and not is_loopback(client):
                 raise Forbidden(
                     "admin calls are accepted from this host only: the server has no users "
                     "(set auth.htpasswd and auth.admins to allow them from elsewhere)"
@@ -377,6 +379,14 @@ class Authenticator:
                 raise Forbidden(f"token {identity.token.id} is read-only; it may not administer")
             if identity.user not in self.config.admins:
                 raise Forbidden(f"user {identity.user!r} is not an admin (auth.admins)")
+            return
+        if action == MANAGE:
+            if identity.user in self.config.admins:
+                return
+            if identity.token is not None and identity.token.scope != "upload":
+                raise Forbidden(f"token {identity.token.id} is read-only")
+            if self.config.uploaders and identity.user not in self.config.uploaders:
+                raise Forbidden(f"user {identity.user!r} may not upload, yank or remove")
             return
         if action != "upload":
             return
