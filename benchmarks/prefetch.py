@@ -75,6 +75,7 @@ def _start_upstream(wheels: Path, work: Path) -> tuple[subprocess.Popen[bytes], 
             "1000",
         ],
         stderr=subprocess.PIPE,
+        start_new_session=True,  # stop_process signals the process group
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -123,9 +124,7 @@ def main() -> None:
         tmp = Path(raw)
         wheels = _wheels(tmp / "wheels", args.packages, args.size)
         total = sum(w.stat().st_size for w in wheels)
-        print(f"built {len(wheels)} wheels", file=sys.stderr, flush=True)
         upstream, base = _start_upstream(tmp / "wheels", tmp / "up")
-        print(f"upstream at {base}", file=sys.stderr, flush=True)
         try:
             index = base + "/simple/"
             lock = tmp / "uv.lock"
