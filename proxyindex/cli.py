@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxyindex import __version__, fsutil
+from proxyindex import __version__, admincli, fsutil, prefetchcli
 from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
             "--tokens", type=Path, help="the tokens file (default: auth.tokens of the config)"
         )
     _private_parser(commands)
+    admincli.add_parsers(commands)
+    prefetchcli.add_parser(commands)
     return parser
 
 
@@ -556,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
             return token_command(args)
         if args.command == "private":
             return private_command(args)
+        if args.command in admincli.COMMANDS:
+            return admincli.run(args)
+        if args.command == "prefetch":
+            return prefetchcli.run(args)
     except ConfigError as exc:
         print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
         return 2

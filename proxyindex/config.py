@@ -147,6 +147,7 @@ class AuthConfig:
     tokens: Path | None = None
     max_failed_logins: int = 10
     failed_login_window: int = 60
+    admins: tuple[str, ...] = ()
 
     @property
     def tokens_file(self) -> Path | None:

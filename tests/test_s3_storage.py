@@ -199,6 +199,26 @@ def test_a_change_through_one_replica_is_served_by_the_other_within_the_poll_int
     assert b.private_names.removed_files(name) == {wheel.name: sha256_file(wheel)}
 
 
+def test_a_yank_through_one_replica_is_served_by_the_other(
+    replica: ReplicaFactory, tmp_path: Path
+) -> None:
+    a, b = replica(), replica()
+    name = NormalizedName("yanked-elsewhere")
+    wheel = make_wheel(tmp_path, "yanked-elsewhere", "1.0")
+    assert isinstance(_upload(a, wheel), Stored)
+    _wait_for(lambda: b.has(name), b, limit=POLL + 5)
+    assert a.yank(name, "1.0.0", "broken build") == [(wheel.name, sha256_file(wheel))]
+    assert a.yank(name, "2.0", "no such release") == []
+
+    def yanked() -> str | bool:
+        page = b.page(name)
+        return False if page is None else page.files[0].yanked
+
+    _wait_for(lambda: yanked() == "broken build", b, limit=POLL + 5)
+    assert a.unyank(name, "1.0") == [(wheel.name, sha256_file(wheel))]
+    _wait_for(lambda: yanked() is False, b, limit=POLL + 5)
+
+
 def test_an_unreachable_bucket_keeps_the_view_and_fails_writes_with_503(
     moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -48,6 +48,8 @@ from proxyindex.errors import AuthRequired, AuthUnavailable, Forbidden, TooManyR
 from proxyindex.lru import LRU
 
 __all__ = [
+    "ADMIN",
+    "MANAGE",
     "PUBLIC",
     "Authenticator",
     "FailureBudget",
@@ -66,6 +68,14 @@ _FAILED_TTL = 300.0  # seconds a wrong (user, password) pair is answered without
 _HASH_THREADS = 2  # bcrypt is CPU-bound: more threads than cores only lengthens every wait
 _CLIENTS_MAX = 10_000
 PUBLIC = "public"  # the action of routes that never need a login (/health, the home page)
+ADMIN = "admin"  # the admin API: users in auth.admins; without users, localhost only
+MANAGE = "manage"  # the web UI's yank/remove buttons: admins and users allowed to upload
+_LOOPBACK = ("127.0.0.1", "::1")
+
+
+def is_loopback(client: str) -> bool:
+    """The client address is this host (the address the socket saw, never a header)."""
+    return client in _LOOPBACK or client.startswith("127.") or client == "::ffff:127.0.0.1"
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -335,6 +345,11 @@ class Authenticator:
         """The identity allowed to do ``action``, None if no login is needed; raises 401, 403,
         429 or 503. ``client`` is the address failed logins are counted against."""
         if not self.enabled:
+            if action in (ADMIN, MANAGE) and not is_loopback(client):
+                raise Forbidden(
+                    "admin calls are accepted from this host only: the server has no users "
+                    "(set auth.htpasswd and auth.admins to allow them from elsewhere)"
+                )
             if action == "upload" and not self.config.anonymous_upload:
                 raise Forbidden(
                     "uploads are disabled: this server has no users; start it with an "
@@ -359,6 +374,20 @@ class Authenticator:
         return identity
 
     def _permit(self, identity: Identity, action: str) -> None:
+        if action == ADMIN:
+            if identity.token is not None and identity.token.scope != "upload":
+                raise Forbidden(f"token {identity.token.id} is read-only; it may not administer")
+            if identity.user not in self.config.admins:
+                raise Forbidden(f"user {identity.user!r} is not an admin (auth.admins)")
+            return
+        if action == MANAGE:
+            if identity.user in self.config.admins:
+                return
+            if identity.token is not None and identity.token.scope != "upload":
+                raise Forbidden(f"token {identity.token.id} is read-only")
+            if self.config.uploaders and identity.user not in self.config.uploaders:
+                raise Forbidden(f"user {identity.user!r} may not upload, yank or remove")
+            return
         if action != "upload":
             return
         if identity.token is not None and identity.token.scope != "upload":

@@ -92,6 +92,12 @@ class ProjectIndex:
         )
         self._catching_up: asyncio.Future[bool] | None = None
 
+    def forget_upstream(self) -> None:
+        """Drop upstream pages and renderings held in memory: a cache purge removed them
+        from disk, and this process must not keep serving them until their TTL."""
+        self.upstream.forget()
+        self._rendered.clear()
+
     async def catch_up(self) -> None:
         """Bring private storage up to date first if another worker changed it (an upload
         answered by one worker is then visible on the next request to any other). Concurrent

@@ -84,13 +84,15 @@ class _Project:
     etag: str | None = None
     files: dict[str, _File] = field(default_factory=dict)
     removed: dict[str, str | None] = field(default_factory=dict)
+    yanked: dict[str, str] = field(default_factory=dict)  # canonical version -> reason ("")
 
     @classmethod
     def parse(cls, data: bytes, etag: str) -> _Project:
         raw: Any = json.loads(data)
         files = {name: _File(**value) for name, value in raw.get("files", {}).items()}
         removed = {str(k): (str(v) if v else None) for k, v in raw.get("removed", {}).items()}
-        return cls(etag, files, removed)
+        yanked = {str(k): str(v) for k, v in raw.get("yanked", {}).items()}
+        return cls(etag, files, removed, yanked)
 
     def dump(self) -> bytes:
         files = {
@@ -103,7 +105,24 @@ class _Project:
             }
             for name, f in sorted(self.files.items())
         }
-        return json.dumps({"files": files, "removed": self.removed}, sort_keys=True).encode()
+        record = {"files": files, "removed": self.removed, "yanked": self.yanked}
+        return json.dumps(record, sort_keys=True).encode()
+
+    def release_files(self, version: str) -> list[tuple[str, str]]:
+        wanted = canonicalize_version(version)
+        out = []
+        for filename, record in sorted(self.files.items()):
+            dist = release_of(filename)
+            if dist is not None and canonicalize_version(dist.version) == wanted:
+                out.append((filename, record.sha256))
+        return out
+
+    def yank_of(self, filename: str) -> str | bool:
+        dist = release_of(filename)
+        if dist is None:
+            return False
+        reason = self.yanked.get(canonicalize_version(dist.version))
+        return False if reason is None else (reason or True)
 
     def release_file(self, dist: DistFilename) -> str | None:
         for filename in self.files:
@@ -304,6 +323,7 @@ class S3PrivateStorage:
                 size=f.size,
                 upload_time=f.upload_time,
                 core_metadata={"sha256": f.metadata_sha256} if f.metadata_sha256 else False,
+                yanked=project.yank_of(filename),
             )
             for filename, f in sorted(project.files.items())
         ]
@@ -465,6 +485,34 @@ class S3PrivateStorage:
 
     def remove_version(self, name: NormalizedName, version: str) -> int:
         return len(self.remove_version_files(name, version))
+
+    def yank(self, name: NormalizedName, version: str, reason: str) -> list[tuple[str, str]]:
+        """PEP 592 yank of a release, kept in the project record (``If-Match``, like every
+        change): the release's files, empty (nothing written) if it has none."""
+        return self._set_yank(name, version, reason)
+
+    def unyank(self, name: NormalizedName, version: str) -> list[tuple[str, str]]:
+        return self._set_yank(name, version, None)
+
+    def _set_yank(
+        self, name: NormalizedName, version: str, reason: str | None
+    ) -> list[tuple[str, str]]:
+        wanted = canonicalize_version(version)
+        with self._lock:
+            for _attempt in range(_UPDATE_ATTEMPTS):
+                project = self._read(name)
+                files = [] if project is None else project.release_files(version)
+                if project is None or not files:
+                    return []
+                if reason is None:
+                    project.yanked.pop(wanted, None)
+                else:
+                    project.yanked[wanted] = reason
+                if self.bucket.replace(f"{_PROJECTS}{name}.json", project.dump(), project.etag):
+                    fresh = self._read(name)
+                    self._publish(name, fresh if fresh is not None else project)
+                    return files
+            raise StorageUnavailable(f"could not update the record of {name}: too many writers")
 
     def remove_version_files(self, name: NormalizedName, version: str) -> list[tuple[str, str]]:
         """Remove every file of the release from the record (kept as tombstones with their

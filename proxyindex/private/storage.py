@@ -36,6 +36,7 @@ from proxyindex.distname import DistFilename, release_of
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.private.changeboard import ChangeBoard
 from proxyindex.private.tombstones import PrivateNames
+from proxyindex.private.yanks import Yanks
 from proxyindex.simple import project_versions
 
 __all__ = [
@@ -145,6 +146,12 @@ class _DirState:
     subdirs: list[str]
 
 
+def _release_version(filename: str) -> str | None:
+    """The canonical version of a distribution filename (what yanks are keyed by)."""
+    dist = release_of(filename)
+    return canonicalize_version(dist.version) if dist is not None else None
+
+
 def _isoformat(mtime: float) -> str:
     return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -220,6 +227,8 @@ class PrivateStorage:
         self.generation = 0
         # Every name that ever had a private file, kept in the packages folder (tombstones).
         self.private_names = PrivateNames(root)
+        # Yanked releases (PEP 592), in the packages folder too.
+        self.yanks = Yanks(root)
         # What the other worker processes of this host changed (see changeboard).
         self._board = ChangeBoard(meta_dir / "changes")
         self._board_seen = self._board.read()
@@ -295,6 +304,9 @@ class PrivateStorage:
         if self.private_names.refresh():  # another process recorded or released names
             self.private_names.record_seen(self._projects)
             self.generation += 1
+        yanks_changed = self.yanks.refresh()
+        if yanks_changed:
+            self.generation += 1  # pages show the new yanked marks
         root = str(self.root)
         seen: dict[str, _DirState] = {}
         changed: list[tuple[str, _DirState | None, _DirState | None]] = []
@@ -324,10 +336,10 @@ class PrivateStorage:
             pending.extend(state.subdirs)
         self._report_unreadable(unreadable)
         if root in unreadable:
-            return False  # nothing can be told about any file: keep the whole view
+            return yanks_changed  # nothing can be told about any file: keep the whole view
         changed.extend((d, self._dirs[d], None) for d in self._dirs.keys() - seen.keys())
         self._dirs = seen
-        return self._update(changed)
+        return self._update(changed) or yanks_changed
 
     def _fresh_state(self, directory: str, old: _DirState | None) -> _DirState:
         mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116 - str paths: 100k folders
@@ -440,11 +452,14 @@ class PrivateStorage:
         if entries is None:
             return None
         files = []
+        yanked = self.yanks.of(name)
         for filename, entry in sorted(entries.items()):
             try:
                 info = self._info(entry)
             except OSError:
                 continue  # removed since the last scan
+            version = _release_version(filename) if yanked else None
+            reason = yanked.get(version) if version is not None else None
             files.append(
                 DistFile(
                     filename=filename,
@@ -454,6 +469,7 @@ class PrivateStorage:
                     requires_python=info.requires_python,
                     size=info.size,
                     upload_time=_isoformat(info.mtime),
+                    yanked=False if reason is None else (reason or True),
                     core_metadata=(
                         {"sha256": info.metadata_sha256} if info.metadata_sha256 else False
                     ),
@@ -567,6 +583,41 @@ class PrivateStorage:
         if paths:
             self.rescan()
         return [(path.name, sha256) for path, sha256 in paths]
+
+    def _release_files(self, name: NormalizedName, version: str) -> list[tuple[str, str]]:
+        """(filename, sha256) of each file of ``name``'s release ``version``."""
+        wanted = canonicalize_version(version)
+        found = []
+        for filename, entry in sorted(self._projects.get(name, {}).items()):
+            if _release_version(filename) != wanted:
+                continue
+            try:
+                found.append((filename, self._info(entry).sha256))
+            except OSError:
+                continue  # removed since the last scan
+        return found
+
+    def yank(self, name: NormalizedName, version: str, reason: str) -> list[tuple[str, str]]:
+        """Mark ``name``'s release ``version`` yanked (PEP 592) with ``reason`` ("" for
+        none); the release's files as (filename, sha256), empty (nothing written) if the
+        release has no file. Yanking again replaces the reason."""
+        return self._set_yank(name, version, reason)
+
+    def unyank(self, name: NormalizedName, version: str) -> list[tuple[str, str]]:
+        """Undo :meth:`yank`; the release's files, empty if it has none."""
+        return self._set_yank(name, version, None)
+
+    def _set_yank(
+        self, name: NormalizedName, version: str, reason: str | None
+    ) -> list[tuple[str, str]]:
+        with self.release_lock(name):
+            self.rescan()  # another worker may have stored or removed files a moment ago
+            files = self._release_files(name, version)
+            if files and self.yanks.set(name, version, reason):
+                with self._lock:
+                    self.generation += 1
+                    self._board.bump()  # the other workers re-read the yanks
+        return files
 
     def find_release(self, dist: DistFilename) -> Path | None:
         """The file that holds ``dist``'s release, under whatever spelling: the one pages list,

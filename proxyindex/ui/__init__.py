@@ -16,8 +16,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from proxyindex.auth.authenticator import PUBLIC
-from proxyindex.ui import views
+from proxyindex.auth.authenticator import MANAGE, PUBLIC
+from proxyindex.ui import manage, views
 from proxyindex.ui.stats import STATS, Stats, stats_middleware
 from proxyindex.web import appkeys
 from proxyindex.web.routes import Route
@@ -33,6 +33,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/ui/projects/", views.projects, "list"),
     Route("GET", "/ui/projects/{name}/", views.project, "list"),
     Route("GET", "/ui/cache/", views.cache_page, "list"),
+    # Yank/unyank/remove buttons (POST forms with a CSRF token) and the login that shows them.
+    Route("POST", "/ui/projects/{name}/manage", manage.manage, MANAGE),
+    Route("GET", "/ui/login", manage.login, MANAGE),
     Route("GET", "/ui/static", None, PUBLIC, directory=_HERE / "static"),
 )
 

@@ -18,7 +18,7 @@ from packaging.utils import NormalizedName
 
 from proxyindex import __version__
 from proxyindex.models import is_valid_name, normalize
-from proxyindex.ui import data
+from proxyindex.ui import data, manage
 from proxyindex.ui.stats import STATS
 from proxyindex.upstream.client import mask_url
 from proxyindex.upstream.readiness import UpstreamCheck
@@ -136,7 +136,9 @@ async def project(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"no private project named {name!r}\n")
     found = data.releases(page)
     description = await _description(request, name, found)
-    return _render(
+    may_manage = await manage.viewer_may_manage(request)
+    token = manage.csrf_token(request) if may_manage else ""
+    response = _render(
         request,
         "project.html",
         {
@@ -145,8 +147,15 @@ async def project(request: web.Request) -> web.StreamResponse:
             "latest": found[0].version if found else "",
             "description": description,
             "human_size": data.human_size,
+            "uploaders": await manage.uploaders(request, name),
+            "manage": may_manage,
+            "csrf": token,
+            "login": not may_manage and request.app[appkeys.AUTH].enabled,
         },
     )
+    if may_manage:
+        manage.set_csrf_cookie(request, response, token)
+    return response
 
 
 async def _description(

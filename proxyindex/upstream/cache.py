@@ -69,6 +69,11 @@ class PageCache:
         self._threads.shutdown(wait=True)
         self._cache.close()
 
+    @property
+    def store(self) -> Any:
+        """The diskcache itself, for blocking maintenance in a thread (``maintenance``)."""
+        return self._cache
+
     async def _call(self, func: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, func, *args)
 

@@ -72,6 +72,10 @@ class UpstreamPages:
     async def close(self) -> None:
         await self._tasks.close()
 
+    def forget(self) -> None:
+        """Drop the pages held in memory (a cache purge removed some from disk)."""
+        self._memory.clear()
+
     def _checked(self, entry: PageEntry) -> Checked:
         """An entry as fetched: good until its TTL (a 404's is ``negative_ttl``) runs out."""
         ttl = self.config.page_ttl if entry.page else self.config.negative_ttl

@@ -13,7 +13,7 @@ from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
 from proxyindex import backends, ui
-from proxyindex.auth.authenticator import PUBLIC, Authenticator
+from proxyindex.auth.authenticator import ADMIN, PUBLIC, Authenticator
 from proxyindex.config import Config
 from proxyindex.errors import (
     AuthRequired,
@@ -36,7 +36,7 @@ from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.readiness import UpstreamMonitor
 from proxyindex.upstream.wheelmeta import WheelMetadata
-from proxyindex.web import appkeys, upload, views
+from proxyindex.web import admin, appkeys, upload, views
 from proxyindex.web.routes import Handler, Route
 
 __all__ = ["create_app"]
@@ -258,12 +258,22 @@ _INDEX_ROUTES: tuple[Route, ...] = (
     Route("POST", "/legacy", upload.handle_upload, "upload"),
     Route("POST", "/legacy/", upload.handle_upload, "upload"),
 )
+# The admin API (``web.admin``): admins only (auth.admins; no users: this host only).
+_ADMIN_ROUTES: tuple[Route, ...] = (
+    Route("POST", "/-/admin/yank/{name}/{version}", admin.yank, ADMIN),
+    Route("POST", "/-/admin/unyank/{name}/{version}", admin.unyank, ADMIN),
+    Route("DELETE", "/-/admin/projects/{name}", admin.remove, ADMIN),
+    Route("DELETE", "/-/admin/projects/{name}/{version}", admin.remove, ADMIN),
+    Route("GET", "/-/admin/cache/stats", admin.cache_stats, ADMIN),
+    Route("POST", "/-/admin/cache/purge", admin.cache_purge, ADMIN),
+    Route("POST", "/-/admin/cache/verify", admin.cache_verify, ADMIN),
+)
 # pypiserver-style project URLs at the root redirect to /simple/<name>/ (a listing).
 _ROOT_NAME_ROUTES = (
     Route("GET", "/{name}/", views.root_name_redirect, "list"),
     Route("GET", "/{name}", views.root_name_redirect, "list"),
 )
-ROUTES: tuple[Route, ...] = (*_INDEX_ROUTES, *ui.ROUTES, *_ROOT_NAME_ROUTES)
+ROUTES: tuple[Route, ...] = (*_INDEX_ROUTES, *_ADMIN_ROUTES, *ui.ROUTES, *_ROOT_NAME_ROUTES)
 
 
 def _action_table(routes: tuple[Route, ...]) -> dict[tuple[str, str], str]:

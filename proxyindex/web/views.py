@@ -201,6 +201,8 @@ async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResp
     downloader = request.app[appkeys.DOWNLOADER]
     for _attempt in range(_EVICTED_RETRIES):
         found = await downloader.get(dist)
+        # X-Cache says whether the cache had it (``proxyindex prefetch`` counts on it).
+        headers["X-Cache"] = "HIT" if isinstance(found, CachedBlob) else "MISS"
         if isinstance(found, CachedBlob):
             return StoredFile(found.path, file=found.file, headers=headers)
         if request.method == hdrs.METH_GET and hdrs.RANGE not in request.headers:
