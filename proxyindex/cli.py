@@ -25,6 +25,7 @@ from proxyindex import __version__, fsutil
 from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.guard.live import Guard, GuardError
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.private.audit import AuditEvent, AuditLog, audit_path
 from proxyindex.private.tombstones import PrivateNames, scan_names
@@ -332,6 +333,14 @@ def _auth_summary(config: Config) -> str:
     return f"auth: htpasswd {auth.htpasswd}; a login is needed to {protected or 'nothing'}"
 
 
+def _check_policy(config: Config) -> None:
+    """A deny/allow file that is missing or does not parse stops start-up, naming it."""
+    try:
+        Guard(config.policy).load()
+    except GuardError as exc:
+        raise ConfigError(f"policy: {exc}") from exc
+
+
 def _check_auth(config: Config) -> None:
     """A wrong --htpasswd path must not start a server where every login fails."""
     if config.auth.htpasswd is None:
@@ -353,6 +362,7 @@ def serve(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(args.log_level, config.server.access_log)
     _check_auth(config)
+    _check_policy(config)
     removed = fsutil.remove_stale_temp_files(config.storage.packages)
     removed += fsutil.remove_stale_temp_files(config.storage.cache)
     if removed:
