@@ -153,6 +153,22 @@ def _all_of(listeners: list[PageListener]) -> PageListener | None:
     return fetched
 
 
+def _visible_only(guard: Guard, listener: PageListener) -> PageListener:
+    """Fetch ahead only what the guard lets clients see: a release held back by the cooldown
+    is not downloaded before its time. A PyPI-sized page is not filtered on the event loop:
+    its prefetch is skipped while rules are on (clients' own requests still fetch)."""
+
+    def fetched(page: ProjectPage) -> None:
+        if not guard.rules.active:
+            listener(page)
+        elif not page.is_large:
+            outcome = guard.outcome_now(page)
+            if outcome.refused is None:
+                listener(outcome.page)
+
+    return fetched
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -209,13 +225,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             page_for_prefetch, downloader, config.upstream.prefetch_max_size, wheel_metadata.get
         )
         listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
+        guard = Guard(config.policy)
+        await asyncio.to_thread(guard.load)
         if config.upstream.prefetch and not config.upstream.offline:
-            listeners.append(prefetcher.page_fetched)
+            listeners.append(_visible_only(guard, prefetcher.page_fetched))
         upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
         stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
-        guard = Guard(config.policy)
-        await asyncio.to_thread(guard.load)
         index = ProjectIndex(config, storage, upstream_pages, guard)
         root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
         stack.push_async_callback(root.close)
