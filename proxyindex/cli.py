@@ -20,15 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from packaging.utils import NormalizedName
 
 from proxyindex import __version__, fsutil
 from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.guard import explain
 from proxyindex.guard.live import Guard, GuardError
+from proxyindex.guard.rules import parse_snapshot
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.private.audit import AuditEvent, AuditLog, audit_path
 from proxyindex.private.tombstones import PrivateNames, scan_names
+from proxyindex.upstream.cache import PageCache, PageEntry
 from proxyindex.upstream.client import mask_url
 from proxyindex.upstream.network import ProxyRoutes
 from proxyindex.web import logs
@@ -160,6 +164,16 @@ def _private_parser(commands: Any) -> None:
     for sub in (listing, release):
         sub.add_argument("--config", type=Path, help="TOML file (default: ./config.toml)")
         sub.add_argument("--packages-dir", type=Path, help="folder of private packages")
+    policy = commands.add_parser("policy", help="supply-chain policies ([policy])")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_commands.add_parser(
+        "explain", help="what the policies hide or yank of a project, and why"
+    )
+    explain.add_argument("name")
+    explain.add_argument("version", nargs="?")
+    explain.add_argument("--at", help="as of a snapshot: a date or an RFC 3339 time")
+    explain.add_argument("--config", type=Path, help="TOML file (default: ./config.toml)")
+    explain.add_argument("--cache-dir", type=Path, help="the server's cache folder")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -447,6 +461,47 @@ def user_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def policy_command(args: argparse.Namespace) -> int:
+    """``policy explain NAME [VERSION]``: offline, from the config, the rule files and the
+    upstream page the server cached (``proxyindex.guard.explain``)."""
+    config = _load(args)
+    if not is_valid_name(args.name):
+        print(f"proxyindex: not a project name: {args.name!r}", file=sys.stderr)
+        return 2
+    name = normalize(args.name)
+    try:
+        snapshot = parse_snapshot(args.at) if args.at else None
+    except ValueError as exc:
+        print(f"proxyindex: {exc}", file=sys.stderr)
+        return 2
+    guard = Guard(config.policy)
+    try:
+        guard.load()
+    except GuardError as exc:
+        raise ConfigError(f"policy: {exc}") from exc
+    pages_dir = config.storage.cache / "pages"
+    entry = asyncio.run(_cached_page(pages_dir, name)) if pages_dir.is_dir() else None
+    if entry is None or entry.page is None:
+        print(
+            f"proxyindex: no upstream page of {name} in {config.storage.cache}; ask the server "
+            f"for it once (pip download {name}, or GET /simple/{name}/) and run this again",
+            file=sys.stderr,
+        )
+        return 1
+    outcome = guard.outcome_now(entry.page, snapshot)
+    for line in explain.report(entry.page, outcome, entry.fetched_at, args.version):
+        print(line)
+    return 0
+
+
+async def _cached_page(directory: Path, name: NormalizedName) -> PageEntry | None:
+    pages = await asyncio.to_thread(PageCache, directory)
+    try:
+        return await pages.get(name, any_writer=True)
+    finally:
+        await asyncio.to_thread(pages.close)
+
+
 def private_command(args: argparse.Namespace) -> int:
     """``private list-tombstones`` and ``private release NAME``: they edit the names log in
     the packages folder; a running server reads the change within a second."""
@@ -566,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
             return token_command(args)
         if args.command == "private":
             return private_command(args)
+        if args.command == "policy":
+            return policy_command(args)
     except ConfigError as exc:
         print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
         return 2

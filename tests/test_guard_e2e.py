@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,3 +142,29 @@ def test_pip_uv_and_pipenv_resolve_from_a_pinned_snapshot_url(
     run([sys.executable, "-m", "pipenv", "lock"], env, cwd=project, timeout=300)
     lock = json.loads((project / "Pipfile.lock").read_text())
     assert lock["default"]["demo"]["version"] == "==1.0"
+
+
+def test_policy_explain_prints_what_is_hidden_and_why(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI, client_tmp: Path
+) -> None:
+    fake_pypi.add_wheel("demo", "1.0", upload_time=ago(30 * DAY))
+    fake_pypi.add_wheel("demo", "1.1", upload_time=ago(20 * DAY))
+    fake_pypi.add_wheel("demo", "2.0", upload_time=ago(DAY))
+    proxy = make_proxy(policy={"min_age": "7d", "deny": ["demo==1.1"]})
+    explain: list[str | Path] = [sys.executable, "-m", "proxyindex", "policy", "explain"]
+    explain += ["--config", proxy.config]
+    env = client_env(client_tmp)
+    missing = run([*explain, "demo"], env, cwd=client_tmp, check=False)
+    assert missing.returncode == 1 and "no upstream page of demo" in missing.stderr
+    with urllib.request.urlopen(f"{proxy.index_url}demo/") as resp:  # noqa: S310 - 127.0.0.1
+        assert resp.status == 200
+    out = run([*explain, "demo"], env, cwd=client_tmp).stdout
+    assert "3 upstream files" in out and "1 listed" in out
+    assert "demo-1.0-py3-none-any.whl  visible" in out
+    assert "demo-1.1-py3-none-any.whl  denied by policy.deny: denied by policy.deny rule" in out
+    assert "demo-2.0-py3-none-any.whl  hidden by policy.min_age: uploaded" in out
+    assert "next change: " in out
+    one = run([*explain, "demo", "2.0"], env, cwd=client_tmp).stdout
+    assert "demo-2.0" in one and "demo-1.0" not in one
+    snap = run([*explain, "demo", "--at", "2000-01-01"], env, cwd=client_tmp).stdout
+    assert "the project page is a 404: hidden by snapshot" in snap
