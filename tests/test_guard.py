@@ -282,3 +282,13 @@ def test_deny_file_is_reloaded_when_it_changes_and_a_bad_one_keeps_the_old_rules
     os.utime(deny, ns=(1, 2 * 10**18))
     guard.reload_if_changed()
     assert guard.rules.deny.covers("worse", None) is not None
+
+
+def test_advisory_bisection_agrees_with_testing_each_version() -> None:
+    [(_, advisory)] = parse_record(RECORD)
+    versions = ["0.1", "1.1", "1.2", "1.5", "2.0", "2.0.5", "2.1", "2.1.1", "3.0", "3.1"]
+    p = page(*(dist(f"demo-{v}.tar.gz") for v in versions))
+    outcome = apply(p, Rules(advisories=build_index(parse_record(RECORD))), NOW)
+    yanked = {f.filename for f in outcome.page.files if f.yanked}
+    assert yanked == {f"demo-{v}.tar.gz" for v in versions if advisory.affects(Version(v))}
+    assert len(yanked) == 6

@@ -22,8 +22,9 @@ from enum import Enum
 
 from packaging.version import Version
 
-from proxyindex.guard.advisories import AdvisoryIndex
+from proxyindex.guard.advisories import Advisory, AdvisoryIndex
 from proxyindex.guard.rules import (
+    BoundRules,
     RuleIndex,
     Snapshot,
     format_time,
@@ -148,41 +149,27 @@ def _after(snapshot: Snapshot, moment: float) -> Decision:
     return Decision(Verdict.HIDDEN, "snapshot", when)
 
 
+def _snapshot(rules: Rules, moment: float | None, snapshot: Snapshot) -> Decision | None:
+    if moment is None and not rules.unknown_age_allow:
+        return Decision(
+            Verdict.HIDDEN, "snapshot", "the upstream gives no upload time (policy.unknown_age)"
+        )
+    if moment is not None and moment > snapshot.at:
+        return _after(snapshot, moment)
+    return None
+
+
 def _file_decision(
-    rules: Rules,
-    name: str,
-    version: Version | None,
-    moment: float | None,
-    snapshot: Snapshot | None,
+    name: str, version: Version | None, allow: BoundRules | None, deny: BoundRules | None
 ) -> Decision | None:
-    """The rules that do not depend on the time now (the cooldown is applied by the caller)."""
-    if snapshot is not None:
-        if moment is None and not rules.unknown_age_allow:
-            return Decision(
-                Verdict.HIDDEN, "snapshot", "the upstream gives no upload time (policy.unknown_age)"
-            )
-        if moment is not None and moment > snapshot.at:
-            return _after(snapshot, moment)
-    if rules.allow_only is not None and rules.allow_only.covers(name, version) is None:
+    """``allow_only`` and ``deny``: they depend on the version only."""
+    if allow is not None and allow.covers(version) is None:
         return Decision(Verdict.HIDDEN, "policy.allow_only", f"{name} is not in policy.allow_only")
-    denied = rules.deny.covers(name, version) if rules.deny.by_name or rules.deny.patterns else None
+    denied = deny.covers(version) if deny is not None else None
     if denied is not None:
         return Decision(
             Verdict.DENIED, "policy.deny", f"denied by policy.deny rule {denied.text!r}"
         )
-    return None
-
-
-def _advisory(rules: Rules, name: str, version: Version | None, dist: DistFile) -> Decision | None:
-    if version is None:
-        return None
-    for advisory in rules.advisories.for_project(name):
-        if advisory.affects(version):
-            if rules.advisories_hide:
-                return Decision(Verdict.HIDDEN, "policy.advisories", advisory.reason)
-            if dist.yanked is False:  # an upstream yank keeps its own reason
-                return Decision(Verdict.YANKED, "policy.advisories", advisory.reason)
-            return None
     return None
 
 
@@ -200,17 +187,39 @@ def apply(page: ProjectPage, rules: Rules, now: float, snapshot: Snapshot | None
                 decisions[dist.filename] = _after(snapshot, moment)
             continue
         upstream.append((dist, version_of(dist.filename), moment))
-    exempt_all = rules.exempt.for_project(name) if rules.min_age else ()
     releases = _release_times(upstream, rules.min_age) if rules.min_age else {}
     changes_at = math.inf
+    # Rules that depend on the version only are decided once per version (a release has
+    # dozens of wheels); the time-dependent ones per file.
+    by_version: dict[str | None, tuple[Decision | None, bool, Advisory | None]] = {}
+    allow = rules.allow_only.bound(name) if rules.allow_only is not None else None
+    deny = rules.deny.bound(name) if rules.deny else None
+    exempt = rules.exempt.bound(name) if rules.min_age and rules.exempt else None
+    affected: dict[Version, Advisory] = {}
+    if name in rules.advisories.by_name:
+        parsed = (parse_version(v) for _d, v, _m in upstream)
+        affected = rules.advisories.affected(name, (v for v in parsed if v is not None))
     for dist, version_text, moment in upstream:
-        version = parse_version(version_text)
-        decision = _file_decision(rules, name, version, moment, snapshot)
-        if decision is None and rules.min_age and not any(r.matches(version) for r in exempt_all):
+        known = by_version.get(version_text)
+        if known is None:
+            version = parse_version(version_text)
+            known = (
+                _file_decision(name, version, allow, deny),
+                exempt is not None and exempt.covers(version) is not None,
+                affected.get(version) if version is not None else None,
+            )
+            by_version[version_text] = known
+        static, exempted, advisory = known
+        decision = _snapshot(rules, moment, snapshot) if snapshot is not None else None
+        decision = decision or static
+        if decision is None and rules.min_age and not exempted:
             decision, change = _cooldown(rules, releases.get(version_text), moment, now)
             changes_at = min(changes_at, change)
-        if decision is None and rules.advisories.by_name:
-            decision = _advisory(rules, name, version, dist)
+        if decision is None and advisory is not None:
+            if rules.advisories_hide:
+                decision = Decision(Verdict.HIDDEN, "policy.advisories", advisory.reason)
+            elif dist.yanked is False:  # an upstream yank keeps its own reason
+                decision = Decision(Verdict.YANKED, "policy.advisories", advisory.reason)
         if decision is not None:
             decisions[dist.filename] = decision
     if not decisions:

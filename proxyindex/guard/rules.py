@@ -19,6 +19,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 __all__ = [
+    "BoundRules",
     "NameRule",
     "RuleIndex",
     "Snapshot",
@@ -117,29 +118,54 @@ class NameRule:
 
 @dataclass(frozen=True, slots=True)
 class RuleIndex:
-    """Rules by normalised project name (one dict lookup per page, however many rules: a
-    10,000-line deny list costs the same as one) plus the ``*`` patterns, tried in order."""
+    """Rules by normalised project name, so a 10,000-line deny list costs one dict lookup per
+    file like a one-line list: exact pins (``x==1.0``) by (name, version), other rules of a
+    project by name, and the ``*`` patterns (few, by nature), tried in order."""
 
     by_name: Mapping[str, tuple[NameRule, ...]] = field(default_factory=dict)
     patterns: tuple[tuple[str, NameRule], ...] = ()
+    pins: Mapping[tuple[str, Version], NameRule] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return sum(len(rules) for rules in self.by_name.values()) + len(self.patterns)
+        named = sum(len(rules) for rules in self.by_name.values())
+        return named + len(self.patterns) + len(self.pins)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_name or self.patterns or self.pins)
 
     def for_project(self, name: str) -> tuple[NameRule, ...]:
+        """The rules of ``name`` other than exact pins."""
         found = self.by_name.get(name, ())
         if self.patterns:
             found += tuple(r for p, r in self.patterns if fnmatch.fnmatchcase(name, p))
         return found
 
     def covers(self, name: str, version: Version | None) -> NameRule | None:
-        return next((r for r in self.for_project(name) if r.matches(version)), None)
+        return self.bound(name).covers(version)
+
+    def bound(self, name: str) -> BoundRules:
+        """The rules of one project, looked up once per page (patterns matched once)."""
+        return BoundRules(self, name, self.for_project(name))
 
     def merged(self, other: RuleIndex) -> RuleIndex:
         by_name = {k: tuple(v) for k, v in self.by_name.items()}
         for key, rules in other.by_name.items():
             by_name[key] = by_name.get(key, ()) + rules
-        return RuleIndex(by_name, self.patterns + other.patterns)
+        return RuleIndex(by_name, self.patterns + other.patterns, {**other.pins, **self.pins})
+
+
+@dataclass(frozen=True, slots=True)
+class BoundRules:
+    index: RuleIndex
+    name: str
+    rules: tuple[NameRule, ...]
+
+    def covers(self, version: Version | None) -> NameRule | None:
+        if self.index.pins and version is not None:
+            pinned = self.index.pins.get((self.name, version))
+            if pinned is not None:
+                return pinned
+        return next((r for r in self.rules if r.matches(version)), None)
 
 
 def parse_rule(text: str) -> tuple[str, bool, NameRule]:
@@ -164,13 +190,27 @@ def parse_rules(lines: Iterable[str]) -> RuleIndex:
     """Rules from a config list or a file's lines (``#`` comments and blank lines skipped)."""
     by_name: dict[str, list[NameRule]] = {}
     patterns: list[tuple[str, NameRule]] = []
+    pins: dict[tuple[str, Version], NameRule] = {}
     for line in lines:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
         key, is_pattern, rule = parse_rule(text)
+        pinned = _pinned(rule)
         if is_pattern:
             patterns.append((key, rule))
+        elif pinned is not None:
+            pins.setdefault((key, pinned), rule)
         else:
             by_name.setdefault(key, []).append(rule)
-    return RuleIndex({k: tuple(v) for k, v in by_name.items()}, tuple(patterns))
+    return RuleIndex({k: tuple(v) for k, v in by_name.items()}, tuple(patterns), pins)
+
+
+def _pinned(rule: NameRule) -> Version | None:
+    """The version of an exact pin (``==1.0``, no wildcard), found by lookup, not by test."""
+    if rule.specifier is None or len(rule.specifier) != 1:
+        return None
+    (spec,) = rule.specifier
+    if spec.operator != "==" or spec.version.endswith(".*"):
+        return None
+    return parse_version(spec.version)
