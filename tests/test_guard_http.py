@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import AppClient, MakeAppClient
 from tests.fakepypi import FakePyPI
@@ -210,3 +213,21 @@ async def test_snapshot_serves_pages_files_and_json_as_they_were(
         assert "snapshot" in await resp.text()
     resp = await client.get(f"{base}/simple/Demo", allow_redirects=False)
     assert resp.headers["Location"] == f"{base}/simple/demo/"
+
+
+async def test_an_upstream_without_upload_times_is_hidden_by_default_with_one_warning(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_pypi.html_only = True  # PEP 503 HTML: no upload-time
+    fake_pypi.add_wheel("demo", "1.0", upload_time=ago(30 * DAY))
+    fake_pypi.add_wheel("other", "1.0", upload_time=ago(30 * DAY))
+    client = await make_app_client(policy={"min_age": "1d"})
+    with caplog.at_level(logging.INFO, logger="proxyindex.guard"):
+        for name in ("demo", "other", "demo"):
+            resp = await client.get(f"/simple/{name}/")
+            assert resp.status == 404
+            assert "policy.unknown_age" in resp.headers[HEADER]
+    warnings = [r for r in caplog.records if "gives no upload times" in r.getMessage()]
+    assert len(warnings) == 1
+    allowing = await make_app_client(policy={"min_age": "1d", "unknown_age": "allow"})
+    assert (await allowing.get("/simple/demo/")).status == 200

@@ -243,7 +243,18 @@ class Guard:
         """Once per file and reason, not per request; a whole project refused for one reason
         is one line. Snapshots hide by design: not logged."""
         reasons = {d.reason for d in outcome.decisions.values()}
+        if not self._warned_unknown and any(
+            d.rule == "policy.unknown_age" for d in outcome.decisions.values()
+        ):
+            self._warned_unknown = True
+            log.warning(
+                "policy: the upstream gives no upload times (%s first): with policy.min_age "
+                'on, such files are hidden; set policy.unknown_age = "allow" to show them',
+                page.name,
+            )
         if outcome.refused is not None and len(reasons) == 1:
+            if outcome.refused.rule == "snapshot":
+                return
             if self._logged.get((page.name, outcome.refused.reason)) is None:
                 self._logged.put((page.name, outcome.refused.reason), True)
                 log.info("policy: %s: every upstream file %s", page.name, outcome.refused)
@@ -252,13 +263,6 @@ class Guard:
             if decision.rule == "snapshot" or self._logged.get((filename, decision.reason)):
                 continue
             self._logged.put((filename, decision.reason), True)
-            if decision.rule == "policy.unknown_age" and not self._warned_unknown:
-                self._warned_unknown = True
-                log.warning(
-                    "policy: the upstream gives no upload times (%s): with policy.min_age on, "
-                    'such files are hidden; set policy.unknown_age = "allow" to show them',
-                    page.name,
-                )
             log.info("policy: %s %s", filename, decision)
         if math.isfinite(outcome.changes_at):
             log.debug("policy: %s changes at %s", page.name, outcome.changes_at)
