@@ -469,6 +469,10 @@ def policy_command(args: argparse.Namespace) -> int:
         print(f"proxyindex: not a project name: {args.name!r}", file=sys.stderr)
         return 2
     name = normalize(args.name)
+    if config.private.is_reserved(name) or name in scan_names(config.storage.packages):
+        print(f"{name} is a private name: no policy applies to private files (and the upstream")
+        print("is never asked for it); see `proxyindex private list-tombstones` for removed ones")
+        return 0
     try:
         snapshot = parse_snapshot(args.at) if args.at else None
     except ValueError as exc:

@@ -15,6 +15,7 @@ import pytest
 from tests.clients import client_env, make_venv, run, run_pip_install, run_uv_pip_install
 from tests.conftest import MakeProxy
 from tests.fakepypi import FakePyPI
+from tests.wheelmaker import make_wheel
 
 pytestmark = pytest.mark.e2e
 
@@ -168,3 +169,6 @@ def test_policy_explain_prints_what_is_hidden_and_why(
     assert "demo-2.0" in one and "demo-1.0" not in one
     snap = run([*explain, "demo", "--at", "2000-01-01"], env, cwd=client_tmp).stdout
     assert "the project page is a 404: hidden by snapshot" in snap
+    make_wheel(proxy.config.parent / "packages", "corp-lib", "1.0")
+    private = run([*explain, "corp-lib"], env, cwd=client_tmp).stdout
+    assert "corp-lib is a private name: no policy applies" in private
