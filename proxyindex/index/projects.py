@@ -59,7 +59,7 @@ class _Token:
 
     private: ProjectPage | None
     upstream: ProjectPage | None
-    policy: object = None  # the guard's decisions: equal decisions, same visible files
+    policy: Mapping[str, Decision] | None = None  # the guard's: equal ones, same files shown
 
     def same(self, other: _Token) -> bool:
         return (
