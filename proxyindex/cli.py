@@ -20,14 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from packaging.utils import NormalizedName
 
 from proxyindex import __version__, admincli, fsutil, prefetchcli
 from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
 from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.guard import explain
+from proxyindex.guard.live import Guard, GuardError
+from proxyindex.guard.rules import parse_snapshot
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.private.audit import AuditEvent, AuditLog, audit_path
 from proxyindex.private.tombstones import PrivateNames, scan_names
+from proxyindex.upstream.cache import PageCache, PageEntry
 from proxyindex.upstream.client import mask_url
 from proxyindex.upstream.network import ProxyRoutes
 from proxyindex.web import logs
@@ -161,6 +166,16 @@ def _private_parser(commands: Any) -> None:
     for sub in (listing, release):
         sub.add_argument("--config", type=Path, help="TOML file (default: ./config.toml)")
         sub.add_argument("--packages-dir", type=Path, help="folder of private packages")
+    policy = commands.add_parser("policy", help="supply-chain policies ([policy])")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_commands.add_parser(
+        "explain", help="what the policies hide or yank of a project, and why"
+    )
+    explain.add_argument("name")
+    explain.add_argument("version", nargs="?")
+    explain.add_argument("--at", help="as of a snapshot: a date or an RFC 3339 time")
+    explain.add_argument("--config", type=Path, help="TOML file (default: ./config.toml)")
+    explain.add_argument("--cache-dir", type=Path, help="the server's cache folder")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -334,6 +349,14 @@ def _auth_summary(config: Config) -> str:
     return f"auth: htpasswd {auth.htpasswd}; a login is needed to {protected or 'nothing'}"
 
 
+def _check_policy(config: Config) -> None:
+    """A deny/allow file that is missing or does not parse stops start-up, naming it."""
+    try:
+        Guard(config.policy).load()
+    except GuardError as exc:
+        raise ConfigError(f"policy: {exc}") from exc
+
+
 def _check_auth(config: Config) -> None:
     """A wrong --htpasswd path must not start a server where every login fails."""
     if config.auth.htpasswd is None:
@@ -355,6 +378,7 @@ def serve(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(args.log_level, config.server.access_log)
     _check_auth(config)
+    _check_policy(config)
     removed = fsutil.remove_stale_temp_files(config.storage.packages)
     removed += fsutil.remove_stale_temp_files(config.storage.cache)
     if removed:
@@ -437,6 +461,51 @@ def user_command(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     print(f"proxyindex: {args.name} saved in {path} (bcrypt)", file=sys.stderr)
     return 0
+
+
+def policy_command(args: argparse.Namespace) -> int:
+    """``policy explain NAME [VERSION]``: offline, from the config, the rule files and the
+    upstream page the server cached (``proxyindex.guard.explain``)."""
+    config = _load(args)
+    if not is_valid_name(args.name):
+        print(f"proxyindex: not a project name: {args.name!r}", file=sys.stderr)
+        return 2
+    name = normalize(args.name)
+    if config.private.is_reserved(name) or name in scan_names(config.storage.packages):
+        print(f"{name} is a private name: no policy applies to private files (and the upstream")
+        print("is never asked for it); see `proxyindex private list-tombstones` for removed ones")
+        return 0
+    try:
+        snapshot = parse_snapshot(args.at) if args.at else None
+    except ValueError as exc:
+        print(f"proxyindex: {exc}", file=sys.stderr)
+        return 2
+    guard = Guard(config.policy)
+    try:
+        guard.load()
+    except GuardError as exc:
+        raise ConfigError(f"policy: {exc}") from exc
+    pages_dir = config.storage.cache / "pages"
+    entry = asyncio.run(_cached_page(pages_dir, name)) if pages_dir.is_dir() else None
+    if entry is None or entry.page is None:
+        print(
+            f"proxyindex: no upstream page of {name} in {config.storage.cache}; ask the server "
+            f"for it once (pip download {name}, or GET /simple/{name}/) and run this again",
+            file=sys.stderr,
+        )
+        return 1
+    outcome = guard.outcome_now(entry.page, snapshot)
+    for line in explain.report(entry.page, outcome, entry.fetched_at, args.version):
+        print(line)
+    return 0
+
+
+async def _cached_page(directory: Path, name: NormalizedName) -> PageEntry | None:
+    pages = await asyncio.to_thread(PageCache, directory)
+    try:
+        return await pages.get(name, any_writer=True)
+    finally:
+        await asyncio.to_thread(pages.close)
 
 
 def private_command(args: argparse.Namespace) -> int:
@@ -562,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
             return admincli.run(args)
         if args.command == "prefetch":
             return prefetchcli.run(args)
+        if args.command == "policy":
+            return policy_command(args)
     except ConfigError as exc:
         print(f"proxyindex: configuration error: {exc}", file=sys.stderr)
         return 2

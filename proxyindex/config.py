@@ -20,12 +20,14 @@ from typing import Any, get_type_hints
 
 from yarl import URL
 
+from proxyindex.guard.rules import parse_duration, parse_rules
 from proxyindex.upstream.network import parse_proxy
 
 __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "PolicyConfig",
     "PrivateConfig",
     "ServerConfig",
     "StorageConfig",
@@ -158,12 +160,29 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Supply-chain rules for upstream files (``proxyindex.guard``; README "Supply-chain
+    policies"). Not the ownership rule of ``[private]``, which always comes first."""
+
+    min_age: str = "0"
+    min_age_exempt: tuple[str, ...] = ()
+    unknown_age: str = "deny"
+    deny: tuple[str, ...] = ()
+    deny_file: Path | None = None
+    allow_only: tuple[str, ...] = ()
+    allow_only_file: Path | None = None
+    advisories_dir: Path | None = None
+    advisories: str = "yank"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     private: PrivateConfig = field(default_factory=PrivateConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 _SECTIONS: dict[str, Any] = get_type_hints(Config)
@@ -179,6 +198,8 @@ def _coerce(key: str, kind: Any, value: Any, base_dir: Path) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
         raise ConfigError(f"{key}: expected a whole number >= 0, got {value!r}")
+    if kind is str and key == "policy.min_age" and type(value) is int:
+        return str(value)  # min_age = 0, or PROXYINDEX_POLICY_MIN_AGE=0
     if kind is str:
         if isinstance(value, str):
             if key == "server.access_log" and value not in ("", "-"):
@@ -260,6 +281,7 @@ def _validate(config: Config, environ: Mapping[str, str]) -> Config:
             ),
         ),
     )
+    _check_policy(config.policy)
     return config
 
 
@@ -283,6 +305,23 @@ def _check_storage(storage: StorageConfig) -> None:
             )
     if storage.s3_poll_interval < 1:
         raise ConfigError("storage.s3_poll_interval: expected at least 1 second")
+def _check_policy(policy: PolicyConfig) -> None:
+    """Rules that cannot parse stop start-up naming the key (the files are read when the
+    server starts: ``proxyindex.guard.live``)."""
+    try:
+        parse_duration(policy.min_age)
+    except ValueError as exc:
+        raise ConfigError(f"policy.min_age: {exc}") from None
+    for key, allowed in (("unknown_age", ("allow", "deny")), ("advisories", ("yank", "hide"))):
+        if getattr(policy, key) not in allowed:
+            raise ConfigError(
+                f"policy.{key}: expected one of {allowed}, got {getattr(policy, key)!r}"
+            )
+    for key in ("min_age_exempt", "deny", "allow_only"):
+        try:
+            parse_rules(getattr(policy, key))
+        except ValueError as exc:
+            raise ConfigError(f"policy.{key}: {exc}") from None
 
 
 def _check_network(upstream: UpstreamConfig) -> None:

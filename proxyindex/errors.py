@@ -7,7 +7,9 @@
     │   ├── InvalidRequest         400   bad form field, bad filename, digest mismatch
     │   ├── AuthRequired           401   no or wrong credentials
     │   ├── Forbidden              403   valid user, action not allowed
+    │   │   └── PolicyDenied       403   an upstream file refused by policy.deny
     │   ├── NotFound               404   unknown project or file
+    │   │   └── PolicyHidden       404   held back by a supply-chain policy or a snapshot
     │   ├── FileExists             409   same filename, different bytes
     │   ├── TooLarge               413
     │   └── TooManyRequests        429   too many failed logins from one client (Retry-After)
@@ -35,6 +37,8 @@ __all__ = [
     "NotAnIndexPage",
     "NotFound",
     "Offline",
+    "PolicyDenied",
+    "PolicyHidden",
     "ProxyIndexError",
     "TooLarge",
     "TooManyRequests",
@@ -73,6 +77,23 @@ class NotFound(ClientError):
 class Offline(NotFound):
     """What an offline server (``upstream.offline``) has not cached: a 404, so pip and uv
     move on as for a name not on this index, with a reason that says why."""
+
+
+class PolicyHidden(NotFound):
+    """A supply-chain rule (``proxyindex.guard``) hides it; ``policy`` is the one reason, sent
+    in the ``X-Proxyindex-Policy`` header."""
+
+    def __init__(self, message: str, policy: str) -> None:
+        super().__init__(message)
+        self.policy = policy
+
+
+class PolicyDenied(Forbidden):
+    """``policy.deny`` refuses it; ``policy`` names the rule (``X-Proxyindex-Policy``)."""
+
+    def __init__(self, message: str, policy: str) -> None:
+        super().__init__(message)
+        self.policy = policy
 
 
 class FileExists(ClientError):

@@ -1,7 +1,8 @@
 """ProjectIndex: the async facade the HTTP handlers call for pages and files.
 
 It applies the ownership rule (``policy``), reads private storage, takes upstream pages from
-``UpstreamPages`` (which keeps them fresh), and merges and renders the two.
+``UpstreamPages`` (which keeps them fresh), merges the two, filters the merged page through
+the supply-chain guard (``guard``: one call, in ``page``) and renders it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import gzip
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.utils import NormalizedName
 
 from proxyindex.config import Config
-from proxyindex.errors import NotFound, Offline, UpstreamError
+from proxyindex.errors import NotFound, Offline, PolicyDenied, PolicyHidden, UpstreamError
+from proxyindex.guard.decide import Decision, Verdict
+from proxyindex.guard.live import Guard
+from proxyindex.guard.rules import Snapshot
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
@@ -54,9 +59,14 @@ class _Token:
 
     private: ProjectPage | None
     upstream: ProjectPage | None
+    policy: Mapping[str, Decision] | None = None  # the guard's: equal ones, same files shown
 
     def same(self, other: _Token) -> bool:
-        return self.private is other.private and self.upstream is other.upstream
+        return (
+            self.private is other.private
+            and self.upstream is other.upstream
+            and self.policy == other.policy
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,8 @@ class _Rendering:
     token: _Token
     generation: int  # of private storage when rendered
     upstream_until: float | None
-    valid_until: float  # when the upstream data behind it expires
+    valid_until: float  # when the upstream data behind it expires, or a release ages in
+    rules: int  # the guard's generation when rendered
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +85,7 @@ class Resolved:
     owner: Owner
     token: _Token
     upstream_until: float | None  # when its upstream part is due again; None: no such part
+    decisions: Mapping[str, Decision] = field(default_factory=dict)  # the guard's, by file
 
     @property
     def private(self) -> bool:
@@ -82,12 +94,19 @@ class Resolved:
 
 
 class ProjectIndex:
-    def __init__(self, config: Config, storage: PrivateStore, upstream: UpstreamPages) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: PrivateStore,
+        upstream: UpstreamPages,
+        guard: Guard | None = None,
+    ) -> None:
         self.config = config
         self.storage = storage
         self.upstream = upstream
+        self.guard = guard if guard is not None else Guard(config.policy)
         self._private: LRU[NormalizedName, tuple[int, ProjectPage | None]] = LRU(_MEMORY_PAGES)
-        self._rendered: LRU[tuple[NormalizedName, SimpleFormat], _Rendering] = LRU(
+        self._rendered: LRU[tuple[NormalizedName, SimpleFormat, Snapshot | None], _Rendering] = LRU(
             2 * _MEMORY_PAGES
         )
         self._catching_up: asyncio.Future[bool] | None = None
@@ -125,8 +144,9 @@ class ProjectIndex:
         self._private.put(name, (generation, page))
         return page
 
-    async def page(self, name: NormalizedName) -> Resolved:
-        """The merged page for ``name``; NotFound if no source has it."""
+    async def page(self, name: NormalizedName, snapshot: Snapshot | None = None) -> Resolved:
+        """The merged page for ``name`` as the guard lets clients see it (as of ``snapshot``);
+        NotFound if no source has it, PolicyHidden if the guard leaves nothing of it."""
         await self.catch_up()
         owner = self.owner(name)
         private: ProjectPage | None = None
@@ -145,10 +165,16 @@ class ProjectIndex:
         if page is None:
             tombstone = self.storage.was_private(name)
             raise NotFound(not_found_reason(name, owner, tombstone, self.config.private))
-        until = checked.retry_at if checked else None
-        return Resolved(page, owner, _Token(private, upstream), until)
+        outcome = await self.guard.outcome(page, snapshot)  # supply-chain rules (issue 14)
+        if outcome.refused is not None:
+            raise PolicyHidden(f"{name}: {outcome.refused}", str(outcome.refused))
+        until = min(checked.retry_at, outcome.changes_at) if checked else None
+        token = _Token(private, upstream, outcome.decisions)
+        return Resolved(outcome.page, owner, token, until, outcome.decisions)
 
-    async def render(self, name: NormalizedName, fmt: SimpleFormat) -> tuple[RenderedPage, int]:
+    async def render(
+        self, name: NormalizedName, fmt: SimpleFormat, snapshot: Snapshot | None = None
+    ) -> tuple[RenderedPage, int]:
         """The page's body in ``fmt`` and how many seconds clients may reuse it.
 
         The hot path (a page already rendered, still fresh, private storage unchanged) is a
@@ -157,36 +183,43 @@ class ProjectIndex:
         if self.storage.stale():
             await self.catch_up()
         now = time.time()
-        cached = self._rendered.get((name, fmt))
+        cached = self._rendered.get((name, fmt, snapshot))
         if (
             cached is not None
             and now < cached.valid_until
             and cached.generation == self.storage.generation
+            and cached.rules == self.guard.generation
         ):
             return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
-        generation = self.storage.generation
-        resolved = await self.page(name)
+        generation, rules = self.storage.generation, self.guard.generation
+        resolved = await self.page(name, snapshot)
         if cached is not None and cached.token.same(resolved.token):
             rendered = cached.page
         elif resolved.page.is_large:
             # PyPI-sized pages (thousands of files): render, hash and gzip in a thread.
-            rendered = await asyncio.to_thread(self._build, resolved, fmt)
+            rendered = await asyncio.to_thread(self._build, resolved, fmt, snapshot)
         else:
-            rendered = self._build(resolved, fmt)
+            rendered = self._build(resolved, fmt, snapshot)
         until = resolved.upstream_until
         if resolved.owner is Owner.PRIVATE:
-            valid_until = math.inf  # until private storage changes (generation)
+            valid_until = math.inf  # until private storage (or the guard's rules) change
         elif until is None:
             valid_until = now  # merged page whose upstream part failed: try again next time
         else:
             valid_until = until
         self._rendered.put(
-            (name, fmt), _Rendering(rendered, resolved.token, generation, until, valid_until)
+            (name, fmt, snapshot),
+            _Rendering(rendered, resolved.token, generation, until, valid_until, rules),
         )
         return rendered, self.client_max_age(rendered.private, until)
 
-    def _build(self, resolved: Resolved, fmt: SimpleFormat) -> RenderedPage:
-        body = render_project(resolved.page, fmt, self.config.server.base_url)
+    def _build(
+        self, resolved: Resolved, fmt: SimpleFormat, snapshot: Snapshot | None = None
+    ) -> RenderedPage:
+        base_url = self.config.server.base_url
+        if base_url and snapshot is not None:  # relative links stay under /snapshot/ anyway
+            base_url = f"{base_url}/snapshot/{snapshot.text}"
+        body = render_project(resolved.page, fmt, base_url)
         return RenderedPage.build(body, resolved.private)
 
     def client_max_age(self, private: bool, upstream_until: float | None) -> int:
@@ -201,20 +234,29 @@ class ProjectIndex:
         """An upstream page to fetch ahead; never for a private name (dependency confusion)."""
         if self.owner(name) is Owner.PRIVATE:
             return None
-        return (await self.upstream.get(name, prefetch=False)).page
+        page = (await self.upstream.get(name, prefetch=False)).page
+        if page is None:
+            return None
+        outcome = await self.guard.outcome(page)  # never fetch ahead what clients can't see
+        return None if outcome.refused is not None else outcome.page
 
     async def private_metadata(self, name: NormalizedName, filename: str) -> bytes | None:
         return await asyncio.to_thread(self.storage.metadata, name, filename)
 
     # --- files ----------------------------------------------------------------------------
 
-    async def locate(self, name: NormalizedName, filename: str) -> Path | DistFile:
-        """A private file's path, or the upstream file to serve through the cache."""
+    async def locate(
+        self, name: NormalizedName, filename: str, snapshot: Snapshot | None = None
+    ) -> Path | DistFile:
+        """A private file's path, or the upstream file to serve through the cache; a file
+        the guard hides or denies is PolicyHidden (404) or PolicyDenied (403)."""
         await self.catch_up()
         owner = self.owner(name)
         if owner is not Owner.UPSTREAM:
             path = await asyncio.to_thread(self.storage.locate, name, filename)
             if path is not None:
+                if snapshot is not None:
+                    await self._check_private(name, filename, snapshot)
                 return path
             if owner is Owner.PRIVATE:
                 raise NotFound(f"no file {filename!r} in project {name!r}")
@@ -225,4 +267,21 @@ class ProjectIndex:
             dist = checked.page.file(filename) if checked.page else None
         if dist is None:
             raise NotFound(f"no file {filename!r} in project {name!r}")
+        assert checked.page is not None  # dist was found in it
+        decision = (await self.guard.outcome(checked.page, snapshot)).decision(filename)
+        _refuse(filename, decision)
         return dist
+
+    async def _check_private(self, name: NormalizedName, filename: str, at: Snapshot) -> None:
+        """A private file is hidden from a snapshot older than its upload."""
+        page = await self._private_page(name)
+        if page is not None:
+            _refuse(filename, (await self.guard.outcome(page, at)).decision(filename))
+
+
+def _refuse(filename: str, decision: Decision | None) -> None:
+    if decision is None or decision.verdict is Verdict.YANKED:
+        return  # a yanked file is still served (PEP 592)
+    if decision.verdict is Verdict.DENIED:
+        raise PolicyDenied(f"{filename}: {decision}", str(decision))
+    raise PolicyHidden(f"{filename}: {decision}", str(decision))

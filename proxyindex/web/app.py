@@ -19,10 +19,13 @@ from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
     Offline,
+    PolicyDenied,
+    PolicyHidden,
     ProxyIndexError,
     TooManyRequests,
     UpstreamError,
 )
+from proxyindex.guard.live import Guard
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.models import ProjectPage
@@ -44,6 +47,7 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+POLICY_HEADER = "X-Proxyindex-Policy"  # why a supply-chain rule hid or refused it
 _SCAN_INTERVAL = 1.0  # seconds: a dropped file shows within ~1 s (the promise is 2 s)
 
 
@@ -81,6 +85,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Offline as exc:
         log.info("%s %s -> 404: %s", request.method, request.path, exc)
         return error_response(exc.status, str(exc))
+    except (PolicyHidden, PolicyDenied) as exc:
+        response = error_response(exc.status, str(exc))
+        response.headers[POLICY_HEADER] = _reason(exc.policy)  # one Latin-1 line
+        return response
     except ProxyIndexError as exc:
         return error_response(exc.status, str(exc))
     except OSError as exc:
@@ -145,6 +153,22 @@ def _all_of(listeners: list[PageListener]) -> PageListener | None:
     return fetched
 
 
+def _visible_only(guard: Guard, listener: PageListener) -> PageListener:
+    """Fetch ahead only what the guard lets clients see: a release held back by the cooldown
+    is not downloaded before its time. A PyPI-sized page is not filtered on the event loop:
+    its prefetch is skipped while rules are on (clients' own requests still fetch)."""
+
+    def fetched(page: ProjectPage) -> None:
+        if not guard.rules.active:
+            listener(page)
+        elif not page.is_large:
+            outcome = guard.outcome_now(page)
+            if outcome.refused is None:
+                listener(outcome.page)
+
+    return fetched
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -202,12 +226,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             page_for_prefetch, downloader, config.upstream.prefetch_max_size, wheel_metadata.get
         )
         listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
+        guard = Guard(config.policy)
+        await asyncio.to_thread(guard.load)
         if config.upstream.prefetch and not config.upstream.offline:
-            listeners.append(prefetcher.page_fetched)
+            listeners.append(_visible_only(guard, prefetcher.page_fetched))
         upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
         stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
-        index = ProjectIndex(config, storage, upstream_pages)
+        index = ProjectIndex(config, storage, upstream_pages, guard)
         root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
         stack.push_async_callback(root.close)
         app[appkeys.STORAGE] = storage
@@ -228,6 +254,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(_stop_warming, storage, warm)
         stack.push_async_callback(_finish, listing)  # reads one folder: let it end
         stack.push_async_callback(_cancel, scanner)
+        if guard.watches:
+            stack.push_async_callback(_cancel, asyncio.create_task(guard.watch_forever()))
         if checker is not None:
             stack.push_async_callback(_cancel, checker)
         yield
@@ -254,6 +282,16 @@ _INDEX_ROUTES: tuple[Route, ...] = (
     Route("GET", "/pypi/{name}/json/", views.project_json, "list"),
     Route("GET", "/pypi/{name}/{version}/json", views.project_json, "list"),
     Route("GET", "/pypi/{name}/{version}/json/", views.project_json, "list"),
+    # Time-travel snapshots (README "Supply-chain policies"): the same pages, files and JSON
+    # API as of a date or RFC 3339 time, with the same actions as the routes above.
+    Route("GET", "/snapshot/{when}/simple/", views.root_page, "list"),
+    Route("GET", "/snapshot/{when}/simple/{name}/", views.project_page, "list"),
+    Route("GET", "/snapshot/{when}/simple/{name}", views.project_redirect, "list"),
+    Route("GET", "/snapshot/{when}/packages/{name}/{filename}", views.dist_file, "download"),
+    Route("GET", "/snapshot/{when}/pypi/{name}/json", views.project_json, "list"),
+    Route("GET", "/snapshot/{when}/pypi/{name}/json/", views.project_json, "list"),
+    Route("GET", "/snapshot/{when}/pypi/{name}/{version}/json", views.project_json, "list"),
+    Route("GET", "/snapshot/{when}/pypi/{name}/{version}/json/", views.project_json, "list"),
     Route("POST", "/", upload.handle_upload, "upload"),
     Route("POST", "/legacy", upload.handle_upload, "upload"),
     Route("POST", "/legacy/", upload.handle_upload, "upload"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import NoReturn
@@ -12,11 +14,13 @@ from packaging.utils import NormalizedName
 
 from proxyindex import jsonapi
 from proxyindex.distname import project_of
-from proxyindex.errors import NotFound, UpstreamUnavailable
+from proxyindex.errors import InvalidRequest, NotFound, PolicyHidden, UpstreamUnavailable
 from proxyindex.fsutil import is_safe_filename
+from proxyindex.guard.decide import Decision
+from proxyindex.guard.rules import Snapshot, parse_snapshot, parse_version
 from proxyindex.index.projects import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
-from proxyindex.simple import SimpleFormat, body_etag, negotiate
+from proxyindex.simple import SimpleFormat, body_etag, negotiate, version_of
 from proxyindex.upstream.clientprofile import CLIENT, profile_from_user_agent
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
@@ -68,7 +72,9 @@ async def project_redirect(request: web.Request) -> web.StreamResponse:
     raw = request.match_info["name"]
     if not is_valid_name(raw):
         raise NotFound(f"not a valid project name: {raw[:100]!r}")
-    location = request.rel_url.with_path(f"/simple/{normalize(raw)}/", keep_query=True)
+    when = request.match_info.get("when")
+    prefix = f"/snapshot/{when}" if when is not None else ""
+    location = request.rel_url.with_path(f"{prefix}/simple/{normalize(raw)}/", keep_query=True)
     raise web.HTTPMovedPermanently(location)
 
 
@@ -108,6 +114,21 @@ def _route_segments(router: web.UrlDispatcher) -> frozenset[str]:
         if first and "{" not in first:
             segments.add(first)
     return frozenset(segments)
+
+
+def _snapshot(request: web.Request) -> Snapshot | None:
+    """The moment of a ``/snapshot/<when>/...`` URL (None elsewhere); one in the future
+    would not be reproducible, so it is refused."""
+    when = request.match_info.get("when")
+    if when is None:
+        return None
+    try:
+        snapshot = parse_snapshot(when)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if snapshot.at > time.time():
+        raise InvalidRequest(f"snapshot {when!r} is in the future: it would not be reproducible")
+    return snapshot
 
 
 def _format(request: web.Request) -> SimpleFormat:
@@ -152,11 +173,15 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     fmt = _format(request)
     # Whatever this request fetches upstream is fetched ahead for this kind of client.
     CLIENT.set(profile_from_user_agent(request.headers.get(hdrs.USER_AGENT)))
-    rendered, max_age = await request.app[appkeys.INDEX].render(name, fmt)
+    snapshot = _snapshot(request)
+    rendered, max_age = await request.app[appkeys.INDEX].render(name, fmt, snapshot)
     return _page_response(request, rendered, fmt, max_age)
 
 
 async def root_page(request: web.Request) -> web.StreamResponse:
+    """The root list; under a snapshot the same list (names only: a project with nothing in
+    the snapshot lists no files)."""
+    _snapshot(request)
     fmt = _format(request)
     path = await request.app[appkeys.ROOT].path(fmt)
     use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
@@ -182,9 +207,10 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     """A distribution file or its ``.metadata`` (PEP 658), from storage or through the cache."""
     name = _canonical(request)
     filename = _file_name(request, name)
+    snapshot = _snapshot(request)
     if filename.endswith(".metadata"):
-        return await _metadata(request, name, filename.removesuffix(".metadata"))
-    target = await request.app[appkeys.INDEX].locate(name, filename)
+        return await _metadata(request, name, filename.removesuffix(".metadata"), snapshot)
+    target = await request.app[appkeys.INDEX].locate(name, filename, snapshot)
     if isinstance(target, Path):
         return StoredFile(target, headers={hdrs.CACHE_CONTROL: _file_cache_control(request)})
     return await _upstream_file(request, target)
@@ -215,10 +241,10 @@ async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResp
 
 
 async def _metadata(
-    request: web.Request, name: NormalizedName, filename: str
+    request: web.Request, name: NormalizedName, filename: str, snapshot: Snapshot | None
 ) -> web.StreamResponse:
     index = request.app[appkeys.INDEX]
-    target = await index.locate(name, filename)
+    target = await index.locate(name, filename, snapshot)
     if isinstance(target, Path):
         data = await index.private_metadata(name, filename)
         if data is None:
@@ -256,13 +282,14 @@ async def project_json(request: web.Request) -> web.StreamResponse:
     if version is not None and (len(version) > _MAX_VERSION_LENGTH or not version.isprintable()):
         raise NotFound("not a valid version")
     index = request.app[appkeys.INDEX]
-    resolved = await index.page(name)
+    resolved = await index.page(name, _snapshot(request))
     big = resolved.page.is_large  # parsing thousands of filenames
     if big:
         found = await asyncio.to_thread(jsonapi.find_release, resolved.page, version)
     else:
         found = jsonapi.find_release(resolved.page, version)
     if found is None:
+        _why_hidden(resolved.decisions, version)
         what = f"no release {version!r}" if version else "no release"
         raise NotFound(f"{what} of project {name!r}")
     release, every = found
@@ -290,6 +317,14 @@ async def project_json(request: web.Request) -> web.StreamResponse:
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return not_modified(headers)
     return web.Response(body=body, headers=headers, content_type="application/json")
+
+
+def _why_hidden(decisions: Mapping[str, Decision], version: str | None) -> None:
+    """A release the guard hides is a 404 that says why (and the policy header)."""
+    wanted = parse_version(version)
+    for filename, decision in decisions.items():
+        if wanted is not None and parse_version(version_of(filename)) == wanted:
+            raise PolicyHidden(f"release {version}: {decision}", str(decision))
 
 
 async def _release_metadata(
