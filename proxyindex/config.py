@@ -26,6 +26,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "MetricsConfig",
     "PrivateConfig",
     "ServerConfig",
     "StorageConfig",
@@ -37,7 +38,8 @@ __all__ = [
 
 DEFAULT_UPSTREAM = "https://pypi.org/simple/"
 _PATTERN = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._*-]*\Z")
-ACTIONS = ("list", "download", "upload")
+# "metrics": GET /metrics; unprotected, it is answered to localhost only (MetricsConfig).
+ACTIONS = ("list", "download", "upload", "metrics")
 # One word for "everything needs a login"; "update" is pypiserver's name for upload (-a).
 _PROTECT_ALIASES = {"all": ACTIONS, "update": ("upload",)}
 
@@ -149,12 +151,21 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``GET /metrics`` (Prometheus). Without a login (``auth.protect`` lacks "metrics") it is
+    answered to clients on this machine only, unless ``public`` is on."""
+
+    public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     private: PrivateConfig = field(default_factory=PrivateConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _SECTIONS: dict[str, Any] = get_type_hints(Config)

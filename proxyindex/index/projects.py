@@ -157,6 +157,8 @@ class ProjectIndex:
             and now < cached.valid_until
             and cached.generation == self.storage.generation
         ):
+            if cached.upstream_until is not None:  # it has an upstream part
+                self.upstream.count_hit()
             return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
         generation = self.storage.generation
         resolved = await self.page(name)

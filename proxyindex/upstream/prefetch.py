@@ -156,7 +156,7 @@ class Prefetcher:
             deps = list(dependencies(metadata)) if metadata is not None else []
             follow = [asyncio.create_task(self._follow(n, spec, depth)) for n, spec in deps]
             if dist.size is not None and dist.size <= self._max_file_size:
-                self._downloader.start(dist)  # runs on; the client joins it
+                self._downloader.start(dist, ahead=True)  # runs on; the client joins it
             await asyncio.gather(*follow)
         except ProxyIndexError as exc:
             log.debug("prefetch for %s stopped: %s", page.name, exc)
@@ -169,7 +169,7 @@ class Prefetcher:
         meta = dist.metadata_file()
         if meta is None:
             return None if self._wheel_metadata is None else await self._wheel_metadata(dist)
-        return await self._downloader.start(meta).read()
+        return await self._downloader.start(meta, ahead=True).read()
 
     async def _follow(self, name: NormalizedName, specifier: SpecifierSet, depth: int) -> None:
         async with self._limit:
