@@ -52,6 +52,7 @@ __all__ = [
     "Metrics",
     "State",
     "StateCollector",
+    "Totals",
     "UpstreamCall",
     "enable_multiprocess",
     "mark_dead",
@@ -107,8 +108,9 @@ class Metrics:
         )
         self.cache = Counter(
             f"{p}_cache_requests",
-            "Upstream pages and files asked of the cache, by result: hit, miss, revalidated "
-            "(a 304 from the upstream), stale (served while the upstream fails).",
+            "Upstream pages and files asked for, by result: hit, miss (fetched from the "
+            "upstream, for a client or the prefetcher), revalidated (a 304 from the upstream), "
+            "stale (served while the upstream fails).",
             ["cache", "result"],
             registry=r,
         )
@@ -203,6 +205,48 @@ class Metrics:
 
     # -- the scrape ------------------------------------------------------------------------
 
+    def _collect(self) -> Iterable[Metric]:
+        if self.multiprocess_dir is None:
+            return self.registry.collect()
+        collector = multiprocess.MultiProcessCollector(None, str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        result: Iterable[Metric] = collector.collect()  # type: ignore[no-untyped-call]
+        return result
+
+    def totals(self) -> Totals:
+        """The counters summed over their labels (blocking in multiprocess mode: a thread)."""
+        sums: dict[tuple[str, str, str], float] = {}
+        for metric in self._collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    key = (sample.name, labels.get("cache", ""), labels.get("result", ""))
+                    sums[key] = sums.get(key, 0.0) + sample.value
+
+        def total(name: str, cache: str | None = None, result: str | None = None) -> int:
+            return int(
+                sum(
+                    v
+                    for (n, c, r), v in sums.items()
+                    if n == f"{_PREFIX}_{name}_total" and cache in (None, c) and result in (None, r)
+                )
+            )
+
+        cache = "cache_requests"
+        return Totals(
+            requests=total("http_requests"),
+            page_hits=total(cache, "page", "hit"),
+            page_misses=total(cache, "page", "miss") + total(cache, "page", "revalidated"),
+            page_stale=total(cache, "page", "stale"),
+            file_hits=total(cache, "file", "hit"),
+            file_misses=total(cache, "file", "miss"),
+            joins=total("single_flight_joins", "page") + total("single_flight_joins", "file"),
+            prefetch_hits=total("prefetch_hits"),
+            served_bytes=total("http_response_bytes"),
+            fetched_bytes=total("upstream_bytes"),
+            upstream_requests=total("upstream_requests"),
+            upstream_errors=total("upstream_errors"),
+        )
+
     def exposition(self, state: Collector | None = None) -> bytes:
         """The text format of every metric, plus ``state`` (read now). Blocking in
         multiprocess mode (it reads every worker's files): call it in a thread."""
@@ -217,6 +261,31 @@ class Metrics:
         if state is not None:
             registry.register(state)
         return generate_latest(registry)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Counts since the server started, every worker's added up (the web UI's cache page)."""
+
+    requests: int
+    page_hits: int
+    page_misses: int  # misses and revalidations: the upstream was asked
+    page_stale: int
+    file_hits: int
+    file_misses: int
+    joins: int
+    prefetch_hits: int
+    served_bytes: int
+    fetched_bytes: int
+    upstream_requests: int
+    upstream_errors: int
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Hits among page and file lookups, in percent; None before the first lookup."""
+        hits = self.page_hits + self.file_hits
+        lookups = hits + self.page_misses + self.page_stale + self.file_misses
+        return hits * 100 / lookups if lookups else None
 
 
 class _Response(Protocol):

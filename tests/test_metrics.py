@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import re
+import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,6 +63,15 @@ async def scrape_app(client: AppClient, **headers: str) -> Families:
     return parse(await resp.text())
 
 
+async def _downloads_finished(client: AppClient) -> None:
+    """Wait until no upstream download runs (a client has its bytes before the commit)."""
+    for _ in range(200):
+        if value(await scrape_app(client), "proxyindex_downloads_in_flight") == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("a download is still running")
+
+
 def basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
@@ -99,6 +109,11 @@ def test_pip_install_through_the_proxy_moves_cache_upstream_and_byte_counters(
     assert value(first, "proxyindex_cache_size_bytes") >= size
     assert value(first, "proxyindex_downloads_in_flight") == 0
 
+    for _ in range(100):  # pip has every byte before the download is committed
+        if value(scrape(proxy.url), "proxyindex_downloads_in_flight") == 0:
+            break
+        time.sleep(0.05)
+    first = scrape(proxy.url)
     run_pip_install(client_tmp / "b", proxy.index_url, "metered-pkg", target=client_tmp / "tb")
     second = scrape(proxy.url)
     assert value(second, "proxyindex_cache_requests_total", **hit) >= 2  # served from the cache
@@ -322,3 +337,26 @@ async def test_grafana_dashboard_queries_only_metrics_that_exist(
         and not any(name.endswith(x) and name.removesuffix(x) in families for x in suffixes)
     }
     assert missing == set()
+
+
+# --- the web UI's cache page shows the same counters -------------------------------------------
+
+
+async def test_cache_page_shows_the_metrics_totals(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    wheel = fake_pypi.add_wheel("shown-pkg", "1.0")
+    client = await make_app_client(upstream={"prefetch": False})
+    assert (await client.get("/simple/shown-pkg/")).status == 200
+    for _ in range(2):  # a miss, then a hit
+        resp = await client.get(f"/packages/shown-pkg/{wheel.name}")
+        assert resp.status == 200
+        await resp.read()
+        await _downloads_finished(client)  # else the second request joins the first
+    families = await scrape_app(client)
+    requests = value(families, "proxyindex_http_requests_total")
+    page = await (await client.get("/ui/cache/")).text()
+    assert re.search(r'id="total-files">1 · 1<', page), page
+    assert re.search(rf'id="total-requests">{int(requests) + 1}<', page)  # and the scrape
+    assert re.search(r'id="total-pages">0 · 1 · 0<', page)
+    assert re.search(r'id="total-hit-rate">33 %<', page)  # 1 of 3 lookups

@@ -107,7 +107,8 @@ class UpstreamPages:
         if checked is not None:
             now = time.time()
             if now < checked.retry_at or (max_age is not None and checked.entry.age(now) < max_age):
-                self._metrics.cache_lookup("page", "hit")
+                if max_age is None and prefetch:  # a page asked for, not a file's lookup
+                    self._metrics.cache_lookup("page", "hit")
                 return checked
         return await self.refresh(name, checked, prefetch=prefetch)
 
