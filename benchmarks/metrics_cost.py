@@ -96,7 +96,40 @@ def _scrape_times(url: str, count: int) -> tuple[float, int, int]:
     return statistics.median(times), len(body), samples
 
 
+def _per_request(count: int, multiprocess_dir: Path | None) -> float:
+    """Microseconds of the metric updates one cached page request makes (the middleware's
+    counter and histogram, the body's bytes, the page-cache hit), ``count`` times over."""
+    from proxyindex.metrics import Metrics, enable_multiprocess
+
+    if multiprocess_dir is not None:
+        enable_multiprocess(multiprocess_dir)
+    metrics = Metrics(multiprocess_dir)
+    route = "/simple/{name}/"
+    started = time.perf_counter()
+    for _ in range(count):
+        metrics.answered(route, "GET", 200, 0.0012)
+        metrics.served(route, 1234)
+        metrics.cache_lookup("page", "hit")
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def _micro(count: int, tmp: Path) -> tuple[float, float]:
+    """(one process, multiprocess mode) microseconds per request, each in a fresh process."""
+    results = []
+    for mode in ("memory", "multiprocess"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--micro-child", mode, str(count), str(tmp / mode)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        results.append(float(out.stdout.strip()))
+    return results[0], results[1]
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--micro-child":
+        mode, count, folder = sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+        print(_per_request(count, folder if mode == "multiprocess" else None))
+        return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ref", default="main", help="commit without metrics (default main)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
@@ -138,6 +171,11 @@ def main() -> None:
                 f"| {label} | {statistics.median(rates[label]):,.0f} | "
                 f"{statistics.median(p50[label]):.1f} ms |"
             )
+        memory, mmapped = _micro(100_000, tmp)
+        print(
+            f"\nmetric updates of one cached page request (3 calls), 100,000 times: "
+            f"{memory:.1f} us in one process, {mmapped:.1f} us in multiprocess mode"
+        )
         if scrape is not None:
             seconds, size, samples = scrape
             print(

@@ -176,14 +176,41 @@ class Metrics:
             registry=r,
         )
 
+        # Labelled children, looked up once: ``labels()`` validates and locks on every call
+        # (5 us against 1.4 us for the child's ``inc``, measured on the 2-core test machine);
+        # the label values are bounded, so are these.
+        self._answered: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._served: dict[str, Counter] = {}
+        self._lookups: dict[tuple[str, str], Counter] = {}
+
     # -- events: one-line calls where they happen ----------------------------------------
 
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (``route``: the route template)."""
+        key = (route, method_label(method), status_class(status))
+        children = self._answered.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(route))
+            self._answered[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def served(self, route: str, size: int) -> None:
+        """A response body of ``size`` bytes is on its way."""
+        child = self._served.get(route)
+        if child is None:
+            child = self._served[route] = self.served_bytes.labels(route)
+        child.inc(size)
+
     def cache_lookup(self, cache: str, result: str) -> None:
-        self.cache.labels(cache, result).inc()
+        child = self._lookups.get((cache, result))
+        if child is None:
+            child = self._lookups[cache, result] = self.cache.labels(cache, result)
+        child.inc()
 
     def joined(self, cache: str) -> None:
         self.joins.labels(cache).inc()
-        self.cache.labels(cache, "miss").inc()
+        self.cache_lookup(cache, "miss")
 
     def audited(self, action: str) -> None:
         self.private_changes.labels(action).inc()

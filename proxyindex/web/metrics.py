@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from aiohttp import hdrs, web
 
 from proxyindex.errors import Forbidden
-from proxyindex.metrics import CONTENT_TYPE, State, StateCollector, method_label, status_class
+from proxyindex.metrics import CONTENT_TYPE, State, StateCollector
 from proxyindex.upstream.cache import BlobStore
 from proxyindex.web import appkeys
 
@@ -69,17 +69,15 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client went away first (nginx's number for it)
         raise
     finally:
-        route = route_label(request)
-        metrics = request.app[appkeys.METRICS]
-        metrics.requests.labels(route, method_label(request.method), status_class(status)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        request.app[appkeys.METRICS].answered(route_label(request), request.method, status, seconds)
 
 
 async def _count_body(request: web.Request, response: web.StreamResponse) -> None:
     """Bytes served: the body's length as its headers go out (HEAD and 304 send none)."""
     length = response.content_length
     if length and request.method != hdrs.METH_HEAD and response.status != 304:
-        request.app[appkeys.METRICS].served_bytes.labels(route_label(request)).inc(length)
+        request.app[appkeys.METRICS].served(route_label(request), length)
 
 
 def _is_loopback(address: str) -> bool:
