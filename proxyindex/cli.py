@@ -82,7 +82,7 @@ _SERVE_FLAGS = (
         ("-a", "--protect", "--authenticate"),
         "auth",
         "protect",
-        "what needs a login: all, or some of list,download,upload (pypiserver's -a; "
+        "what needs a login: all, or some of list,download,upload,metrics (pypiserver's -a; "
         "'update' means upload)",
         metavar="ACTIONS",
     ),

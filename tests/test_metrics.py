@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -174,6 +176,39 @@ def test_two_workers_count_every_request_in_one_scrape(make_proxy: MakeProxy) ->
         assert value(families, "proxyindex_http_requests_total", route="/health") == total
         histogram = value(families, "proxyindex_http_request_duration_seconds_count")
         assert histogram >= total
+
+
+@pytest.mark.e2e
+def test_a_dead_workers_counts_stay_in_the_totals(make_proxy: MakeProxy) -> None:
+    """A worker killed and replaced: what it counted is still added up (totals never go
+    down), and its live gauges are dropped (the supervisor marks it dead)."""
+    proxy = make_proxy(server={"workers": 2})
+    folder = proxy.config.parent / "cache" / "metrics"
+
+    async def hammer(count: int) -> None:
+        connector = aiohttp.TCPConnector(limit=8, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> None:
+                async with session.get(proxy.url + "/health") as resp:
+                    assert resp.status == 200
+
+            await asyncio.gather(*(one() for _ in range(count)))
+
+    asyncio.run(hammer(60))
+    pids = {int(p.stem.removeprefix("counter_")) for p in folder.glob("*/counter_*.db")}
+    assert len(pids) == 2, pids
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    proxy.wait_for_log(rf"worker {victim} exited")
+    for _ in range(100):  # the replacement takes its place
+        if len(list(folder.glob("*/gauge_livesum_*.db"))) <= 2:
+            break
+        time.sleep(0.05)
+    asyncio.run(hammer(20))
+    families = scrape(proxy.url)
+    assert value(families, "proxyindex_http_requests_total", route="/health") == 80
+    assert not list(folder.glob(f"*/gauge_livesum_{victim}.db"))  # marked dead
 
 
 # --- who may scrape -----------------------------------------------------------------------------
