@@ -4,7 +4,8 @@ and the time of one scrape with ``--workers 2``.
 Starts the fake upstream of the tests (one project, one wheel) and ``proxyindex serve`` on
 127.0.0.1, warms the project's page, then runs a closed-loop load on it (``measure.load``:
 wrk if installed, else an aiohttp client in this process) for each variant, alternating, and
-prints medians:
+prints medians of req/s, p50 latency and the server's CPU time per request (from
+/proc: the figure that other load on a shared machine disturbs least):
 
 - ``before``: the code of ``--ref`` (default ``main``), exported with ``git archive``: no
   metrics at all;
@@ -22,6 +23,8 @@ Then, on the 2-worker server, after the load (every route and label seen), the t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from measure import check_local, load  # noqa: E402
+from measure import check_local, load, process_tree  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from tests.fakepypi import FakePyPI  # noqa: E402
@@ -76,6 +79,18 @@ def _server(
         yield server
     finally:
         server.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid``'s process tree (the server and its workers): the
+    work per request, which other load on the machine changes far less than req/s."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{p}/stat").read_bytes()
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _get(url: str) -> bytes:
@@ -149,27 +164,36 @@ def main() -> None:
         ]
         rates: dict[str, list[float]] = {label: [] for label, _w, _s in variants}
         p50: dict[str, list[float]] = {label: [] for label, _w, _s in variants}
+        cpu_us: dict[str, list[float]] = {label: [] for label, _w, _s in variants}
         scrape: tuple[float, int, int] | None = None
         for rep in range(args.repeat):
             for n, (label, workers, source) in enumerate(variants):
                 folder = tmp / f"run{rep}-{n}"
                 with _server(folder, fake.simple_url, workers, source) as server:
+                    cpu = _cpu_seconds(server.pid)
                     result = load(server.url + _PAGE, {}, args.connections, args.duration)
+                    cpu = _cpu_seconds(server.pid) - cpu
                     if result.errors:
                         raise SystemExit(f"{label}: {result.errors} errors")
                     rates[label].append(result.req_s)
                     p50[label].append(result.p50_ms)
+                    cpu_us[label].append(cpu / result.requests * 1e6)
                     if source is None and workers == 2:
                         scrape = _scrape_times(server.url, args.scrapes)
-                print(f"  rep {rep + 1} {label}: {result.req_s:,.0f} req/s", flush=True)
+                print(
+                    f"  rep {rep + 1} {label}: {result.req_s:,.0f} req/s, "
+                    f"{cpu_us[label][-1]:.0f} us CPU/request",
+                    flush=True,
+                )
         print(f"\ncached page {_PAGE}, {args.connections} connections, {args.duration:.0f} s, "
               f"median of {args.repeat} ({load.__module__}.load: wrk if installed)")  # fmt: skip
-        print("| variant | req/s | p50 latency |")
-        print("|---|---|---|")
+        print("| variant | req/s | p50 latency | server CPU per request |")
+        print("|---|---|---|---|")
         for label in rates:
             print(
                 f"| {label} | {statistics.median(rates[label]):,.0f} | "
-                f"{statistics.median(p50[label]):.1f} ms |"
+                f"{statistics.median(p50[label]):.1f} ms | "
+                f"{statistics.median(cpu_us[label]):.0f} us |"
             )
         memory, mmapped = _micro(100_000, tmp)
         print(
