@@ -392,9 +392,9 @@ class Downloader:
         so that a client's later request for it counts as a prefetch hit)."""
         key = _key(dist)
         download = self._active.get(key)
-        if ahead and key not in self._ahead:
-            self._ahead.put(key, True)
         if download is None:
+            if ahead:  # started by the prefetcher, not joined after a client started it
+                self._ahead.put(key, True)
             download = Download(dist)
             self._active[key] = download
             self._tasks.spawn(self._run(download, key))
