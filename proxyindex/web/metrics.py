@@ -14,7 +14,9 @@ it adds a ``Forwarded``/``X-Forwarded-For`` header), unless ``metrics.public`` i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from aiohttp import hdrs, web
 
 from proxyindex.errors import Forbidden
 from proxyindex.metrics import CONTENT_TYPE, State, StateCollector
-from proxyindex.upstream.cache import BlobStore
+from proxyindex.upstream.cache import BlobStore, is_sha256
 from proxyindex.web import appkeys
 
 __all__ = [
@@ -125,9 +127,17 @@ class CacheMeasure:
 
 
 def _measure(blobs: BlobStore) -> tuple[int, int]:
-    """Blocking: the total size and count of the cached blobs."""
-    sizes = [size for _atime, size, _path in blobs._blobs()]  # the walk eviction uses
-    return sum(sizes), len(sizes)
+    """Blocking: the total size and count of the cached blobs (``<root>/ab/<sha256>``)."""
+    total = count = 0
+    for folder in os.scandir(blobs.root):
+        if not folder.is_dir() or folder.path == str(blobs.temp_dir):
+            continue
+        for entry in os.scandir(folder.path):
+            if is_sha256(entry.name):
+                with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
+                    total += entry.stat().st_size
+                    count += 1
+    return total, count
 
 
 CACHE_MEASURE = web.AppKey("metrics_cache_measure", CacheMeasure)
