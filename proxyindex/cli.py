@@ -9,6 +9,7 @@ import concurrent.futures
 import getpass
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -22,10 +23,10 @@ from typing import Any
 from aiohttp import web
 from packaging.utils import NormalizedName
 
-from proxyindex import __version__, admincli, fsutil, prefetchcli
+from proxyindex import __version__, admincli, fsutil, metrics, prefetchcli
 from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
-from proxyindex.config import Config, ConfigError, load_config
+from proxyindex.config import ACTIONS, Config, ConfigError, load_config
 from proxyindex.guard import explain
 from proxyindex.guard.live import Guard, GuardError
 from proxyindex.guard.rules import parse_snapshot
@@ -86,7 +87,7 @@ _SERVE_FLAGS = (
         ("-a", "--protect", "--authenticate"),
         "auth",
         "protect",
-        "what needs a login: all, or some of list,download,upload (pypiserver's -a; "
+        "what needs a login: all, or some of list,download,upload,metrics (pypiserver's -a; "
         "'update' means upload)",
         metavar="ACTIONS",
     ),
@@ -217,6 +218,7 @@ async def _serve(
     sock: socket.socket,
     on_ready: Callable[[], None] | None = None,
     parent: int | None = None,
+    metrics_dir: Path | None = None,
 ) -> None:
     """Run one server process on a listening socket until SIGTERM/SIGINT."""
     # File reads and writes go through to_thread; the default pool (cores + 4) is too small
@@ -224,7 +226,7 @@ async def _serve(
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="proxyindex")
     )
-    app = create_app(config)
+    app = create_app(config, metrics_dir=metrics_dir)
     access: dict[str, Any] = {"access_log": None}
     if config.server.access_log:
         access = {"access_log": logging.getLogger(ACCESS_LOGGER), "access_log_class": AccessLog}
@@ -285,12 +287,20 @@ def _run_workers(config: Config, host: str, port: int) -> int:
     shared socket let one busy worker take most of them. A worker that dies is replaced
     (see :mod:`proxyindex.web.supervisor`); returns once SIGTERM/SIGINT stopped them all."""
     parent = os.getpid()
+    # One set of metrics for all workers: prometheus-client's multiprocess mode, switched on
+    # before the fork, with a folder of this run's own (see proxyindex.metrics).
+    metrics_dir = metrics.multiprocess_dir(config.storage.cache)
+    metrics.enable_multiprocess(metrics_dir)
 
     def worker(ready: Callable[[], None] | None) -> None:
         sock = _bind(host, port, reuse_port=True)
-        asyncio.run(_serve(config, sock, ready, parent))
+        asyncio.run(_serve(config, sock, ready, parent, metrics_dir))
 
-    return Supervisor(config.server.workers, worker).run(lambda: _announce(config, host, port))
+    supervisor = Supervisor(config.server.workers, worker, metrics.mark_dead(metrics_dir))
+    try:
+        return supervisor.run(lambda: _announce(config, host, port))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _announce(config: Config, host: str, port: int) -> None:
@@ -345,7 +355,7 @@ def _auth_summary(config: Config) -> str:
     if auth.htpasswd is None:
         uploads = "anyone may upload" if auth.anonymous_upload else "uploads are refused"
         return f"auth: off (no auth.htpasswd): anyone may list and download; {uploads}"
-    protected = ", ".join(a for a in ("list", "download", "upload") if a in auth.protect)
+    protected = ", ".join(a for a in ACTIONS if a in auth.protect)
     return f"auth: htpasswd {auth.htpasswd}; a login is needed to {protected or 'nothing'}"
 
 

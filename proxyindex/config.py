@@ -27,6 +27,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "MetricsConfig",
     "PolicyConfig",
     "PrivateConfig",
     "ServerConfig",
@@ -39,7 +40,8 @@ __all__ = [
 
 DEFAULT_UPSTREAM = "https://pypi.org/simple/"
 _PATTERN = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._*-]*\Z")
-ACTIONS = ("list", "download", "upload")
+# "metrics": GET /metrics; unprotected, it is answered to localhost only (MetricsConfig).
+ACTIONS = ("list", "download", "upload", "metrics")
 # One word for "everything needs a login"; "update" is pypiserver's name for upload (-a).
 _PROTECT_ALIASES = {"all": ACTIONS, "update": ("upload",)}
 
@@ -176,6 +178,14 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``GET /metrics`` (Prometheus). Without a login (``auth.protect`` lacks "metrics") it is
+    answered to clients on this machine only, unless ``public`` is on."""
+
+    public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -183,6 +193,7 @@ class Config:
     private: PrivateConfig = field(default_factory=PrivateConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _SECTIONS: dict[str, Any] = get_type_hints(Config)
@@ -305,6 +316,8 @@ def _check_storage(storage: StorageConfig) -> None:
             )
     if storage.s3_poll_interval < 1:
         raise ConfigError("storage.s3_poll_interval: expected at least 1 second")
+
+
 def _check_policy(policy: PolicyConfig) -> None:
     """Rules that cannot parse stop start-up naming the key (the files are read when the
     server starts: ``proxyindex.guard.live``)."""

@@ -223,8 +223,9 @@ async def test_protect_all_needs_a_login_everywhere_but_health_and_home(
 ) -> None:
     wheel = make_wheel(tmp_path / "packages", "corp-lib", "1.0")
     client = await make_app_client(auth={"htpasswd": str(htpasswd), "protect": "all"})
-    assert client.app[appkeys.CONFIG].auth.protect == ("list", "download", "upload")
+    assert client.app[appkeys.CONFIG].auth.protect == ("list", "download", "upload", "metrics")
     closed = [
+        "/metrics",
         "/simple/",
         "/simple/corp-lib/",
         "/simple/corp-lib",

@@ -222,7 +222,7 @@ class Authenticator:
             return False
         if action == "upload":
             return "upload" in self.config.protect or not self.config.anonymous_upload
-        return action in self.config.protect or action not in ("list", "download")
+        return action in self.config.protect or action not in ("list", "download", "metrics")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

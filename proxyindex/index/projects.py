@@ -190,6 +190,8 @@ class ProjectIndex:
             and cached.generation == self.storage.generation
             and cached.rules == self.guard.generation
         ):
+            if cached.upstream_until is not None:  # it has an upstream part
+                self.upstream.count_hit()
             return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
         generation, rules = self.storage.generation, self.guard.generation
         resolved = await self.page(name, snapshot)

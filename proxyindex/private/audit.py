@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,8 +66,9 @@ def render_event(event: AuditEvent, now: datetime) -> bytes:
 class AuditLog:
     """Appends events to the file at ``path`` (None: audit log off)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, listener: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self._listener = listener  # hears each action recorded (the metrics), log on or off
 
     def check(self) -> None:
         """Blocking: fail at start-up, not at the first upload, when the file cannot be
@@ -91,6 +93,8 @@ class AuditLog:
     async def record(self, event: AuditEvent) -> None:
         """Append in a thread. The change is already made when this runs: a failure to log it
         is logged loudly, and the client still hears what happened."""
+        if self._listener is not None:
+            self._listener(event.action)
         try:
             await asyncio.to_thread(self.write, event)
         except OSError:

@@ -297,6 +297,10 @@ class S3PrivateStorage:
     def names(self) -> frozenset[NormalizedName]:
         return frozenset(n for n, p in self._projects.items() if p.files)
 
+    def file_count(self) -> int:
+        """How many private files there are (for /metrics)."""
+        return sum(len(p.files) for p in self._projects.values())
+
     def has(self, name: NormalizedName) -> bool:
         project = self._projects.get(name)
         return project is not None and bool(project.files)

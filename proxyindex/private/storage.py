@@ -422,6 +422,10 @@ class PrivateStorage:
     def names(self) -> frozenset[NormalizedName]:
         return frozenset(self._projects)
 
+    def file_count(self) -> int:
+        """How many private files there are (for /metrics)."""
+        return sum(len(files) for files in self._projects.values())
+
     def has(self, name: NormalizedName) -> bool:
         return name in self._projects
 

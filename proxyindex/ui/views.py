@@ -191,10 +191,13 @@ async def cache_page(request: web.Request) -> web.StreamResponse:
     minutes = stats.last_hour()
     hits, lookups = data.hit_rate(minutes)
     cap = request.app[appkeys.CONFIG].storage.cache_max_size
+    # The Prometheus counters: every worker's, since the start (files read: a thread).
+    totals = await asyncio.to_thread(request.app[appkeys.METRICS].totals)
     return _render(
         request,
         "cache.html",
         {
+            "totals": totals,
             "usage": usage,
             "cap": cap,
             "percent": min(100.0, usage.size * 100 / cap) if cap else None,

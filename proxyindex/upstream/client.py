@@ -23,12 +23,13 @@ from yarl import URL
 from proxyindex import __version__
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import UpstreamTimeout, UpstreamUnavailable
+from proxyindex.metrics import Metrics
 from proxyindex.models import ProjectPage
 from proxyindex.simple import parse_project
 from proxyindex.upstream.cache import PageEntry
 from proxyindex.upstream.network import Proxy, ProxyRoutes
 
-__all__ = ["UPSTREAM_ACCEPT", "UpstreamClient", "UpstreamFile", "mask_url"]
+__all__ = ["UPSTREAM_ACCEPT", "UpstreamClient", "UpstreamFile", "mask_url", "upstream_name"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ UPSTREAM_ACCEPT = (
 )
 _CHUNK = 256 * 1024
 _PARSE_INLINE_BYTES = 64 * 1024
+
+
+def upstream_name(url: URL) -> str:
+    """The name an upstream goes by in metrics: ``pypi`` for PyPI, else its host (pure)."""
+    host = url.host or "upstream"
+    return "pypi" if host in ("pypi.org", "pypi.python.org") else host
 
 
 def mask_url(url: str | URL) -> str:
@@ -63,9 +70,12 @@ class UpstreamClient:
         config: UpstreamConfig,
         session: aiohttp.ClientSession,
         proxies: ProxyRoutes | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.base = URL(config.url)
+        self.name = upstream_name(self.base)  # the ``upstream`` label of its metrics
+        self._metrics = metrics if metrics is not None else Metrics()
         self._session = session
         self._proxies = proxies if proxies is not None else ProxyRoutes()
         self._page_timeout = aiohttp.ClientTimeout(
@@ -113,7 +123,10 @@ class UpstreamClient:
         mapped to ours (also those raised while the caller reads the body)."""
         self._refuse_offline(url)
         proxy = self._proxies.for_url(URL(url))
-        with _mapped_errors(url, "failed for", proxy):
+        with (
+            self._metrics.upstream_call(self.name) as call,
+            _mapped_errors(url, "failed for", proxy),
+        ):
             async with self._session.get(
                 url,
                 headers=headers,
@@ -122,6 +135,7 @@ class UpstreamClient:
                 proxy=_proxy_url(proxy),
                 proxy_auth=_proxy_auth(proxy),
             ) as resp:
+                call.answered(resp)
                 yield resp, proxy
 
     async def fetch_page(self, name: NormalizedName, cached: PageEntry | None) -> PageEntry:

@@ -29,6 +29,8 @@ from proxyindex.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from proxyindex.lru import LRU
+from proxyindex.metrics import Metrics
 from proxyindex.models import DistFile
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import BlobStore, PageCache
@@ -45,6 +47,7 @@ _WRITE_BATCH = 256 * 1024
 _IN_MEMORY = 256 * 1024  # files up to this size are also kept in memory while downloading
 # Uncached (full cache disk): bytes held in memory ahead of the slowest reader.
 _UNCACHED_BUFFER = 4 << 20
+_AHEAD_REMEMBERED = 10_000  # files fetched ahead, remembered to count prefetch hits
 # A write that fails with these means the cache cannot take the file: send it uncached.
 # EFBIG: larger than the file system (or RLIMIT_FSIZE) allows.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -327,8 +330,12 @@ class Downloader:
         pages: PageCache,
         upstream: UpstreamClient,
         max_cache_size: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._blobs = blobs
+        self._metrics = metrics if metrics is not None else Metrics()
+        # Keys of downloads the prefetcher started, True until a client first asks for one.
+        self._ahead: LRU[str, bool] = LRU(_AHEAD_REMEMBERED)
         self._pages = pages
         self._max_cache_size = max_cache_size  # 0: no limit
         self._cache_size: int | None = None  # known after the first shrink check
@@ -345,13 +352,25 @@ class Downloader:
         opened, else a new download."""
         download = self.running(dist)
         if download is not None:
+            self._metrics.joined("file")
+            self._count_prefetch_hit(dist)
             return download
         cached = await self._open_cached(dist)
         if cached is not None:
+            self._metrics.cache_lookup("file", "hit")
+            self._count_prefetch_hit(dist)
             return cached
         if self._upstream.config.offline:
             raise Offline(f"offline: file {dist.filename!r} is not in the cache")
+        self._metrics.cache_lookup("file", "miss")
         return self.start(dist)
+
+    def _count_prefetch_hit(self, dist: DistFile) -> None:
+        """A client's first request for a file the prefetcher fetched ahead (in this process)."""
+        key = _key(dist)
+        if self._ahead.get(key):
+            self._ahead.put(key, False)
+            self._metrics.prefetch_hits.inc()
 
     async def cached(self, dist: DistFile) -> CachedBlob | None:
         """The cached file, opened, or None (no download is started)."""
@@ -368,11 +387,14 @@ class Downloader:
         """The download of ``dist`` in progress in this process, if any."""
         return self._active.get(_key(dist))
 
-    def start(self, dist: DistFile) -> Download:
-        """Join the running download of ``dist`` or start one."""
+    def start(self, dist: DistFile, *, ahead: bool = False) -> Download:
+        """Join the running download of ``dist`` or start one (``ahead``: for the prefetcher,
+        so that a client's later request for it counts as a prefetch hit)."""
         key = _key(dist)
         download = self._active.get(key)
         if download is None:
+            if ahead:  # started by the prefetcher, not joined after a client started it
+                self._ahead.put(key, True)
             download = Download(dist)
             self._active[key] = download
             self._tasks.spawn(self._run(download, key))
@@ -387,6 +409,7 @@ class Downloader:
     async def _run(self, download: Download, key: str) -> None:
         lock = None
         result: Path | None = None
+        self._metrics.downloads_in_flight.inc()
         try:
             lock = await self._lock(key)
             cached = await self._open_cached(download.dist)  # fetched by another worker?
@@ -402,6 +425,7 @@ class Downloader:
             log.exception("download of %s failed", mask_url(download.dist.url))
             download.fail(UpstreamUnavailable(f"download failed: {exc.__class__.__name__}"))
         finally:
+            self._metrics.downloads_in_flight.dec()
             download.finish(result)
             if self._active.get(key) is download:
                 del self._active[key]

@@ -21,6 +21,7 @@ from packaging.utils import NormalizedName
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import Offline, UpstreamError
 from proxyindex.lru import LRU
+from proxyindex.metrics import Metrics
 from proxyindex.models import ProjectPage
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import PageCache, PageEntry
@@ -60,8 +61,10 @@ class UpstreamPages:
         cache: PageCache,
         client: UpstreamClient,
         on_fetched: PageListener | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self._metrics = metrics if metrics is not None else Metrics()
         self.cache = cache
         self.client = client
         self._on_fetched = on_fetched
@@ -75,6 +78,10 @@ class UpstreamPages:
     def forget(self) -> None:
         """Drop the pages held in memory (a cache purge removed some from disk)."""
         self._memory.clear()
+
+    def count_hit(self) -> None:
+        """A page served from a memory of it kept above this class (a rendering)."""
+        self._metrics.cache_lookup("page", "hit")
 
     def _checked(self, entry: PageEntry) -> Checked:
         """An entry as fetched: good until its TTL (a 404's is ``negative_ttl``) runs out."""
@@ -104,6 +111,8 @@ class UpstreamPages:
         if checked is not None:
             now = time.time()
             if now < checked.retry_at or (max_age is not None and checked.entry.age(now) < max_age):
+                if max_age is None and prefetch:  # a page asked for, not a file's lookup
+                    self._metrics.cache_lookup("page", "hit")
                 return checked
         return await self.refresh(name, checked, prefetch=prefetch)
 
@@ -120,6 +129,8 @@ class UpstreamPages:
             self._flights[name] = flight
             entry = cached.entry if cached is not None else None
             self._tasks.spawn(self._fetch(name, entry, flight, prefetch))
+        else:
+            self._metrics.joined("page")
         # Shielded: a client that disconnects must not cancel the fetch others wait for.
         return await asyncio.shield(flight)
 
@@ -130,6 +141,7 @@ class UpstreamPages:
             raise Offline(f"offline: project {name!r} is not in the cache")
         fresh = Checked(cached.entry, time.time() + self.config.page_ttl)
         self._memory.put(name, fresh)
+        self._metrics.cache_lookup("page", "hit")
         return fresh
 
     async def _fetch(
@@ -170,12 +182,15 @@ class UpstreamPages:
             checked = self._checked(entry)
             self._memory.put(name, checked)
             flight.set_result(checked)
+            revalidated = cached is not None and entry.page is cached.page
+            self._metrics.cache_lookup("page", "revalidated" if revalidated else "miss")
             return entry
         except UpstreamError as exc:
             if cached is None:  # another worker process may have stored one meanwhile
                 cached = await self.cache.get(name, any_writer=True)
             if cached is None:
                 flight.set_exception(exc)
+                self._metrics.cache_lookup("page", "miss")
                 return None
             log.warning("serving stale page for %s: %s", name, exc)
             # Don't ask again on every request while the upstream is failing: the stale
@@ -184,6 +199,7 @@ class UpstreamPages:
             stale = Checked(cached, time.time() + retry)
             self._memory.put(name, stale)
             flight.set_result(stale)
+            self._metrics.cache_lookup("page", "stale")
             return None
         except BaseException as exc:
             flight.set_exception(exc)

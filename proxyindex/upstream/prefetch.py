@@ -197,14 +197,14 @@ class Prefetcher:
         meta = dist.metadata_file()
         if meta is None:
             return None if self._wheel_metadata is None else await self._wheel_metadata(dist)
-        return await self._downloader.start(meta).read()
+        return await self._downloader.start(meta, ahead=True).read()
 
     async def _fetch_file(self, dist: DistFile) -> None:
         """Download ``dist`` once a file slot is free; a client asking for it meanwhile starts
         (or joins) the download at once, never waiting for a slot."""
         async with self._files:
             try:  # a file cached meanwhile (by a client, another worker) ends at once
-                await self._downloader.start(dist).wait()
+                await self._downloader.start(dist, ahead=True).wait()
             except ProxyIndexError as exc:
                 log.debug("fetching %s ahead failed: %s", dist.filename, exc)
 

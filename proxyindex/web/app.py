@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
@@ -18,6 +19,7 @@ from proxyindex.config import Config
 from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
+    Forbidden,
     Offline,
     PolicyDenied,
     PolicyHidden,
@@ -28,6 +30,7 @@ from proxyindex.errors import (
 from proxyindex.guard.live import Guard
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
+from proxyindex.metrics import Metrics
 from proxyindex.models import ProjectPage
 from proxyindex.private.audit import AuditLog, audit_path
 from proxyindex.private.store import PrivateStore
@@ -40,6 +43,7 @@ from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.readiness import UpstreamMonitor
 from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import admin, appkeys, upload, views
+from proxyindex.web import metrics as metrics_web
 from proxyindex.web.routes import Handler, Route
 
 __all__ = ["create_app"]
@@ -118,9 +122,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if resource is not None:  # None: aiohttp's own 404/405 answers
         action = route_action(resource.canonical, request.method)
         authenticator = request.app[appkeys.AUTH]
-        identity = await authenticator.authorize(
-            action, request.headers.get(hdrs.AUTHORIZATION), request.remote or ""
-        )
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        try:
+            identity = await authenticator.authorize(action, header, request.remote or "")
+        except (AuthRequired, Forbidden, TooManyRequests) as exc:
+            request.app[appkeys.METRICS].refused(exc, header is not None)
+            raise
         if identity is not None:
             request[appkeys.IDENTITY] = identity
     return await handler(request)
@@ -211,8 +218,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)
         session = UpstreamClient.make_session(tls)
         stack.push_async_callback(session.close)
-        upstream = UpstreamClient(config.upstream, session, proxies)
-        downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
+        metrics = app[appkeys.METRICS]
+        upstream = UpstreamClient(config.upstream, session, proxies, metrics)
+        downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size, metrics)
         stack.push_async_callback(downloader.close)
         wheel_metadata = WheelMetadata(blobs, pages, upstream, downloader)
         stack.push_async_callback(wheel_metadata.close)
@@ -230,7 +238,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(guard.load)
         if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(_visible_only(guard, prefetcher.page_fetched))
-        upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
+        upstream_pages = UpstreamPages(
+            config.upstream, pages, upstream, _all_of(listeners), metrics
+        )
         stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
         index = ProjectIndex(config, storage, upstream_pages, guard)
@@ -273,6 +283,8 @@ _INDEX_ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", views.health, PUBLIC),
     # Load balancers and Kubernetes probe it without credentials; it names no project.
     Route("GET", "/ready", views.ready, PUBLIC),
+    # Prometheus; without a login (auth.protect lacks "metrics") only for this machine.
+    Route("GET", "/metrics", metrics_web.metrics_view, "metrics"),
     Route("GET", "/simple/", views.root_page, "list"),
     Route("GET", "/simple", _simple_slash, PUBLIC),
     Route("GET", "/simple/{name}/", views.project_page, "list"),
@@ -334,13 +346,20 @@ async def _auth_resources(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.AUTH].close()
 
 
-def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+def create_app(config: Config, *, metrics_dir: Path | None = None) -> web.Application:
+    """The application; ``metrics_dir``: prometheus-client's multiprocess folder, when the
+    process was switched to that mode (``serve --workers N``, see ``proxyindex.metrics``)."""
+    # The metrics middleware first: it sees what the others answer, refusals included.
+    app = web.Application(
+        middlewares=[metrics_web.metrics_middleware, error_middleware, auth_middleware]
+    )
     app[appkeys.CONFIG] = config
+    app[appkeys.METRICS] = metrics = Metrics(metrics_dir)
     app[appkeys.AUTH] = Authenticator(config.auth)
-    app[appkeys.AUDIT] = AuditLog(audit_path(config))
+    app[appkeys.AUDIT] = AuditLog(audit_path(config), metrics.audited)
     app.cleanup_ctx.append(_auth_resources)
     app.cleanup_ctx.append(_resources)
+    metrics_web.setup(app)
     app[appkeys.PAGE_LISTENERS] = []
     ui.setup(app)
     for route in ROUTES:

@@ -8,6 +8,7 @@ from proxyindex.auth.authenticator import Authenticator, Identity
 from proxyindex.config import Config
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
+from proxyindex.metrics import Metrics
 from proxyindex.private.audit import AuditLog
 from proxyindex.private.store import PrivateStore
 from proxyindex.upstream.cache import BlobStore, PageCache
@@ -24,6 +25,7 @@ __all__ = [
     "DOWNLOADER",
     "IDENTITY",
     "INDEX",
+    "METRICS",
     "PAGES",
     "PAGE_LISTENERS",
     "ROOT",
@@ -43,6 +45,7 @@ DOWNLOADER = web.AppKey("downloader", Downloader)
 WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
 ROOT = web.AppKey("root", RootIndex)
 UPSTREAM_CHECK = web.AppKey("upstream_check", UpstreamMonitor)
+METRICS = web.AppKey("metrics", Metrics)  # Prometheus: one set per app (proxyindex.metrics)
 # Told of each page a client's request brought from the upstream (set up before the start).
 PAGE_LISTENERS: web.AppKey[list[PageListener]] = web.AppKey("page_listeners")
 

@@ -53,9 +53,12 @@ def describe_status(status: int) -> str:
 class Supervisor:
     """Run ``count`` copies of ``worker`` in forked processes until SIGTERM/SIGINT."""
 
-    def __init__(self, count: int, worker: Worker) -> None:
+    def __init__(
+        self, count: int, worker: Worker, on_exit: Callable[[int], None] | None = None
+    ) -> None:
         self._count = count
         self._worker = worker
+        self._on_exit = on_exit  # told each worker's pid once it has exited (the metrics)
         self._children: dict[int, float] = {}  # pid -> monotonic start time
         self._due: list[float] = []  # monotonic times at which to fork a replacement
         self._quick_deaths = 0
@@ -151,6 +154,8 @@ class Supervisor:
             if pid == 0:
                 return
             started = self._children.pop(pid, None)
+            if self._on_exit is not None:
+                self._on_exit(pid)
             if started is None or self._stopping_since is not None:
                 continue
             lived = time.monotonic() - started
