@@ -148,6 +148,21 @@ class UpstreamClient:
         log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)
         return PageEntry(page, time.time(), etag)
 
+    async def fetch_document(
+        self, url: str, etag: str | None, name: NormalizedName
+    ) -> tuple[int, bytes | None, str | None, str]:
+        """GET a JSON document (PyPI's ``/pypi/<name>/json``), revalidated with ``etag``:
+        (status, body or None on 304/404, ETag, Content-Type). Bounded by ``max_page_size``."""
+        headers = {"Accept": "application/json"}
+        if etag:
+            headers["If-None-Match"] = etag
+        async with self._get(url, headers, self._page_timeout) as (resp, proxy):
+            if resp.status in (304, 404, 410):
+                return resp.status, None, etag, ""
+            _require_200(resp, url, proxy)
+            body = await self._read_page(resp, name)
+            return 200, bytes(body), resp.headers.get("ETag"), resp.headers.get("Content-Type", "")
+
     async def probe(self, limit: int = 64 * 1024) -> tuple[int, str, bytes]:
         """GET the upstream's root and read only its first ``limit`` bytes (PyPI's root is
         40 MB): (status, Content-Type, first bytes). UpstreamError if it cannot be reached."""

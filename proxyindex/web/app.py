@@ -23,6 +23,7 @@ from proxyindex.errors import (
     TooManyRequests,
     UpstreamError,
 )
+from proxyindex.index.jsonpages import JsonPages
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.models import ProjectPage
@@ -34,6 +35,7 @@ from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.network import ProxyRoutes, tls_context
 from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
+from proxyindex.upstream.pypijson import UpstreamJsonDocs
 from proxyindex.upstream.readiness import UpstreamMonitor
 from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import appkeys, upload, views
@@ -215,6 +217,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.DOWNLOADER] = downloader
         app[appkeys.WHEEL_METADATA] = wheel_metadata
         app[appkeys.INDEX] = index
+        json_docs = await asyncio.to_thread(
+            UpstreamJsonDocs, config.upstream, upstream, cache_dir / "pypi-json"
+        )
+        stack.push_async_callback(json_docs.close)
+        app[appkeys.JSON_PAGES] = JsonPages(index, json_docs, downloader, wheel_metadata)
         app[appkeys.ROOT] = root
         monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
         app[appkeys.UPSTREAM_CHECK] = monitor

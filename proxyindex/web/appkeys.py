@@ -6,6 +6,7 @@ from aiohttp import web
 
 from proxyindex.auth.authenticator import Authenticator, Identity
 from proxyindex.config import Config
+from proxyindex.index.jsonpages import JsonPages
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.private.audit import AuditLog
@@ -24,6 +25,7 @@ __all__ = [
     "DOWNLOADER",
     "IDENTITY",
     "INDEX",
+    "JSON_PAGES",
     "PAGES",
     "PAGE_LISTENERS",
     "ROOT",
@@ -39,6 +41,7 @@ STORAGE = web.AppKey("storage", PrivateStorage)
 PAGES = web.AppKey("pages", PageCache)
 BLOBS = web.AppKey("blobs", BlobStore)
 INDEX = web.AppKey("index", ProjectIndex)
+JSON_PAGES = web.AppKey("json_pages", JsonPages)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
 ROOT = web.AppKey("root", RootIndex)

@@ -10,12 +10,11 @@ from typing import NoReturn
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
-from proxyindex import jsonapi
 from proxyindex.distname import project_of
 from proxyindex.errors import NotFound, UpstreamUnavailable
 from proxyindex.fsutil import is_safe_filename
 from proxyindex.index.projects import RenderedPage
-from proxyindex.models import DistFile, Origin, is_valid_name, normalize
+from proxyindex.models import DistFile, is_valid_name, normalize
 from proxyindex.simple import SimpleFormat, body_etag, negotiate
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
@@ -236,67 +235,39 @@ def _metadata_response(request: web.Request, data: bytes) -> web.StreamResponse:
     return web.Response(body=data, headers=headers, content_type="application/octet-stream")
 
 
-# Pages with more files than this are rendered in a thread (PyPI-sized projects).
 _MAX_VERSION_LENGTH = 100
 
 
 async def project_json(request: web.Request) -> web.StreamResponse:
-    """PyPI's JSON API for one project or one release (PJ-02), from the merged page: the
-    same dependency-confusion rules as ``/simple/<name>/``."""
+    """PyPI's JSON API for one project or one release (PJ-02): the upstream's own document
+    when it has one, else made from the merged page; the same dependency-confusion rules as
+    ``/simple/<name>/`` (``index.jsonpages``)."""
     name = _canonical(request)
     version = request.match_info.get("version")
     if version is not None and (len(version) > _MAX_VERSION_LENGTH or not version.isprintable()):
         raise NotFound("not a valid version")
-    index = request.app[appkeys.INDEX]
-    resolved = await index.page(name)
-    big = resolved.page.is_large  # parsing thousands of filenames
-    if big:
-        found = await asyncio.to_thread(jsonapi.find_release, resolved.page, version)
-    else:
-        found = jsonapi.find_release(resolved.page, version)
-    if found is None:
-        what = f"no release {version!r}" if version else "no release"
-        raise NotFound(f"{what} of project {name!r}")
-    release, every = found
-    metadata = await _release_metadata(request, name, release)
     config = request.app[appkeys.CONFIG]
     base_url = config.server.base_url or f"{request.scheme}://{request.host}"
-
-    def build() -> bytes:
-        return jsonapi.render(
-            resolved.page, release, every, metadata, base_url, with_releases=version is None
-        )
-
-    if big:
-        body = await asyncio.to_thread(build)
-    else:
-        body = build()
-    max_age = index.client_max_age(resolved.private, resolved.upstream_until)
-    etag = body_etag(body)
+    answer = await request.app[appkeys.JSON_PAGES].render(name, version, base_url)
+    rendered = answer.rendered
+    use_gzip = rendered.gzip_body is not None and "gzip" in request.headers.get(
+        hdrs.ACCEPT_ENCODING, ""
+    )
+    etag = rendered.etag[:-1] + '-gz"' if use_gzip else rendered.etag
     headers: dict[str, str] = {
         hdrs.ETAG: etag,
-        hdrs.CACHE_CONTROL: _cache_control(request, max_age, resolved.private),
+        hdrs.CACHE_CONTROL: _cache_control(request, answer.max_age, rendered.private),
+        hdrs.VARY: "Accept-Encoding",
     }
-    if resolved.page.serial is not None:
-        headers["X-PyPI-Last-Serial"] = str(resolved.page.serial)
+    if answer.serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(answer.serial)
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return not_modified(headers)
-    return web.Response(body=body, headers=headers, content_type="application/json")
-
-
-async def _release_metadata(
-    request: web.Request, name: NormalizedName, release: jsonapi.Release
-) -> bytes | None:
-    """The METADATA of the release's best wheel: from storage, or through the file cache."""
-    source = jsonapi.metadata_source(release)
-    if source is None:
-        return None
-    if source.origin is Origin.PRIVATE:
-        return await request.app[appkeys.INDEX].private_metadata(name, source.filename)
-    meta = source.metadata_file()
-    if meta is None:
-        return None
-    return await request.app[appkeys.DOWNLOADER].start(meta).read()  # cached: read from there
+    headers[hdrs.CONTENT_TYPE] = "application/json"
+    if use_gzip:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+        return web.Response(body=rendered.gzip_body, headers=headers)
+    return web.Response(body=rendered.body, headers=headers)
 
 
 async def health(request: web.Request) -> web.StreamResponse:
