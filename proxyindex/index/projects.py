@@ -21,6 +21,7 @@ from proxyindex.errors import NotFound, Offline, UpstreamError
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
+from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.simple import SimpleFormat, body_etag, render_project
 from proxyindex.upstream.pages import Checked, UpstreamPages
@@ -41,11 +42,12 @@ class RenderedPage:
     etag: str
     gzip_body: bytes | None
     private: bool
+    serial: int | None = None  # X-PyPI-Last-Serial
 
     @classmethod
-    def build(cls, body: bytes, private: bool) -> RenderedPage:
+    def build(cls, body: bytes, private: bool, serial: int | None = None) -> RenderedPage:
         packed = gzip.compress(body, 6, mtime=0) if len(body) >= _GZIP_MIN else None
-        return cls(body, body_etag(body), packed, private)
+        return cls(body, body_etag(body), packed, private, serial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +84,17 @@ class Resolved:
 
 
 class ProjectIndex:
-    def __init__(self, config: Config, storage: PrivateStorage, upstream: UpstreamPages) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: PrivateStorage,
+        upstream: UpstreamPages,
+        serials: ProjectSerials | None = None,
+    ) -> None:
         self.config = config
         self.storage = storage
         self.upstream = upstream
+        self.serials = serials
         self._private: LRU[NormalizedName, tuple[int, ProjectPage | None]] = LRU(_MEMORY_PAGES)
         self._rendered: LRU[tuple[NormalizedName, SimpleFormat], _Rendering] = LRU(
             2 * _MEMORY_PAGES
@@ -115,9 +124,14 @@ class ProjectIndex:
         memo = self._private.get(name)
         if memo is not None and memo[0] == generation:
             return memo[1]
-        page = await asyncio.to_thread(self.storage.page, name)
+        page = await asyncio.to_thread(self._read_private, name)
         self._private.put(name, (generation, page))
         return page
+
+    def _read_private(self, name: NormalizedName) -> ProjectPage | None:
+        """Blocking: the page from storage, with its serial (``private.serials``)."""
+        page = self.storage.page(name)
+        return page if page is None or self.serials is None else self.serials.stamp(page)
 
     async def page(self, name: NormalizedName) -> Resolved:
         """The merged page for ``name``; NotFound if no source has it."""
@@ -181,7 +195,7 @@ class ProjectIndex:
 
     def _build(self, resolved: Resolved, fmt: SimpleFormat) -> RenderedPage:
         body = render_project(resolved.page, fmt, self.config.server.base_url)
-        return RenderedPage.build(body, resolved.private)
+        return RenderedPage.build(body, resolved.private, resolved.page.serial)
 
     def client_max_age(self, private: bool, upstream_until: float | None) -> int:
         """Seconds a client may reuse a page: 0 with private files (CC-01), else the time

@@ -7,6 +7,7 @@ live in ``index`` and ``downloads``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import threading
@@ -141,10 +142,13 @@ class UpstreamClient:
             content_type = resp.headers.get("Content-Type", "")
             etag = resp.headers.get("ETag")
             final_url = str(resp.url)
+            serial = _serial(resp.headers.get("X-PyPI-Last-Serial"))
         if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
             page = await _parse_in_thread(body, content_type, final_url, name)
         else:
             page = parse_project(body, content_type, final_url, name)
+        if page.serial is None and serial is not None:  # HTML with no <!--SERIAL n-->
+            page = dataclasses.replace(page, serial=serial)
         log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)
         return PageEntry(page, time.time(), etag)
 
@@ -250,6 +254,14 @@ class UpstreamClient:
         with _mapped_errors(url, "broke off"):
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 yield chunk
+
+
+def _serial(value: str | None) -> int | None:
+    """``X-PyPI-Last-Serial`` as a number; None if absent or not one."""
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else None
 
 
 def _proxy_url(proxy: Proxy | None) -> URL | None:

@@ -160,20 +160,19 @@ class UpstreamJsonDocs:
     async def _fetch(
         self, key: Key, url: str, cached: JsonDoc | None, flight: asyncio.Future[JsonDoc]
     ) -> None:
-        stored: _Stored | None = None
         try:
             etag = cached.etag if cached is not None and cached.doc is not None else None
             status, body, etag, content_type = await self.client.fetch_document(url, etag, key[0])
             now = time.time()
             if status == 304 and cached is not None:
-                doc = JsonDoc(cached.doc, now, cached.etag)
-                stored = None  # the body on disk is still right; only its age changed
+                doc = JsonDoc(cached.doc, now, cached.etag)  # the body on disk is still right
             else:
                 parsed = await _parse(body) if "json" in content_type.lower() else None
                 if body is not None and parsed is None:
                     log.warning("upstream %s is not a PyPI JSON document", mask_url(url))
                 doc = JsonDoc(parsed, now, etag if parsed is not None else None)
                 stored = _Stored(body if parsed is not None else None, now, doc.etag)
+                await self._store(key, stored)
             self._memory.put(key, (doc, self._retry_at(doc)))
             flight.set_result(doc)
         except UpstreamError as exc:
@@ -189,8 +188,10 @@ class UpstreamJsonDocs:
             self._flights.pop(key, None)
             if flight.done() and not flight.cancelled():
                 flight.exception()
-        if stored is not None:
-            try:
-                await asyncio.to_thread(self._disk.set, ("doc", *key), stored)
-            except Exception:
-                log.exception("could not store the JSON document of %s", key[0])
+
+    async def _store(self, key: Key, stored: _Stored) -> None:
+        """On disk before anyone is answered: a shutdown right after cannot lose it."""
+        try:
+            await asyncio.to_thread(self._disk.set, ("doc", *key), stored)
+        except Exception:
+            log.exception("could not store the JSON document of %s", key[0])

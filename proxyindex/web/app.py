@@ -28,6 +28,7 @@ from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.models import ProjectPage
 from proxyindex.private.audit import AuditLog, audit_path
+from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient
@@ -208,8 +209,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
         stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
-        index = ProjectIndex(config, storage, upstream_pages)
-        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
+        serials = await asyncio.to_thread(ProjectSerials, cache_dir / "private-serials")
+        stack.push_async_callback(asyncio.to_thread, serials.close)
+        index = ProjectIndex(config, storage, upstream_pages, serials)
+        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream, serials)
         stack.push_async_callback(root.close)
         app[appkeys.STORAGE] = storage
         app[appkeys.PAGES] = pages

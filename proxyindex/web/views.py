@@ -136,6 +136,8 @@ def _page_response(
         hdrs.CACHE_CONTROL: _cache_control(request, max_age, rendered.private),
         hdrs.VARY: _VARY,
     }
+    if rendered.serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(rendered.serial)
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return not_modified(headers)
     headers[hdrs.CONTENT_TYPE] = fmt.content_type
@@ -154,11 +156,18 @@ async def project_page(request: web.Request) -> web.StreamResponse:
 
 async def root_page(request: web.Request) -> web.StreamResponse:
     fmt = _format(request)
-    path = await request.app[appkeys.ROOT].path(fmt)
+    root = request.app[appkeys.ROOT]
+    path = await root.path(fmt)
     use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+    headers: dict[str, str] = {
+        hdrs.CACHE_CONTROL: _cache_control(request, 300, False),
+        hdrs.VARY: _VARY,
+    }
+    if root.last_serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(root.last_serial)
     return StoredFile(
         path.with_name(path.name + ".gz") if use_gzip else path,
-        headers={hdrs.CACHE_CONTROL: _cache_control(request, 300, False), hdrs.VARY: _VARY},
+        headers=headers,
         content_type=fmt.content_type,
         precompressed="gzip" if use_gzip else None,
     )
