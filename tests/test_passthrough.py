@@ -188,3 +188,33 @@ async def test_private_projects_get_serials_that_grow_and_persist(
     root = await client.get("/simple/", headers={"Accept": JSON_TYPE})
     listed = {p["name"]: p.get("_last-serial") for p in (await root.json())["projects"]}
     assert listed["corp-lib"] == second
+
+
+async def test_sizes_missing_upstream_are_filled_once_the_file_is_cached(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    wheel = fake_pypi.add_wheel("demo-pkg", "1.0")
+    fake_pypi.html_only = True  # no sizes
+    client = await make_app_client(upstream={"prefetch": False, "page_ttl": 1})
+    page = await (await client.get("/simple/demo-pkg/", headers={"Accept": JSON_TYPE})).json()
+    assert page["meta"]["api-version"] == "1.0"
+    assert "size" not in page["files"][0]  # unknown: left out, never null
+    download = await client.get(f"/packages/demo-pkg/{wheel.name}")
+    assert await download.read() == wheel.read_bytes()
+    await asyncio.sleep(1.2)  # the page is due again; the file is in the cache now
+    page = await (await client.get("/simple/demo-pkg/", headers={"Accept": JSON_TYPE})).json()
+    assert page["files"][0]["size"] == wheel.stat().st_size
+    assert page["meta"]["api-version"] == "1.1"  # every file has its size again
+
+
+def test_pages_cached_by_an_older_version_load_with_the_new_fields() -> None:
+    """A pickled page from before provenance/gpg-sig/status_reason existed (its state has
+    fewer values) loads with those fields at their defaults, not unset."""
+    old = DistFile.__new__(DistFile)
+    old.__setstate__(
+        ["a-1.0.tar.gz", "https://x/a", Origin.UPSTREAM, {}, None, 5, None, False, False]
+    )
+    assert (old.size, old.provenance, old.gpg_sig) == (5, None, None)
+    old_page = ProjectPage.__new__(ProjectPage)
+    old_page.__setstate__([NAME, (old,), frozenset(), 3, None])
+    assert (old_page.serial, old_page.status_reason) == (3, None)

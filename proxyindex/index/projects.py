@@ -11,6 +11,7 @@ import gzip
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.simple import SimpleFormat, body_etag, render_project
 from proxyindex.upstream.pages import Checked, UpstreamPages
+from proxyindex.upstream.sizes import lacks_sizes
 
 __all__ = ["ProjectIndex", "RenderedPage"]
 
@@ -76,6 +78,7 @@ class Resolved:
     owner: Owner
     token: _Token
     upstream_until: float | None  # when its upstream part is due again; None: no such part
+    incomplete: bool = False  # upstream files of unknown size: render again, they may be cached
 
     @property
     def private(self) -> bool:
@@ -90,11 +93,13 @@ class ProjectIndex:
         storage: PrivateStorage,
         upstream: UpstreamPages,
         serials: ProjectSerials | None = None,
+        fill_sizes: Callable[[ProjectPage], ProjectPage] | None = None,
     ) -> None:
         self.config = config
         self.storage = storage
         self.upstream = upstream
         self.serials = serials
+        self.fill_sizes = fill_sizes  # upstream.sizes.SizeFiller: blocking
         self._private: LRU[NormalizedName, tuple[int, ProjectPage | None]] = LRU(_MEMORY_PAGES)
         self._rendered: LRU[tuple[NormalizedName, SimpleFormat], _Rendering] = LRU(
             2 * _MEMORY_PAGES
@@ -154,7 +159,10 @@ class ProjectIndex:
             tombstone = self.storage.was_private(name)
             raise NotFound(not_found_reason(name, owner, tombstone, self.config.private))
         until = checked.retry_at if checked else None
-        return Resolved(page, owner, _Token(private, upstream), until)
+        incomplete = upstream is not None and lacks_sizes(page)
+        if incomplete and self.fill_sizes is not None:
+            page = await asyncio.to_thread(self.fill_sizes, page)
+        return Resolved(page, owner, _Token(private, upstream), until, incomplete)
 
     async def render(self, name: NormalizedName, fmt: SimpleFormat) -> tuple[RenderedPage, int]:
         """The page's body in ``fmt`` and how many seconds clients may reuse it.
@@ -174,7 +182,7 @@ class ProjectIndex:
             return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
         generation = self.storage.generation
         resolved = await self.page(name)
-        if cached is not None and cached.token.same(resolved.token):
+        if cached is not None and cached.token.same(resolved.token) and not resolved.incomplete:
             rendered = cached.page
         elif resolved.page.is_large:
             # PyPI-sized pages (thousands of files): render, hash and gzip in a thread.

@@ -38,6 +38,7 @@ from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.pypijson import UpstreamJsonDocs
 from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.upstream.sizes import SizeFiller
 from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import appkeys, upload, views
 from proxyindex.web.routes import Handler, Route
@@ -211,7 +212,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(prefetcher.close)
         serials = await asyncio.to_thread(ProjectSerials, cache_dir / "private-serials")
         stack.push_async_callback(asyncio.to_thread, serials.close)
-        index = ProjectIndex(config, storage, upstream_pages, serials)
+        index = ProjectIndex(config, storage, upstream_pages, serials, SizeFiller(blobs, pages))
         root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream, serials)
         stack.push_async_callback(root.close)
         app[appkeys.STORAGE] = storage
