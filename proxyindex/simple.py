@@ -719,4 +719,5 @@ def parse_root_names(chunk: str) -> Iterable[str]:
         start = part.find(">")
         end = part.find("</a>", start)
         if start != -1 and end != -1:
-            yield html.unescape(part[start + 1 : end]).strip()
+            # A plain file server's directory listing shows "name/".
+            yield html.unescape(part[start + 1 : end]).strip().rstrip("/")
