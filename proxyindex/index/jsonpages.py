@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ __all__ = ["JsonAnswer", "JsonPages", "extra_digests"]
 
 log = logging.getLogger(__name__)
 
-_MEMORY_DOCS = 1024
+_MEMORY_BYTES = 64 << 20  # rendered documents kept; PyPI's largest are megabytes each
 _MEMORY_DIGESTS = 65536
 _CHUNK = 1 << 20
 
@@ -56,6 +57,40 @@ class _Made:
         return len(sources) == len(self.sources) and all(
             a is b for a, b in zip(sources, self.sources, strict=True)
         )
+
+
+_Key = tuple[NormalizedName, str | None, str]  # (project, version, base URL)
+
+
+class _MadeCache:
+    """Rendered documents, least recently used dropped first, bounded by their bytes (a key
+    includes the Host a client sent, so entry counts alone would not bound memory)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[_Key, _Made] = OrderedDict()
+        self._bytes = 0
+
+    @staticmethod
+    def _cost(made: _Made) -> int:
+        page = made.answer
+        return len(page.body) + (len(page.gzip_body) if page.gzip_body else 0)
+
+    def get(self, key: _Key) -> _Made | None:
+        made = self._data.get(key)
+        if made is not None:
+            self._data.move_to_end(key)
+        return made
+
+    def put(self, key: _Key, made: _Made) -> None:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._bytes -= self._cost(old)
+        self._data[key] = made
+        self._bytes += self._cost(made)
+        while self._bytes > self.max_bytes and len(self._data) > 1:
+            _key, dropped = self._data.popitem(last=False)
+            self._bytes -= self._cost(dropped)
 
 
 def extra_digests(path: Path) -> dict[str, str]:
@@ -81,7 +116,7 @@ class JsonPages:
         self.docs = docs
         self.downloader = downloader
         self.wheel_metadata = wheel_metadata
-        self._made: LRU[tuple[NormalizedName, str | None, str], _Made] = LRU(_MEMORY_DOCS)
+        self._made = _MadeCache(_MEMORY_BYTES)
         # (path, size, mtime_ns) -> digests: a private file is hashed once, not per document.
         self._digests: LRU[tuple[str, int, int], dict[str, str]] = LRU(_MEMORY_DIGESTS)
         self._lock = threading.Lock()  # the digests are read and written in threads

@@ -171,8 +171,8 @@ class UpstreamJsonDocs:
                 if body is not None and parsed is None:
                     log.warning("upstream %s is not a PyPI JSON document", mask_url(url))
                 doc = JsonDoc(parsed, now, etag if parsed is not None else None)
-                stored = _Stored(body if parsed is not None else None, now, doc.etag)
-                await self._store(key, stored)
+                if parsed is not None:  # a 404 is remembered in memory only: made-up
+                    await self._store(key, _Stored(body, now, doc.etag))  # versions fill no disk
             self._memory.put(key, (doc, self._retry_at(doc)))
             flight.set_result(doc)
         except UpstreamError as exc:
