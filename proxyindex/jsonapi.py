@@ -349,4 +349,7 @@ def rewrite(
     body["urls"] = urls
     if releases is not None:
         body["releases"] = releases
+    upstream_serial = doc.get("last_serial")
+    if private and page.serial is not None and isinstance(upstream_serial, int):
+        body["last_serial"] = max(upstream_serial, page.serial)  # the private part's may be newer
     return json.dumps(body, separators=(",", ":")).encode()

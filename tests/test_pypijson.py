@@ -143,11 +143,19 @@ async def test_merged_name_gets_its_private_files_added_to_the_upstream_document
     make_app_client: MakeAppClient, fake_pypi: FakePyPI, tmp_path: Path
 ) -> None:
     serve_six(fake_pypi)
+    # An upstream whose serials are lower than the private ones (another index's numbering).
+    fake_pypi.json_api = {k: v.replace(b"26286754", b"1") for k, v in fake_pypi.json_api.items()}
+    fake_pypi.raw_pages = {
+        k: (t, v.replace(b"26286754", b"1")) for k, (t, v) in fake_pypi.raw_pages.items()
+    }
+    fake_pypi.add_wheel("bump-the-serials", "1.0")  # the root lists it: serials above 1
     wheel = make_wheel(tmp_path / "packages", "six", "1.17.0", tag="py3-none-any")
     later = make_wheel(tmp_path / "packages", "six", "99.0")
     client = await make_app_client(
         upstream={"prefetch": False}, private={"merge_with_upstream": ["six"]}
     )
+    root = await client.get("/simple/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    listed = {p["name"]: p.get("_last-serial") for p in (await root.json())["projects"]}
     resp = await client.get("/pypi/six/json")
     doc = await resp.json()
     assert resp.headers["Cache-Control"] == "max-age=0, must-revalidate"  # private files
@@ -161,6 +169,11 @@ async def test_merged_name_gets_its_private_files_added_to_the_upstream_document
         "md5": hashlib.md5(data, usedforsecurity=False).hexdigest(),
         "blake2b_256": hashlib.blake2b(data, digest_size=32).hexdigest(),
     }
+    # Never older than the serial the root lists for it (a mirror's StalePage check).
+    assert doc["last_serial"] >= listed["six"] > 1
+    assert resp.headers["X-PyPI-Last-Serial"] == str(doc["last_serial"])
+    page = await client.get("/simple/six/", headers={"Accept": "text/html"})
+    assert int(page.headers["X-PyPI-Last-Serial"]) >= listed["six"]
     names = [f["filename"] for f in doc["urls"]]
     assert wheel.name in names and "six-1.17.0.tar.gz" in names  # the release's files
     assert len(doc["releases"]["1.17.0"]) == 3

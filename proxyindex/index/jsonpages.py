@@ -157,6 +157,8 @@ class JsonPages:
         serial = doc.get("last_serial")
         if not isinstance(serial, int) or isinstance(serial, bool):
             serial = page.serial
+        elif page.serial is not None and page.has_private_files:
+            serial = max(serial, page.serial)  # a merged name: its private serial may be higher
         return _Made(await _built(body, page, private), serial, ())
 
     async def _synthesised(
