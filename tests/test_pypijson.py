@@ -236,3 +236,14 @@ def test_synthesis_keeps_old_binary_formats_and_keys_releases_as_the_index_does(
     assert egg_and_exes["demo_pkg-0.9-py2.7.egg"]["python_version"] == "2.7"
     assert egg_and_exes["demo.pkg-0.9.win32-py2.7.exe"]["packagetype"] == "bdist_wininst"
     assert doc["info"]["version"] == "1.0.0"
+
+
+def test_documents_held_in_memory_are_bounded_by_their_bytes() -> None:
+    from proxyindex.upstream import pypijson
+
+    memory = pypijson._Memory()
+    big = 8 << 20
+    for i in range(10):
+        memory.put(("p", str(i)), (pypijson.JsonDoc({}, 0.0, None, big), 0.0))  # type: ignore[arg-type]
+    held = [i for i in range(10) if memory.get(("p", str(i))) is not None]  # type: ignore[arg-type]
+    assert held == [6, 7, 8, 9]  # 32 MiB of bodies: the four most recent

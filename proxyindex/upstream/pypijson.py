@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from yarl import URL
 from proxyindex.config import UpstreamConfig
 from proxyindex.diskstore import open_cache
 from proxyindex.errors import UpstreamError
-from proxyindex.lru import LRU
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.client import UpstreamClient, mask_url
 
@@ -34,7 +34,8 @@ __all__ = ["JsonDoc", "UpstreamJsonDocs", "json_api_url", "parse_document"]
 
 log = logging.getLogger(__name__)
 
-_MEMORY_DOCS = 512
+_MEMORY_DOCS = 4096  # entries (404s are small), and at most this many bytes of bodies:
+_MEMORY_BYTES = 32 << 20  # a parsed document takes a few times its body; PyPI's reach MBs
 _STALE_RETRY = 60  # seconds between upstream attempts while serving a stale document
 _PARSE_INLINE_BYTES = 64 * 1024
 
@@ -48,6 +49,34 @@ class JsonDoc:
     doc: dict[str, Any] | None
     fetched_at: float
     etag: str | None = None
+    size: int = 0  # of the body it was parsed from: what memory holds it for
+
+
+class _Memory:
+    """The documents held in memory, least recently used dropped first, bounded by count and
+    by the bytes of their bodies."""
+
+    def __init__(self) -> None:
+        self._data: OrderedDict[Key, tuple[JsonDoc, float]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Key) -> tuple[JsonDoc, float] | None:
+        held = self._data.get(key)
+        if held is not None:
+            self._data.move_to_end(key)
+        return held
+
+    def put(self, key: Key, held: tuple[JsonDoc, float]) -> None:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._bytes -= old[0].size
+        self._data[key] = held
+        self._bytes += held[0].size
+        while len(self._data) > 1 and (
+            self._bytes > _MEMORY_BYTES or len(self._data) > _MEMORY_DOCS
+        ):
+            _key, (dropped, _retry) = self._data.popitem(last=False)
+            self._bytes -= dropped.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +140,7 @@ class UpstreamJsonDocs:
         self.config = config
         self.client = client
         self._disk = open_cache(directory, sqlite_synchronous=0)  # blocking: build in a thread
-        self._memory: LRU[Key, tuple[JsonDoc, float]] = LRU(_MEMORY_DOCS)  # (doc, retry_at)
+        self._memory = _Memory()  # key -> (doc, retry_at)
         self._flights: dict[Key, asyncio.Future[JsonDoc]] = {}
         self._tasks = Background()
 
@@ -135,7 +164,8 @@ class UpstreamJsonDocs:
         if held is None or time.time() >= held[1]:
             stored = await asyncio.to_thread(self._read_disk, key)
             if stored is not None and (held is None or stored.fetched_at > held[0].fetched_at):
-                doc = JsonDoc(await _parse(stored.body), stored.fetched_at, stored.etag)
+                size = len(stored.body or b"")
+                doc = JsonDoc(await _parse(stored.body), stored.fetched_at, stored.etag, size)
                 held = (doc, self._retry_at(doc))
                 self._memory.put(key, held)
         return held
@@ -165,12 +195,13 @@ class UpstreamJsonDocs:
             status, body, etag, content_type = await self.client.fetch_document(url, etag, key[0])
             now = time.time()
             if status == 304 and cached is not None:
-                doc = JsonDoc(cached.doc, now, cached.etag)  # the body on disk is still right
+                doc = JsonDoc(cached.doc, now, cached.etag, cached.size)  # same body as on disk
             else:
                 parsed = await _parse(body) if "json" in content_type.lower() else None
                 if body is not None and parsed is None:
                     log.warning("upstream %s is not a PyPI JSON document", mask_url(url))
-                doc = JsonDoc(parsed, now, etag if parsed is not None else None)
+                size = len(body) if parsed is not None and body is not None else 0
+                doc = JsonDoc(parsed, now, etag if parsed is not None else None, size)
                 if parsed is not None:  # a 404 is remembered in memory only: made-up
                     await self._store(key, _Stored(body, now, doc.etag))  # versions fill no disk
             self._memory.put(key, (doc, self._retry_at(doc)))
