@@ -37,6 +37,8 @@ class ScannedPage:
     anchors: list[dict[str, str | None]] = field(default_factory=list)
     repository_version: str | None = None
     title: str | None = None
+    metas: dict[str, str] = field(default_factory=dict)  # other ``pypi:`` meta tags (PEP 792)
+    serial: int | None = None  # PyPI's trailing ``<!--SERIAL n-->``
 
 
 def _attributes(raw: str) -> dict[str, str | None]:
@@ -66,6 +68,10 @@ def scan_html(text: str, cancelled: Callable[[], bool] | None = None) -> Scanned
             end = text.find("-->", lt + 4)
             if end < 0:
                 break
+            if text.startswith("SERIAL ", lt + 4) and end - lt < 40:
+                digits = text[lt + 11 : end].strip()
+                if digits.isascii() and digits.isdigit():
+                    page.serial = int(digits)
             pos = end + 3
             continue
         nxt = text[lt + 1]
@@ -82,8 +88,11 @@ def scan_html(text: str, cancelled: Callable[[], bool] | None = None) -> Scanned
                 page.anchors.append(_attributes(match.group(2)))
             elif tag == "meta":
                 attrs = _attributes(match.group(2))
-                if (attrs.get("name") or "").lower() == "pypi:repository-version":
+                meta_name = (attrs.get("name") or "").lower()
+                if meta_name == "pypi:repository-version":
                     page.repository_version = (attrs.get("content") or "").strip()
+                elif meta_name.startswith("pypi:"):
+                    page.metas[meta_name] = (attrs.get("content") or "").strip()
             elif tag in _RAW_TEXT:
                 close = _RAW_TEXT[tag].search(text, pos)
                 end = len(text) if close is None else close.start()

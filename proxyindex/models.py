@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
@@ -24,6 +24,21 @@ _MAX_NAME_LENGTH = 200
 # Work over every file of a page (parsing filenames, rendering, choosing one) runs in a thread
 # above this many files: PyPI-sized pages (1,000 files: ~10 ms) would stall the event loop.
 INLINE_FILES = 100
+
+
+def _restore(obj: object, state: list[object]) -> None:
+    """Unpickle a frozen dataclass from its field values, in field order (what dataclasses
+    pickle), giving fields added since the pickle was made (a page cached by an older version)
+    their defaults instead of leaving them unset."""
+    for index, spec in enumerate(fields(obj)):  # type: ignore[arg-type]
+        if index < len(state):
+            value = state[index]
+        elif spec.default is not MISSING:
+            value = spec.default
+        else:
+            factory = spec.default_factory
+            value = factory() if callable(factory) else None
+        object.__setattr__(obj, spec.name, value)
 
 
 def is_valid_name(name: str) -> bool:
@@ -58,6 +73,14 @@ class DistFile:
     upload_time: str | None = None
     yanked: bool | str = False
     core_metadata: dict[str, str] | bool = False
+    provenance: str | None = None  # PEP 740: the upstream's URL, passed through
+    gpg_sig: bool | None = None  # what the upstream says; None: it does not say
+
+    def __getstate__(self) -> list[object]:
+        return [getattr(self, spec.name) for spec in fields(self)]
+
+    def __setstate__(self, state: list[object]) -> None:
+        _restore(self, state)
 
     @property
     def url(self) -> str:
@@ -95,7 +118,14 @@ class ProjectPage:
     files: tuple[DistFile, ...]
     versions: frozenset[str] = frozenset()
     serial: int | None = None
-    status: str | None = None
+    status: str | None = None  # PEP 792 project-status, as the upstream says it
+    status_reason: str | None = None
+
+    def __getstate__(self) -> list[object]:
+        return [getattr(self, spec.name) for spec in fields(self)]
+
+    def __setstate__(self, state: list[object]) -> None:
+        _restore(self, state)
 
     @property
     def is_large(self) -> bool:

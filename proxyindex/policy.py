@@ -58,5 +58,7 @@ def merge_pages(private: ProjectPage | None, upstream: ProjectPage | None) -> Pr
         name=private.name,
         files=files,
         versions=project_versions(files, upstream.versions),
-        serial=upstream.serial,
+        # The larger: a mirror asking with the root's serial (the private one) must not see
+        # the page as older than that (bandersnatch's StalePage).
+        serial=max((s for s in (private.serial, upstream.serial) if s is not None), default=None),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 from functools import lru_cache
@@ -35,8 +36,10 @@ __all__ = [
     "body_etag",
     "json_api_version",
     "negotiate",
+    "page_api_version",
     "parse_project_html",
     "parse_project_json",
+    "parse_root_entries",
     "parse_root_names",
     "project_versions",
     "render_project",
@@ -47,8 +50,9 @@ __all__ = [
     "version_of",
 ]
 
-# 1.1: size, upload-time and versions (PEP 700) are emitted; nothing of 1.2-1.4 is (J-07).
-# A JSON project page with a file of unknown size says 1.0 instead (``json_api_version``).
+# 1.1: size, upload-time and versions (PEP 700) are emitted. A project page declares what it
+# really has (``page_api_version``, J-07): 1.3 with provenance (PEP 740), 1.4 with a
+# project-status (PEP 792), 1.0 in JSON with a file of unknown size (size is required from 1.1).
 API_VERSION = "1.1"
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
@@ -187,6 +191,10 @@ def _html_attrs(dist: DistFile) -> str:
     if dist.yanked is not False:
         reason = dist.yanked if isinstance(dist.yanked, str) else ""
         attrs.append(f' data-yanked="{html.escape(reason)}"')
+    if dist.provenance is not None:
+        attrs.append(f' data-provenance="{html.escape(dist.provenance)}"')
+    if dist.gpg_sig is not None:
+        attrs.append(f' data-gpg-sig="{"true" if dist.gpg_sig else "false"}"')
     return "".join(attrs)
 
 
@@ -206,13 +214,24 @@ def _core_metadata_attr(value: Mapping[str, str] | bool) -> str:
     return "true"
 
 
+def _status_meta(page: ProjectPage) -> list[str]:
+    if page.status is None:
+        return []
+    tags = [f'    <meta name="pypi:project-status" content="{html.escape(page.status)}">']
+    if page.status_reason:
+        reason = html.escape(page.status_reason)
+        tags.append(f'    <meta name="pypi:project-status-reason" content="{reason}">')
+    return tags
+
+
 def _render_html(page: ProjectPage, base_url: str) -> bytes:
     name = html.escape(page.name)
     lines = [
         "<!DOCTYPE html>",
         "<html>",
         "  <head>",
-        f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+        f'    <meta name="pypi:repository-version" content="{page_api_version(page, False)}">',
+        *_status_meta(page),
         f"    <title>Links for {name}</title>",
         "  </head>",
         "  <body>",
@@ -226,7 +245,10 @@ def _render_html(page: ProjectPage, base_url: str) -> bytes:
             f'    <a href="{html.escape(href)}"{_html_attrs(dist)}>'
             f"{html.escape(dist.filename)}</a><br />"
         )
-    lines += ["  </body>", "</html>", ""]
+    lines += ["  </body>", "</html>"]
+    if page.serial is not None:
+        lines.append(f"<!--SERIAL {page.serial}-->")
+    lines.append("")
     return "\n".join(lines).encode()
 
 
@@ -248,22 +270,47 @@ def _file_json(page: ProjectPage, dist: DistFile, base_url: str) -> dict[str, An
     core_metadata = advertised_metadata(dist)
     if core_metadata:
         entry["core-metadata"] = dict(core_metadata) if isinstance(core_metadata, Mapping) else True
+    if dist.provenance is not None:
+        entry["provenance"] = dist.provenance
+    if dist.gpg_sig is not None:
+        entry["gpg-sig"] = dist.gpg_sig
     return entry
 
 
+def page_api_version(page: ProjectPage, is_json: bool) -> str:
+    """The highest version whose fields the page really has (J-07). JSON: ``size`` is
+    mandatory from 1.1 (J-04), so a page with a file of unknown size (an HTML-only upstream
+    says none) declares 1.0 whatever else it has. Then 1.4 with a project-status, 1.3 with
+    a provenance URL, else 1.1 (1.2's ``tracks`` and ``alternate-locations`` are never sent)."""
+    if is_json and not all(f.size is not None for f in page.files):
+        return "1.0"
+    if page.status is not None:
+        return "1.4"
+    if any(f.provenance is not None for f in page.files):
+        return "1.3"
+    return API_VERSION
+
+
 def json_api_version(page: ProjectPage) -> str:
-    """The version a JSON page satisfies (J-07): ``size`` is mandatory from 1.1 (J-04), so a
-    page with any file of unknown size (an HTML-only upstream says none) declares 1.0."""
-    return API_VERSION if all(f.size is not None for f in page.files) else "1.0"
+    """The api-version of the page's JSON rendering."""
+    return page_api_version(page, True)
 
 
 def _render_json(page: ProjectPage, base_url: str) -> bytes:
-    body = {
-        "meta": {"api-version": json_api_version(page)},
+    meta: dict[str, Any] = {"api-version": json_api_version(page)}
+    if page.serial is not None:
+        meta["_last-serial"] = page.serial
+    body: dict[str, Any] = {
+        "meta": meta,
         "name": page.name,
         "files": [_file_json(page, dist, base_url) for dist in page.files],
         "versions": sorted(page.versions, key=version_key),
     }
+    if page.status is not None:
+        status = {"status": page.status}
+        if page.status_reason:
+            status["reason"] = page.status_reason
+        body["project-status"] = status
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -282,11 +329,22 @@ def render_root_header(fmt: SimpleFormat) -> bytes:
     ).encode()
 
 
-def render_root_entry(name: NormalizedName, fmt: SimpleFormat, first: bool) -> bytes:
-    """One project of the root list; names are normalised, so they need no escaping."""
+def render_root_entry(
+    name: NormalizedName,
+    fmt: SimpleFormat,
+    first: bool,
+    display: str | None = None,
+    serial: int | None = None,
+) -> bytes:
+    """One project of the root list: its display name where known (``Django``: PEP 503's
+    anchor text is the project's name), the normalised one otherwise, and in JSON its
+    ``_last-serial`` where known (J-02). Names are valid project names (letters, digits,
+    ``.``, ``_``, ``-``): nothing to escape."""
+    shown = display or name
     if fmt.is_json:
-        return (b'{"name":"' if first else b',{"name":"') + name.encode() + b'"}'
-    return f'    <a href="{name}/">{name}</a><br />\n'.encode()
+        tail = b'"}' if serial is None else b'","_last-serial":' + str(serial).encode() + b"}"
+        return (b'{"name":"' if first else b',{"name":"') + shown.encode() + tail
+    return f'    <a href="{name}/">{shown}</a><br />\n'.encode()
 
 
 def render_root_footer(fmt: SimpleFormat) -> bytes:
@@ -409,6 +467,14 @@ class _JsonFiles:
             raise self.fail(index, "size")
         return value
 
+    def flag(self, raw: dict[str, Any], index: int, key: str) -> bool | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            raise self.fail(index, key)
+        return value
+
     def yanked(self, raw: dict[str, Any], index: int) -> bool | str:
         value = raw.get("yanked")
         if value is None:
@@ -474,6 +540,8 @@ def parse_project_json(
                 upload_time=read.text(raw, index, "upload-time") or None,
                 yanked=read.yanked(raw, index),
                 core_metadata=read.metadata(raw, index),
+                provenance=read.text(raw, index, "provenance") or None,
+                gpg_sig=read.flag(raw, index, "gpg-sig"),
             )
         )
     versions = doc.get("versions")
@@ -482,14 +550,29 @@ def parse_project_json(
     if not isinstance(versions, list) or not all(_is_text(v) for v in versions):
         raise _not_a_page(name, "versions is not a list of strings")
     serial = meta.get("_last-serial")
-    if isinstance(serial, str) and serial.isascii() and serial.isdigit():
+    if isinstance(serial, str) and serial.isascii() and serial.isdigit() and len(serial) < 20:
         serial = int(serial)  # PyPI has sent it as a string
+    status, reason = _project_status(doc.get("project-status"))
     return ProjectPage(
         name=name,
         files=tuple(files),
         versions=project_versions(files, versions),
         serial=serial if isinstance(serial, int) and not isinstance(serial, bool) else None,
+        status=status,
+        status_reason=reason,
     )
+
+
+def _project_status(value: object) -> tuple[str | None, str | None]:
+    """PEP 792's ``{"status": ..., "reason": ...}``; anything malformed is left out (the key
+    is optional, so a page is not refused for it)."""
+    if not isinstance(value, dict):
+        return None, None
+    status, reason = value.get("status"), value.get("reason")
+    if not _is_text(status) or not status:
+        return None, None
+    assert isinstance(status, str)
+    return status, reason if _is_text(reason) and reason else None
 
 
 def _hashes_from_fragment(url: str) -> dict[str, str]:
@@ -557,11 +640,26 @@ def parse_project_html(
                 requires_python=attrs.get("data-requires-python") or None,
                 yanked=False if yanked is False else (yanked or True),
                 core_metadata=_metadata_from_attr(metadata),
+                provenance=attrs.get("data-provenance") or None,
+                gpg_sig=_flag_from_attr(attrs.get("data-gpg-sig")),
             )
         )
     if not _is_index_page(scanned, files, name):
         raise _not_a_page(name, "no repository-version, no 'Links for' title, no file links")
-    return ProjectPage(name=name, files=tuple(files), versions=project_versions(files))
+    return ProjectPage(
+        name=name,
+        files=tuple(files),
+        versions=project_versions(files),
+        serial=scanned.serial,
+        status=scanned.metas.get("pypi:project-status") or None,
+        status_reason=scanned.metas.get("pypi:project-status-reason") or None,
+    )
+
+
+def _flag_from_attr(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return {"true": True, "false": False}.get(value.strip().lower())
 
 
 def parse_project(
@@ -584,6 +682,27 @@ def parse_project(
     raise _not_a_page(name, f"unexpected Content-Type {media[:60]!r}")
 
 
+_ROOT_OBJECT = re.compile(r"\{([^{}]*)\}")
+_ROOT_NAME = re.compile(r'"name"\s*:\s*"([^"\\]*)"')
+_ROOT_SERIAL = re.compile(r'"_last-serial"\s*:\s*"?(\d{1,19})\b')
+
+
+def parse_root_entries(chunk: str) -> Iterable[tuple[str, int | None]]:
+    """(name as the upstream shows it, its ``_last-serial`` if given) of each project in a
+    piece of an upstream root page, JSON or HTML; ``chunk`` ends at an entry boundary."""
+    if '"name"' in chunk:
+        for obj in _ROOT_OBJECT.finditer(chunk):
+            body = obj.group(1)
+            name = _ROOT_NAME.search(body)
+            if name is None:
+                continue
+            serial = _ROOT_SERIAL.search(body)
+            yield name.group(1), int(serial.group(1)) if serial else None
+        return
+    for shown in parse_root_names(chunk):
+        yield shown, None
+
+
 def parse_root_names(chunk: str) -> Iterable[str]:
     """Project names in a piece of an upstream root page, JSON or HTML.
 
@@ -600,4 +719,5 @@ def parse_root_names(chunk: str) -> Iterable[str]:
         start = part.find(">")
         end = part.find("</a>", start)
         if start != -1 and end != -1:
-            yield html.unescape(part[start + 1 : end]).strip()
+            # A plain file server's directory listing shows "name/".
+            yield html.unescape(part[start + 1 : end]).strip().rstrip("/")

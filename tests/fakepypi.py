@@ -54,6 +54,11 @@ Knobs (plain attributes, read by the server thread on every request; all reset b
 ``file_delay``
     Seconds to sleep before answering a dist file (not ``.metadata``): a slow files host.
     ``files_peak`` (not a knob; reset too) records the most dist files answered at once.
+``json_api``
+    ``Mapping[str, bytes]``: ``"<name>"`` or ``"<name>/<version>"`` -> the body of PyPI's JSON
+    API document at ``/pypi/<name>/json`` or ``/pypi/<name>/<version>/json`` (a recorded
+    document), served with an ETag (304 on If-None-Match) and ``X-PyPI-Last-Serial`` from its
+    ``last_serial``. Any other JSON API path answers 404, like an index without that API.
 """
 
 from __future__ import annotations
@@ -245,6 +250,7 @@ class FakePyPI:
         self.file_delay = 0.0
         self.files_peak = 0
         self._files_active = 0
+        self.json_api: Mapping[str, bytes] = {}
 
     def reset(self) -> None:
         """Forget projects, knobs and the request log; keep the server (and its port) as is."""
@@ -555,7 +561,24 @@ class FakePyPI:
         app.router.add_get("/simple/{name}/", self._project)
         app.router.add_get("/simple/{name}", self._add_slash)
         app.router.add_get("/files/{sha256}/{filename}", self._file)
+        app.router.add_get("/pypi/{name}/json", self._json_api)
+        app.router.add_get("/pypi/{name}/{version}/json", self._json_api)
         return app
+
+    async def _json_api(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["name"]
+        if "version" in request.match_info:
+            key += "/" + request.match_info["version"]
+        body = self.json_api.get(key)
+        if body is None:
+            raise web.HTTPNotFound(text="fakepypi: no JSON API document\n")
+        headers = {"ETag": _etag(body), "Cache-Control": "max-age=900, public"}
+        serial = json.loads(body).get("last_serial")
+        if isinstance(serial, int):
+            headers["X-PyPI-Last-Serial"] = str(serial)
+        if _etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, headers=headers, content_type="application/json")
 
     def _forced_status(self, path: str) -> int | None:
         status = self.status

@@ -12,7 +12,7 @@ import gzip
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +26,11 @@ from proxyindex.guard.rules import Snapshot
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
+from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.store import PrivateStore
 from proxyindex.simple import SimpleFormat, body_etag, render_project
 from proxyindex.upstream.pages import Checked, UpstreamPages
+from proxyindex.upstream.sizes import lacks_sizes
 
 __all__ = ["ProjectIndex", "RenderedPage"]
 
@@ -46,11 +48,12 @@ class RenderedPage:
     etag: str
     gzip_body: bytes | None
     private: bool
+    serial: int | None = None  # X-PyPI-Last-Serial
 
     @classmethod
-    def build(cls, body: bytes, private: bool) -> RenderedPage:
+    def build(cls, body: bytes, private: bool, serial: int | None = None) -> RenderedPage:
         packed = gzip.compress(body, 6, mtime=0) if len(body) >= _GZIP_MIN else None
-        return cls(body, body_etag(body), packed, private)
+        return cls(body, body_etag(body), packed, private, serial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ class Resolved:
     token: _Token
     upstream_until: float | None  # when its upstream part is due again; None: no such part
     decisions: Mapping[str, Decision] = field(default_factory=dict)  # the guard's, by file
+    incomplete: bool = False  # upstream files of unknown size: render again, they may be cached
 
     @property
     def private(self) -> bool:
@@ -100,11 +104,15 @@ class ProjectIndex:
         storage: PrivateStore,
         upstream: UpstreamPages,
         guard: Guard | None = None,
+        serials: ProjectSerials | None = None,
+        fill_sizes: Callable[[ProjectPage], ProjectPage] | None = None,
     ) -> None:
         self.config = config
         self.storage = storage
         self.upstream = upstream
         self.guard = guard if guard is not None else Guard(config.policy)
+        self.serials = serials
+        self.fill_sizes = fill_sizes  # upstream.sizes.SizeFiller: blocking
         self._private: LRU[NormalizedName, tuple[int, ProjectPage | None]] = LRU(_MEMORY_PAGES)
         self._rendered: LRU[tuple[NormalizedName, SimpleFormat, Snapshot | None], _Rendering] = LRU(
             2 * _MEMORY_PAGES
@@ -140,9 +148,14 @@ class ProjectIndex:
         memo = self._private.get(name)
         if memo is not None and memo[0] == generation:
             return memo[1]
-        page = await asyncio.to_thread(self.storage.page, name)
+        page = await asyncio.to_thread(self._read_private, name)
         self._private.put(name, (generation, page))
         return page
+
+    def _read_private(self, name: NormalizedName) -> ProjectPage | None:
+        """Blocking: the page from storage, with its serial (``private.serials``)."""
+        page = self.storage.page(name)
+        return page if page is None or self.serials is None else self.serials.stamp(page)
 
     async def page(self, name: NormalizedName, snapshot: Snapshot | None = None) -> Resolved:
         """The merged page for ``name`` as the guard lets clients see it (as of ``snapshot``);
@@ -165,12 +178,15 @@ class ProjectIndex:
         if page is None:
             tombstone = self.storage.was_private(name)
             raise NotFound(not_found_reason(name, owner, tombstone, self.config.private))
+        incomplete = upstream is not None and lacks_sizes(page)
+        if incomplete and self.fill_sizes is not None:
+            page = await asyncio.to_thread(self.fill_sizes, page)
         outcome = await self.guard.outcome(page, snapshot)  # supply-chain rules (issue 14)
         if outcome.refused is not None:
             raise PolicyHidden(f"{name}: {outcome.refused}", str(outcome.refused))
         until = min(checked.retry_at, outcome.changes_at) if checked else None
         token = _Token(private, upstream, outcome.decisions)
-        return Resolved(outcome.page, owner, token, until, outcome.decisions)
+        return Resolved(outcome.page, owner, token, until, outcome.decisions, incomplete)
 
     async def render(
         self, name: NormalizedName, fmt: SimpleFormat, snapshot: Snapshot | None = None
@@ -195,7 +211,7 @@ class ProjectIndex:
             return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
         generation, rules = self.storage.generation, self.guard.generation
         resolved = await self.page(name, snapshot)
-        if cached is not None and cached.token.same(resolved.token):
+        if cached is not None and cached.token.same(resolved.token) and not resolved.incomplete:
             rendered = cached.page
         elif resolved.page.is_large:
             # PyPI-sized pages (thousands of files): render, hash and gzip in a thread.
@@ -222,7 +238,7 @@ class ProjectIndex:
         if base_url and snapshot is not None:  # relative links stay under /snapshot/ anyway
             base_url = f"{base_url}/snapshot/{snapshot.text}"
         body = render_project(resolved.page, fmt, base_url)
-        return RenderedPage.build(body, resolved.private)
+        return RenderedPage.build(body, resolved.private, resolved.page.serial)
 
     def client_max_age(self, private: bool, upstream_until: float | None) -> int:
         """Seconds a client may reuse a page: 0 with private files (CC-01), else the time

@@ -23,10 +23,11 @@ from packaging.utils import NormalizedName
 from proxyindex import fsutil
 from proxyindex.errors import UpstreamError
 from proxyindex.models import is_valid_name, normalize
+from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.store import PrivateStore
 from proxyindex.simple import (
     SimpleFormat,
-    parse_root_names,
+    parse_root_entries,
     render_root_entry,
     render_root_footer,
     render_root_header,
@@ -58,9 +59,28 @@ def _split_entries(text: str, is_json: bool) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def _write_all(directory: Path, private: Iterable[NormalizedName], names_file: Path) -> None:
-    """Render root.{html,json} and their .gz siblings from private names + the names file."""
+# A line of the names file: "normalised\tdisplay\tserial", the last two optional (empty when
+# the upstream did not say; files written before they were kept have the name alone).
+_Entry = tuple[NormalizedName, str | None, int | None]
+
+
+def _read_line(line: str) -> _Entry:
+    name, _, rest = line.rstrip("\n").partition("\t")
+    display, _, serial = rest.partition("\t")
+    return NormalizedName(name), display or None, int(serial) if serial.isdigit() else None
+
+
+def _write_all(
+    directory: Path,
+    private: Iterable[NormalizedName],
+    names_file: Path,
+    private_serials: dict[NormalizedName, int] | None = None,
+) -> int | None:
+    """Render root.{html,json} and their .gz siblings from private names + the names file;
+    returns the highest serial listed (the root's ``X-PyPI-Last-Serial``), if any."""
     private_set = sorted(set(private))
+    serials = private_serials or {}
+    highest: int | None = None
     outputs = []
     for fmt, filename in _FORMATS.items():
         plain, plain_tmp = fsutil.open_temp(directory)
@@ -74,23 +94,26 @@ def _write_all(directory: Path, private: Iterable[NormalizedName], names_file: P
                 plain.write(data)
                 packed.write(data)
 
-    def names() -> Iterator[NormalizedName]:
-        yield from private_set
+    def names() -> Iterator[_Entry]:
+        for name in private_set:
+            yield name, None, serials.get(name)
         taken = set(private_set)
         if names_file.exists():
             with names_file.open(encoding="utf-8") as fh:
                 for line in fh:
-                    name = NormalizedName(line.rstrip("\n"))
-                    if name and name not in taken:
-                        yield name
+                    entry = _read_line(line)
+                    if entry[0] and entry[0] not in taken:
+                        yield entry
 
     for fmt in _FORMATS:
         emit(render_root_header(fmt), fmt)
     first = True
     buffers: dict[SimpleFormat, list[bytes]] = {fmt: [] for fmt in _FORMATS}
-    for name in names():
+    for name, display, serial in names():
+        if serial is not None and (highest is None or serial > highest):
+            highest = serial
         for fmt in _FORMATS:
-            buffers[fmt].append(render_root_entry(name, fmt, first))
+            buffers[fmt].append(render_root_entry(name, fmt, first, display, serial))
             if len(buffers[fmt]) >= 4096:
                 emit(b"".join(buffers[fmt]), fmt)
                 buffers[fmt].clear()
@@ -104,11 +127,20 @@ def _write_all(directory: Path, private: Iterable[NormalizedName], names_file: P
         packed_fh.close()
         fsutil.commit_replace(packed_tmp, directory / f"{filename}.gz")
         fsutil.commit_replace(plain_tmp, directory / filename)
+    return highest
 
 
 class RootIndex:
-    def __init__(self, directory: Path, storage: PrivateStore, upstream: UpstreamClient) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        storage: PrivateStore,
+        upstream: UpstreamClient,
+        serials: ProjectSerials | None = None,
+    ) -> None:
         self.directory = directory
+        self.serials = serials
+        self.last_serial: int | None = None  # the highest serial the built root lists
         self.names_file = directory / "upstream-names.txt"
         self._storage = storage
         self._upstream = upstream
@@ -153,11 +185,21 @@ class RootIndex:
             if self._built == wanted:
                 return
             started = time.monotonic()
-            await asyncio.to_thread(
-                _write_all, self.directory, self._storage.names(), self.names_file
-            )
+            self.last_serial = await asyncio.to_thread(self._write, self._storage.names())
             self._built = wanted
             log.info("root list rebuilt in %.2fs", time.monotonic() - started)
+
+    def _write(self, private: frozenset[NormalizedName]) -> int | None:
+        """Blocking. Private projects are stamped with their serials first (a project changed
+        since its page was last read gets its new serial here): O(private files), stats and
+        known hashes only."""
+        serials: dict[NormalizedName, int] = {}
+        if self.serials is not None:
+            for name in private:
+                page = self._storage.page(name)
+                if page is not None and (stamped := self.serials.stamp(page)).serial is not None:
+                    serials[name] = stamped.serial
+        return _write_all(self.directory, private, self.names_file, serials)
 
     def refresh_in_background(self) -> None:
         recently_failed = time.monotonic() - self._failed_at < _RETRY_AFTER_FAILURE
@@ -174,15 +216,19 @@ class RootIndex:
             async with self._upstream.open_root(url) as (content_type, chunks):
                 is_json = "json" in content_type
                 remainder = ""
+                highest = 0
                 async for chunk in chunks:
                     # Names are ASCII, so a character cut at a chunk edge cannot hurt one.
                     text = remainder + chunk.decode("utf-8", "replace")
                     complete, remainder = _split_entries(text, is_json)
-                    lines = _normalized_lines(parse_root_names(complete))
+                    lines, top = _entry_lines(parse_root_entries(complete))
+                    highest = max(highest, top)
                     count += len(lines)
                     await asyncio.to_thread(fh.write, "".join(lines).encode())
             await asyncio.to_thread(fh.close)
             await asyncio.to_thread(fsutil.commit_replace, temp, self.names_file)
+            if self.serials is not None and highest:
+                await asyncio.to_thread(self.serials.raise_floor, highest)
             log.info("fetched %d upstream names in %.1fs", count, time.monotonic() - started)
         except UpstreamError as exc:
             self._failed_at = time.monotonic()
@@ -193,5 +239,19 @@ class RootIndex:
         await self._ensure_built(await asyncio.to_thread(self._names_mtime))
 
 
-def _normalized_lines(names: Iterable[str]) -> list[str]:
-    return [f"{normalize(name)}\n" for name in names if is_valid_name(name)]
+def _entry_lines(entries: Iterable[tuple[str, int | None]]) -> tuple[list[str], int]:
+    """Names file lines (normalised, display name when it differs, serial) and the highest
+    serial among them (0 if none)."""
+    lines = []
+    highest = 0
+    for shown, serial in entries:
+        if not is_valid_name(shown):
+            continue
+        name = normalize(shown)
+        display = shown if shown != name else ""
+        if serial is None:
+            lines.append(f"{name}\t{display}\n" if display else f"{name}\n")
+        else:
+            lines.append(f"{name}\t{display}\t{serial}\n")
+            highest = max(highest, serial)
+    return lines, highest

@@ -7,6 +7,7 @@ live in ``index`` and ``downloads``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import threading
@@ -155,12 +156,30 @@ class UpstreamClient:
             content_type = resp.headers.get("Content-Type", "")
             etag = resp.headers.get("ETag")
             final_url = str(resp.url)
+            serial = _serial(resp.headers.get("X-PyPI-Last-Serial"))
         if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
             page = await _parse_in_thread(body, content_type, final_url, name)
         else:
             page = parse_project(body, content_type, final_url, name)
+        if page.serial is None and serial is not None:  # HTML with no <!--SERIAL n-->
+            page = dataclasses.replace(page, serial=serial)
         log.debug("fetched %s in %.3fs", mask_url(url), time.monotonic() - started)
         return PageEntry(page, time.time(), etag)
+
+    async def fetch_document(
+        self, url: str, etag: str | None, name: NormalizedName
+    ) -> tuple[int, bytes | None, str | None, str]:
+        """GET a JSON document (PyPI's ``/pypi/<name>/json``), revalidated with ``etag``:
+        (status, body or None on 304/404, ETag, Content-Type). Bounded by ``max_page_size``."""
+        headers = {"Accept": "application/json"}
+        if etag:
+            headers["If-None-Match"] = etag
+        async with self._get(url, headers, self._page_timeout) as (resp, proxy):
+            if resp.status in (304, 404, 410):
+                return resp.status, None, etag, ""
+            _require_200(resp, url, proxy)
+            body = await self._read_page(resp, name)
+            return 200, bytes(body), resp.headers.get("ETag"), resp.headers.get("Content-Type", "")
 
     async def probe(self, limit: int = 64 * 1024) -> tuple[int, str, bytes]:
         """GET the upstream's root and read only its first ``limit`` bytes (PyPI's root is
@@ -249,6 +268,14 @@ class UpstreamClient:
         with _mapped_errors(url, "broke off"):
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 yield chunk
+
+
+def _serial(value: str | None) -> int | None:
+    """``X-PyPI-Last-Serial`` as a number; None if absent or not one."""
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else None
 
 
 def _proxy_url(proxy: Proxy | None) -> URL | None:

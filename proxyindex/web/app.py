@@ -28,11 +28,13 @@ from proxyindex.errors import (
     UpstreamError,
 )
 from proxyindex.guard.live import Guard
+from proxyindex.index.jsonpages import JsonPages
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.metrics import Metrics
 from proxyindex.models import ProjectPage
 from proxyindex.private.audit import AuditLog, audit_path
+from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.store import PrivateStore
 from proxyindex.upstream.cache import PageCache
 from proxyindex.upstream.client import UpstreamClient
@@ -40,7 +42,9 @@ from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.network import ProxyRoutes, tls_context
 from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
+from proxyindex.upstream.pypijson import UpstreamJsonDocs
 from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.upstream.sizes import SizeFiller
 from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import admin, appkeys, upload, views
 from proxyindex.web import metrics as metrics_web
@@ -243,8 +247,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         )
         stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
-        index = ProjectIndex(config, storage, upstream_pages, guard)
-        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
+        serials = await asyncio.to_thread(ProjectSerials, cache_dir / "private-serials")
+        stack.push_async_callback(asyncio.to_thread, serials.close)
+        index = ProjectIndex(
+            config,
+            storage,
+            upstream_pages,
+            guard,
+            serials=serials,
+            fill_sizes=SizeFiller(blobs, pages),
+        )
+        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream, serials)
         stack.push_async_callback(root.close)
         app[appkeys.STORAGE] = storage
         app[appkeys.PAGES] = pages
@@ -252,6 +265,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.DOWNLOADER] = downloader
         app[appkeys.WHEEL_METADATA] = wheel_metadata
         app[appkeys.INDEX] = index
+        json_docs = await asyncio.to_thread(
+            UpstreamJsonDocs, config.upstream, upstream, cache_dir / "pypi-json"
+        )
+        stack.push_async_callback(json_docs.close)
+        app[appkeys.JSON_PAGES] = JsonPages(index, json_docs, downloader, wheel_metadata)
         app[appkeys.ROOT] = root
         monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
         app[appkeys.UPSTREAM_CHECK] = monitor

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from proxyindex.auth.authenticator import Authenticator, Identity
 from proxyindex.config import Config
+from proxyindex.index.jsonpages import JsonPages
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.index.root import RootIndex
 from proxyindex.metrics import Metrics
@@ -25,6 +26,7 @@ __all__ = [
     "DOWNLOADER",
     "IDENTITY",
     "INDEX",
+    "JSON_PAGES",
     "METRICS",
     "PAGES",
     "PAGE_LISTENERS",
@@ -41,6 +43,7 @@ STORAGE = web.AppKey("storage", PrivateStore)
 PAGES = web.AppKey("pages", PageCache)
 BLOBS = web.AppKey("blobs", BlobStore)
 INDEX = web.AppKey("index", ProjectIndex)
+JSON_PAGES = web.AppKey("json_pages", JsonPages)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
 ROOT = web.AppKey("root", RootIndex)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import NoReturn
@@ -12,15 +11,13 @@ from typing import NoReturn
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
-from proxyindex import jsonapi
 from proxyindex.distname import project_of
-from proxyindex.errors import InvalidRequest, NotFound, PolicyHidden, UpstreamUnavailable
+from proxyindex.errors import InvalidRequest, NotFound, UpstreamUnavailable
 from proxyindex.fsutil import is_safe_filename
-from proxyindex.guard.decide import Decision
-from proxyindex.guard.rules import Snapshot, parse_snapshot, parse_version
+from proxyindex.guard.rules import Snapshot, parse_snapshot
 from proxyindex.index.projects import RenderedPage
-from proxyindex.models import DistFile, Origin, is_valid_name, normalize
-from proxyindex.simple import SimpleFormat, body_etag, negotiate, version_of
+from proxyindex.models import DistFile, is_valid_name, normalize
+from proxyindex.simple import SimpleFormat, body_etag, negotiate
 from proxyindex.upstream.clientprofile import CLIENT, profile_from_user_agent
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
@@ -159,6 +156,8 @@ def _page_response(
         hdrs.CACHE_CONTROL: _cache_control(request, max_age, rendered.private),
         hdrs.VARY: _VARY,
     }
+    if rendered.serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(rendered.serial)
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return not_modified(headers)
     headers[hdrs.CONTENT_TYPE] = fmt.content_type
@@ -183,11 +182,18 @@ async def root_page(request: web.Request) -> web.StreamResponse:
     the snapshot lists no files)."""
     _snapshot(request)
     fmt = _format(request)
-    path = await request.app[appkeys.ROOT].path(fmt)
+    root = request.app[appkeys.ROOT]
+    path = await root.path(fmt)
     use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+    headers: dict[str, str] = {
+        hdrs.CACHE_CONTROL: _cache_control(request, 300, False),
+        hdrs.VARY: _VARY,
+    }
+    if root.last_serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(root.last_serial)
     return StoredFile(
         path.with_name(path.name + ".gz") if use_gzip else path,
-        headers={hdrs.CACHE_CONTROL: _cache_control(request, 300, False), hdrs.VARY: _VARY},
+        headers=headers,
         content_type=fmt.content_type,
         precompressed="gzip" if use_gzip else None,
     )
@@ -270,76 +276,41 @@ def _metadata_response(request: web.Request, data: bytes) -> web.StreamResponse:
     return web.Response(body=data, headers=headers, content_type="application/octet-stream")
 
 
-# Pages with more files than this are rendered in a thread (PyPI-sized projects).
 _MAX_VERSION_LENGTH = 100
 
 
 async def project_json(request: web.Request) -> web.StreamResponse:
-    """PyPI's JSON API for one project or one release (PJ-02), from the merged page: the
-    same dependency-confusion rules as ``/simple/<name>/``."""
+    """PyPI's JSON API for one project or one release (PJ-02): the upstream's own document
+    when it has one, else made from the merged page; the same dependency-confusion rules as
+    ``/simple/<name>/`` (``index.jsonpages``)."""
     name = _canonical(request)
     version = request.match_info.get("version")
     if version is not None and (len(version) > _MAX_VERSION_LENGTH or not version.isprintable()):
         raise NotFound("not a valid version")
-    index = request.app[appkeys.INDEX]
-    resolved = await index.page(name, _snapshot(request))
-    big = resolved.page.is_large  # parsing thousands of filenames
-    if big:
-        found = await asyncio.to_thread(jsonapi.find_release, resolved.page, version)
-    else:
-        found = jsonapi.find_release(resolved.page, version)
-    if found is None:
-        _why_hidden(resolved.decisions, version)
-        what = f"no release {version!r}" if version else "no release"
-        raise NotFound(f"{what} of project {name!r}")
-    release, every = found
-    metadata = await _release_metadata(request, name, release)
     config = request.app[appkeys.CONFIG]
     base_url = config.server.base_url or f"{request.scheme}://{request.host}"
-
-    def build() -> bytes:
-        return jsonapi.render(
-            resolved.page, release, every, metadata, base_url, with_releases=version is None
-        )
-
-    if big:
-        body = await asyncio.to_thread(build)
-    else:
-        body = build()
-    max_age = index.client_max_age(resolved.private, resolved.upstream_until)
-    etag = body_etag(body)
+    answer = await request.app[appkeys.JSON_PAGES].render(
+        name, version, base_url, _snapshot(request)
+    )
+    rendered = answer.rendered
+    use_gzip = rendered.gzip_body is not None and "gzip" in request.headers.get(
+        hdrs.ACCEPT_ENCODING, ""
+    )
+    etag = rendered.etag[:-1] + '-gz"' if use_gzip else rendered.etag
     headers: dict[str, str] = {
         hdrs.ETAG: etag,
-        hdrs.CACHE_CONTROL: _cache_control(request, max_age, resolved.private),
+        hdrs.CACHE_CONTROL: _cache_control(request, answer.max_age, rendered.private),
+        hdrs.VARY: "Accept-Encoding",
     }
-    if resolved.page.serial is not None:
-        headers["X-PyPI-Last-Serial"] = str(resolved.page.serial)
+    if answer.serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(answer.serial)
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return not_modified(headers)
-    return web.Response(body=body, headers=headers, content_type="application/json")
-
-
-def _why_hidden(decisions: Mapping[str, Decision], version: str | None) -> None:
-    """A release the guard hides is a 404 that says why (and the policy header)."""
-    wanted = parse_version(version)
-    for filename, decision in decisions.items():
-        if wanted is not None and parse_version(version_of(filename)) == wanted:
-            raise PolicyHidden(f"release {version}: {decision}", str(decision))
-
-
-async def _release_metadata(
-    request: web.Request, name: NormalizedName, release: jsonapi.Release
-) -> bytes | None:
-    """The METADATA of the release's best wheel: from storage, or through the file cache."""
-    source = jsonapi.metadata_source(release)
-    if source is None:
-        return None
-    if source.origin is Origin.PRIVATE:
-        return await request.app[appkeys.INDEX].private_metadata(name, source.filename)
-    meta = source.metadata_file()
-    if meta is None:
-        return None
-    return await request.app[appkeys.DOWNLOADER].start(meta).read()  # cached: read from there
+    headers[hdrs.CONTENT_TYPE] = "application/json"
+    if use_gzip:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+        return web.Response(body=rendered.gzip_body, headers=headers)
+    return web.Response(body=rendered.body, headers=headers)
 
 
 async def health(request: web.Request) -> web.StreamResponse:
