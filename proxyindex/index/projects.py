@@ -24,6 +24,7 @@ from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.simple import SimpleFormat, body_etag, render_project
 from proxyindex.upstream.pages import Checked, UpstreamPages
+from proxyindex.upstream.router import UpstreamRouter
 
 __all__ = ["ProjectIndex", "RenderedPage"]
 
@@ -82,7 +83,12 @@ class Resolved:
 
 
 class ProjectIndex:
-    def __init__(self, config: Config, storage: PrivateStorage, upstream: UpstreamPages) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: PrivateStorage,
+        upstream: UpstreamPages | UpstreamRouter,  # the router: several upstreams (routing)
+    ) -> None:
         self.config = config
         self.storage = storage
         self.upstream = upstream

@@ -77,6 +77,21 @@ async def home(request: web.Request) -> web.StreamResponse:
     config = request.app[appkeys.CONFIG]
     monitor = request.app[appkeys.UPSTREAM_CHECK]
     state, words = _upstream_status(monitor.last, monitor.interval)
+    upstreams = []  # several: each in order of priority, with what it serves
+    for (source, _settings), check in zip(
+        config.sources(), request.app[appkeys.UPSTREAM_CHECKS], strict=True
+    ):
+        each_state, each_words = _upstream_status(check.last, check.interval)
+        serves = f"only {', '.join(source.projects)}" if source.projects else "unpinned names"
+        upstreams.append(
+            {
+                "name": source.name,
+                "url": mask_url(source.url),
+                "serves": serves,
+                "state": each_state,
+                "words": each_words,
+            }
+        )
     base = base_url(request)
     return _render(
         request,
@@ -86,6 +101,7 @@ async def home(request: web.Request) -> web.StreamResponse:
             "upstream_url": mask_url(config.upstream.url),
             "upstream_state": state,
             "upstream_words": words,
+            "upstreams": upstreams,
             "private_count": len(request.app[appkeys.STORAGE].names()),
             "list_protected": request.app[appkeys.AUTH].protects("list"),
         },

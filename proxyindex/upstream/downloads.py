@@ -32,7 +32,7 @@ from proxyindex.errors import (
 from proxyindex.models import DistFile
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import BlobStore, PageCache
-from proxyindex.upstream.client import UpstreamClient, mask_url
+from proxyindex.upstream.client import FileClients, mask_url
 
 __all__ = ["CachedBlob", "Cursor", "Download", "Downloader", "FileRange"]
 
@@ -325,7 +325,7 @@ class Downloader:
         self,
         blobs: BlobStore,
         pages: PageCache,
-        upstream: UpstreamClient,
+        upstream: FileClients,
         max_cache_size: int = 0,
     ) -> None:
         self._blobs = blobs
@@ -514,7 +514,8 @@ class Downloader:
         fh: BinaryIO | None = None
         digest = hashlib.sha256()
         try:
-            async with self._upstream.open_file(dist.url) as upstream:
+            client = await self._upstream.client_for(dist)
+            async with client.open_file(dist.url) as upstream:
                 try:
                     fh, temp = await opening
                     download.writing_to(temp)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
 from proxyindex import ui
 from proxyindex.auth.authenticator import PUBLIC, Authenticator
-from proxyindex.config import Config
+from proxyindex.config import DEFAULT_SOURCE_NAME, Config, UpstreamSource
 from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
@@ -24,17 +27,19 @@ from proxyindex.errors import (
     UpstreamError,
 )
 from proxyindex.index.projects import ProjectIndex
-from proxyindex.index.root import RootIndex
+from proxyindex.index.root import RootIndex, RootSource
 from proxyindex.models import ProjectPage
 from proxyindex.private.audit import AuditLog, audit_path
 from proxyindex.private.storage import PrivateStorage
 from proxyindex.upstream.cache import BlobStore, PageCache
 from proxyindex.upstream.client import UpstreamClient
+from proxyindex.upstream.credentials import load_credentials
 from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.network import ProxyRoutes, tls_context
 from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.upstream.router import Upstream, UpstreamRouter
 from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import appkeys, upload, views
 from proxyindex.web.routes import Handler, Route
@@ -134,9 +139,8 @@ async def _list_page_names(pages: PageCache) -> None:
         log.exception("could not list the cached pages")
 
 
-def _all_of(listeners: list[PageListener]) -> PageListener | None:
-    if not listeners:
-        return None
+def _all_of(listeners: list[PageListener]) -> PageListener:
+    """One listener calling each of ``listeners`` (a list that may grow after this call)."""
 
     def fetched(page: ProjectPage) -> None:
         for listener in listeners:
@@ -186,10 +190,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)
         session = UpstreamClient.make_session(tls)
         stack.push_async_callback(session.close)
-        upstream = UpstreamClient(config.upstream, session, proxies)
-        downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size)
+        clients = await _clients(config, session, proxies)
+        listeners: list[PageListener] = []  # filled below, once the prefetcher exists
+        router = UpstreamRouter(
+            [
+                Upstream(source, client, _source_pages(source, pages, client, listeners))
+                for source, client in clients
+            ],
+            pages,
+            config.upstream,
+        )
+        stack.push_async_callback(router.close)
+        downloader = Downloader(blobs, pages, router, config.storage.cache_max_size)
         stack.push_async_callback(downloader.close)
-        wheel_metadata = WheelMetadata(blobs, pages, upstream, downloader)
+        wheel_metadata = WheelMetadata(blobs, pages, router, downloader)
         stack.push_async_callback(wheel_metadata.close)
 
         # The prefetcher hears of fetched pages and reads pages itself (never private ones):
@@ -200,14 +214,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         prefetcher = Prefetcher(
             page_for_prefetch, downloader, config.upstream.prefetch_max_size, wheel_metadata.get
         )
-        listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
+        ui_listeners: list[PageListener] = app[appkeys.PAGE_LISTENERS]
+        listeners.extend(ui_listeners)  # the web UI's counter, if any
         if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(prefetcher.page_fetched)
-        upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
-        stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
-        index = ProjectIndex(config, storage, upstream_pages)
-        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream)
+        index = ProjectIndex(config, storage, router)
+        root_sources = [
+            _root_source(source, client, pages, cache_dir) for source, client in clients
+        ]
+        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, root_sources)
         stack.push_async_callback(root.close)
         app[appkeys.STORAGE] = storage
         app[appkeys.PAGES] = pages
@@ -216,20 +232,61 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.WHEEL_METADATA] = wheel_metadata
         app[appkeys.INDEX] = index
         app[appkeys.ROOT] = root
-        monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
-        app[appkeys.UPSTREAM_CHECK] = monitor
+        monitors = tuple(
+            UpstreamMonitor(client, config.upstream.check_interval, source.name)
+            for source, client in clients
+        )
+        app[appkeys.UPSTREAM_CHECK] = monitors[0]
+        app[appkeys.UPSTREAM_CHECKS] = monitors
         interval = config.upstream.check_interval
         checked = interval and not config.upstream.offline
-        checker = asyncio.create_task(monitor.run_forever()) if checked else None
+        checkers = [asyncio.create_task(m.run_forever()) for m in monitors] if checked else []
         scanner = asyncio.create_task(_scan_forever(storage))
         warm = asyncio.create_task(asyncio.to_thread(storage.warm))
         listing = asyncio.create_task(_list_page_names(pages))
         stack.push_async_callback(_stop_warming, storage, warm)
         stack.push_async_callback(_finish, listing)  # reads one folder: let it end
         stack.push_async_callback(_cancel, scanner)
-        if checker is not None:
+        for checker in checkers:
             stack.push_async_callback(_cancel, checker)
         yield
+
+
+async def _clients(
+    config: Config, session: aiohttp.ClientSession, proxies: ProxyRoutes
+) -> list[tuple[UpstreamSource, UpstreamClient]]:
+    """One client per upstream, in order, with its credentials (read now, in a thread:
+    files; a missing one stops the start with the key's name)."""
+    out = []
+    for number, (source, settings) in enumerate(config.sources(), 1):
+        credentials = await asyncio.to_thread(load_credentials, source, number, os.environ)
+        out.append((source, UpstreamClient(settings, session, proxies, credentials)))
+    return out
+
+
+def _source_pages(
+    source: UpstreamSource,
+    pages: PageCache,
+    client: UpstreamClient,
+    listeners: list[PageListener],
+) -> UpstreamPages:
+    """The page state machine of one upstream, in its own namespace of the page cache (the
+    default upstream keeps the keys of a cache written before several upstreams)."""
+    store = pages if source.name == DEFAULT_SOURCE_NAME else pages.namespace(source.name)
+    return UpstreamPages(client.config, store, client, _all_of(listeners), name=source.name)
+
+
+def _root_source(
+    source: UpstreamSource, client: UpstreamClient, pages: PageCache, cache_dir: Path
+) -> RootSource:
+    suffix = "" if source.name == DEFAULT_SOURCE_NAME else f"@{source.name}"
+    return RootSource(
+        source.name,
+        client,
+        cache_dir / "root" / f"upstream-names{suffix}.txt",
+        source if source.projects else None,
+        functools.partial(pages.served_names, source.name),
+    )
 
 
 async def _simple_slash(_request: web.Request) -> web.StreamResponse:
