@@ -21,7 +21,7 @@ from proxyindex.models import is_valid_name, normalize
 from proxyindex.ui import data
 from proxyindex.ui.stats import STATS
 from proxyindex.upstream.client import mask_url
-from proxyindex.upstream.readiness import UpstreamCheck
+from proxyindex.upstream.readiness import UpstreamCheck, UpstreamMonitor
 from proxyindex.web import appkeys
 
 __all__ = ["cache_page", "home", "project", "projects"]
@@ -78,9 +78,8 @@ async def home(request: web.Request) -> web.StreamResponse:
     monitor = request.app[appkeys.UPSTREAM_CHECK]
     state, words = _upstream_status(monitor.last, monitor.interval)
     upstreams = []  # several: each in order of priority, with what it serves
-    for (source, _settings), check in zip(
-        config.sources(), request.app[appkeys.UPSTREAM_CHECKS], strict=True
-    ):
+    checks: tuple[UpstreamMonitor, ...] = request.app[appkeys.UPSTREAM_CHECKS]
+    for (source, _settings), check in zip(config.sources(), checks, strict=True):
         each_state, each_words = _upstream_status(check.last, check.interval)
         serves = f"only {', '.join(source.projects)}" if source.projects else "unpinned names"
         upstreams.append(
