@@ -354,7 +354,7 @@ def _announce_upstreams(config: Config) -> None:
             source.name,
             mask_url(source.url),
             f"only {', '.join(source.projects)}" if source.projects else "any unpinned name",
-            f"{credentials.kind} credentials" if credentials else "no credentials",
+            f"{credentials.kind} auth" if credentials else "no auth",
             settings.page_ttl,
         )
 

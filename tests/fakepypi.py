@@ -239,6 +239,10 @@ class FakePyPI:
         self.raw_pages: Mapping[str, tuple[str, bytes]] = {}
         self.huge_pages: Mapping[str, int] = {}
         self.huge_page_chunk_delay = 0.0
+        # A private index: requests under ``authorization_paths`` without exactly this
+        # Authorization header get 401 (None: no login needed).
+        self.required_authorization: str | None = None
+        self.authorization_paths = "/"
 
     def reset(self) -> None:
         """Forget projects, knobs and the request log; keep the server (and its port) as is."""
@@ -537,6 +541,13 @@ class FakePyPI:
                         CIMultiDictProxy(CIMultiDict(request.headers)),
                     )
                 )
+            required = self.required_authorization
+            if (
+                required is not None
+                and request.path.startswith(self.authorization_paths)
+                and request.headers.get("Authorization") != required
+            ):
+                return web.Response(status=401, text="fakepypi: login required\n")
             if self.delay > 0:
                 await asyncio.sleep(self.delay)
             forced = self._forced_status(request.path)

@@ -48,14 +48,23 @@ def _toml_value(key: str, value: object) -> str:
     raise TypeError(f"{key}: cannot write {type(value).__name__} to TOML")
 
 
-def write_config(path: Path, **sections: Mapping[str, object]) -> Path:
-    """Write ``{section: {key: value}}`` as a TOML file; ``write_config(p, upstream={"url": u})``.
+def write_config(
+    path: Path, **sections: Mapping[str, object] | Sequence[Mapping[str, object]]
+) -> Path:
+    """Write ``{section: {key: value}}`` as a TOML file; ``write_config(p, upstream={"url": u})``;
+    a list of tables is an array of tables (``upstreams=[{...}, {...}]``).
 
     Values may be str, Path, int, float, bool or lists of those. Only the tables and keys
     given are written, so everything else keeps the server's defaults.
     """
     lines: list[str] = []
     for section, values in sections.items():
+        if isinstance(values, list | tuple):  # an array of tables: [[upstreams]]
+            for table in values:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{key} = {_toml_value(key, value)}" for key, value in table.items())
+                lines.append("")
+            continue
         lines.append(f"[{section}]")
         lines.extend(f"{key} = {_toml_value(key, value)}" for key, value in values.items())
         lines.append("")
