@@ -17,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from types import TracebackType
 
 __all__ = ["REPO_ROOT", "ProxyServer", "ServerStartError", "write_config"]
@@ -59,7 +60,7 @@ def write_config(
     """
     lines: list[str] = []
     for section, values in sections.items():
-        if isinstance(values, list | tuple):  # an array of tables: [[upstreams]]
+        if not isinstance(values, Mapping):  # an array of tables: [[upstreams]]
             for table in values:
                 lines.append(f"[[{section}]]")
                 lines.extend(f"{key} = {_toml_value(key, value)}" for key, value in table.items())

@@ -369,7 +369,7 @@ async def test_token_goes_only_to_its_upstream_and_never_to_a_files_host(
     second.required_authorization = f"Bearer {TOKEN}"
     second.authorization_paths = "/simple/"
     local_url = second.simple_url.replace("127.0.0.1", "localhost")
-    upstreams = [
+    upstreams: list[dict[str, Any]] = [
         {"name": "vendor", "url": local_url, "token_env": "VENDOR_TOKEN"},
         {"name": "pypi", "url": fake_pypi.simple_url},
     ]
