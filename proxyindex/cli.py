@@ -353,7 +353,7 @@ def _announce_upstreams(config: Config) -> None:
             number,
             source.name,
             mask_url(source.url),
-            f"only {', '.join(source.projects)}" if source.projects else "any unpinned name",
+            source.serves,
             f"{credentials.kind} auth" if credentials else "no auth",
             settings.page_ttl,
         )

@@ -126,8 +126,11 @@ class UpstreamSource:
     name: str = ""
     url: str = ""
     # Pins: names or ``prefix-*`` patterns served by this upstream only, never looked up
-    # elsewhere. Non-empty: this upstream serves only these names (uv's ``explicit``).
+    # elsewhere.
     projects: tuple[str, ...] = ()
+    # Only its pins come from it (uv's ``explicit``); else it also serves unpinned names in
+    # its turn.
+    explicit: bool = False
     username: str = ""
     password_env: str = ""
     password_file: Path | None = None
@@ -141,6 +144,14 @@ class UpstreamSource:
     def pins(self, name: str) -> bool:
         """True if ``name`` (normalised) is pinned to this upstream."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.projects)
+
+    @property
+    def serves(self) -> str:
+        """What it serves, in words (start-up log, home page)."""
+        pins = ", ".join(self.projects)
+        if self.explicit:
+            return f"only {pins}"
+        return f"pinned {pins}, and any other name in its turn" if pins else "any name in its turn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +370,8 @@ def _check_sources(sources: tuple[UpstreamSource, ...]) -> tuple[UpstreamSource,
             raise ConfigError(f"{key}.username: needed with a password")
         if source.username and not password:
             raise ConfigError(f"{key}: username without password_env or password_file")
+        if source.explicit and not projects:
+            raise ConfigError(f"{key}.explicit: an explicit upstream needs projects (its pins)")
         hosts = tuple(host.strip().lower() for host in source.files_hosts)
         if not all(hosts):
             raise ConfigError(f"{key}.files_hosts: expected host names")

@@ -106,6 +106,7 @@ def test_every_upstreams_key_is_documented_in_config_toml() -> None:
         ),
         ([{"name": "a", "url": "http://x/", "colour": "red"}], "upstreams[1].colour"),
         ([{"name": "a", "url": "http://x/", "page_ttl": "1"}], "upstreams[1].page_ttl"),
+        ([{"name": "a", "url": "http://x/", "explicit": True}], "explicit upstream needs"),
     ],
 )
 def test_bad_upstreams_tables_name_the_key(tables: list[dict[str, Any]], named: str) -> None:
@@ -162,15 +163,16 @@ A, B, C = "a", "b", "c"
 HAS, LACKS, DOWN = routing.Answer.HAS, routing.Answer.LACKS, routing.Answer.DOWN
 
 
-def test_candidates_pinned_name_has_one_upstream_others_skip_pinning_upstreams() -> None:
+def test_candidates_pinned_name_has_one_upstream_others_skip_explicit_upstreams() -> None:
     sources = [
-        UpstreamSource(name="cuda", url="http://c/", projects=("torch", "nvidia-*")),
+        UpstreamSource(name="cuda", url="http://c/", projects=("torch", "nvidia-*"), explicit=True),
         UpstreamSource(name="pypi", url="http://p/"),
-        UpstreamSource(name="corp", url="http://x/"),
+        UpstreamSource(name="corp", url="http://x/", projects=("corp-tool",)),
     ]
     assert routing.candidates("torch", sources) == ("cuda",)
     assert routing.candidates("nvidia-cublas-cu12", sources) == ("cuda",)
-    assert routing.candidates("numpy", sources) == ("pypi", "corp")
+    assert routing.candidates("corp-tool", sources) == ("corp",)
+    assert routing.candidates("numpy", sources) == ("pypi", "corp")  # explicit: pins only
 
 
 @pytest.mark.parametrize(
@@ -284,8 +286,8 @@ async def test_pinned_name_comes_only_from_its_upstream(
 ) -> None:
     publish(fake_pypi, "torch", "9.0", "first")
     pinned = publish(second, "torch", "1.0", "second")
-    publish(second, "numpy", "1.0", "second")  # the pinned index has others: never served
-    client = await make_app(two(fake_pypi, second, projects=["torch"]))
+    publish(second, "numpy", "1.0", "second")  # the explicit index has others: never served
+    client = await make_app(two(fake_pypi, second, projects=["torch"], explicit=True))
     assert await page_hashes(client, "torch") == {pinned}
     assert fake_pypi.count("/simple/torch/") == 0
     assert (await client.get("/simple/numpy/")).status == 404
@@ -402,10 +404,10 @@ async def test_root_lists_private_and_every_upstreams_names_once(
     publish(fake_pypi, "only-first", "1.0", "first")
     publish(second, "shared", "1.0", "second")
     publish(second, "torch", "1.0", "second")
-    publish(second, "numpy", "1.0", "second")  # the pinned index's other names are not ours
+    publish(second, "numpy", "1.0", "second")  # the explicit index's other names are not ours
     (tmp_path / "packages").mkdir()
     (tmp_path / "packages" / "mine-1.0.tar.gz").write_bytes(b"not read for the list")
-    client = await make_app(two(fake_pypi, second, projects=["torch"]))
+    client = await make_app(two(fake_pypi, second, projects=["torch"], explicit=True))
     resp = await client.get("/simple/", headers={"Accept": JSON})
     names = [p["name"] for p in json.loads(await resp.read())["projects"]]
     assert sorted(names) == ["mine", "only-first", "shared", "torch"]
@@ -428,7 +430,7 @@ async def test_upstream_without_a_root_list_contributes_the_names_it_served(
 async def test_home_page_lists_every_upstream_with_its_pins(
     make_app: MakeApp, fake_pypi: FakePyPI, second: FakePyPI
 ) -> None:
-    client = await make_app(two(fake_pypi, second, projects=["torch", "nvidia-*"]))
+    client = await make_app(two(fake_pypi, second, projects=["torch", "nvidia-*"], explicit=True))
     text = await (await client.get("/")).text()
     assert 'id="upstreams"' in text
     assert "first" in text and "second" in text
@@ -459,6 +461,7 @@ def test_start_up_lists_upstreams_without_their_secrets(
             "username": "bob",
             "password_file": str(secret),
             "projects": ["vendor-*"],
+            "explicit": True,
         },
         {"name": "pypi", "url": fake_pypi.simple_url},
     ]

@@ -63,7 +63,7 @@ def _split_entries(text: str, is_json: bool) -> tuple[str, str]:
 @dataclass(frozen=True, slots=True)
 class RootSource:
     """One upstream's part of the root list: its names file (or, without a usable one, the
-    names it has served) and, for a pinned upstream, the pins (only those names are its)."""
+    names it has served) and, for an ``explicit`` upstream, its pins (only those are its)."""
 
     name: str
     client: UpstreamClient

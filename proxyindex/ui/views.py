@@ -81,7 +81,7 @@ async def home(request: web.Request) -> web.StreamResponse:
     checks: tuple[UpstreamMonitor, ...] = request.app[appkeys.UPSTREAM_CHECKS]
     for (source, _settings), check in zip(config.sources(), checks, strict=True):
         each_state, each_words = _upstream_status(check.last, check.interval)
-        serves = f"only {', '.join(source.projects)}" if source.projects else "unpinned names"
+        serves = source.serves
         upstreams.append(
             {
                 "name": source.name,

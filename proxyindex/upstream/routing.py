@@ -4,7 +4,8 @@ Pure rules, tested as tables, used by :class:`proxyindex.upstream.router.Upstrea
 Private storage comes before all of this (``policy.owner_of``): a private name never gets here.
 
 - A name **pinned** to an upstream (its ``projects`` list) comes from that upstream only:
-  its 404 is the answer, and while it is down nothing else is asked.
+  its 404 is the answer, and while it is down nothing else is asked. An ``explicit``
+  upstream serves nothing but its pins (PyTorch's index also has numpy: never from there).
 - An unpinned name comes from the **first** upstream (in config order, among those without
   pins) that has it; pages are never merged across upstreams. This is what uv calls
   ``first-index``: an attacker who publishes an internal name on a later index gains nothing.
@@ -61,11 +62,12 @@ Step = Ask | Serve | NotFound | Unknown
 
 def candidates(name: str, sources: Sequence[UpstreamSource]) -> tuple[str, ...]:
     """The upstreams that may serve ``name`` (normalised), in order: the one it is pinned to
-    (the first pinning one, if patterns overlap), else every upstream without pins."""
+    (the first pinning one, if patterns overlap), else every upstream but the ``explicit``
+    ones (those serve their pins only)."""
     for source in sources:
         if source.pins(name):
             return (source.name,)
-    return tuple(source.name for source in sources if not source.projects)
+    return tuple(source.name for source in sources if not source.explicit)
 
 
 def next_step(order: Sequence[str], answers: Mapping[str, Answer], served_by: str | None) -> Step:

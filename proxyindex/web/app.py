@@ -284,7 +284,7 @@ def _root_source(
         source.name,
         client,
         cache_dir / "root" / f"upstream-names{suffix}.txt",
-        source if source.projects else None,
+        source if source.explicit else None,
         functools.partial(pages.served_names, source.name),
     )
 
