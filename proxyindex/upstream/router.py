@@ -118,6 +118,8 @@ class UpstreamRouter:
                 self._served_now(name, step.upstream)
                 return results[step.upstream]
             elif isinstance(step, routing.Unknown):
+                if len(self.upstreams) == 1:  # nothing else could be asked: its own error
+                    raise errors[step.upstream]
                 raise _unknown(name, step.upstream, errors[step.upstream], served_by, order)
             else:
                 return self._not_found(results)
