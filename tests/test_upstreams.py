@@ -298,6 +298,9 @@ async def test_pinned_name_comes_only_from_its_upstream(
     assert resp.status == 200
     assert hashlib.sha256(await resp.read()).hexdigest() == pinned
     assert fake_pypi.count("/files/") == 0
+    doc = json.loads(await (await client.get("/pypi/torch/json")).read())  # routed alike
+    assert doc["info"]["version"] == "1.0"
+    assert {u["digests"]["sha256"] for u in doc["urls"]} == {pinned}
 
 
 async def test_pinned_upstream_down_is_a_502_and_no_other_is_asked(
@@ -437,11 +440,24 @@ async def test_home_page_lists_every_upstream_with_its_pins(
     assert "only torch, nvidia-*" in text
 
 
-def test_default_upstream_keeps_the_page_cache_keys_of_a_single_upstream() -> None:
-    """An existing cache folder keeps working: the one [upstream] is named pypi and its pages
-    stay under ("page", name); other upstreams get namespaces of their own."""
+async def test_cache_of_a_single_upstream_stays_valid_when_it_becomes_one_of_several(
+    make_app: MakeApp, fake_pypi: FakePyPI, second: FakePyPI
+) -> None:
+    """The one [upstream] is named pypi and keeps its page-cache keys: listed as ``pypi`` in
+    [[upstreams]], its pages (here served stale, it is down) are still there."""
     assert [s.name for s, _ in Config().sources()] == ["pypi"]
-    assert load_config(None).upstream.url == DEFAULT_UPSTREAM
+    ours = publish(fake_pypi, "six", "1.0", "first")
+    single = await make_app([], page_ttl=0, url=fake_pypi.simple_url)
+    assert await page_hashes(single, "six") == {ours}
+    await single.close()
+    fake_pypi.stop()
+    several = await make_app(
+        [{"name": "pypi", "url": fake_pypi.simple_url}, {"name": "b", "url": second.simple_url}],
+        page_ttl=0,
+        url=DEFAULT_UPSTREAM,
+    )
+    assert await page_hashes(several, "six") == {ours}
+    assert second.count("/simple/six/") == 0
 
 
 # --- a real server process ------------------------------------------------------------------
