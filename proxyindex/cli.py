@@ -184,6 +184,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     urls: list[str] | None = getattr(args, "upstream", None)
     if urls is not None and len(urls) == 1:  # one upstream: upstream.url, as always
         out.setdefault("upstream", {})["url"] = urls[0]
+        out["upstreams"] = []  # instead of any [[upstreams]] of the config file
     elif urls:
         out.setdefault("upstream", {})["url"] = DEFAULT_UPSTREAM  # listed, not this one
         out["upstreams"] = [

@@ -135,7 +135,9 @@ def test_repeated_upstream_flag_lists_upstreams_in_order() -> None:
         ("h", "http://h:81/s/"),
     ]
     one = cli._parser().parse_args(["serve", "--upstream", "http://h/s/"])
-    assert load_config(None, overrides=cli._overrides(one)).upstream.url == "http://h/s/"
+    config = load_config(None, environ={"PROXYINDEX_UPSTREAMS": '[{name="a", url="http://a/"}]'},
+                         overrides=cli._overrides(one))  # fmt: skip
+    assert [(s.name, s.url) for s, _ in config.sources()] == [("pypi", "http://h/s/")]
 
 
 def test_credentials_come_from_env_or_file_and_never_show_in_repr(tmp_path: Path) -> None:
