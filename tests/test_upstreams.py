@@ -337,6 +337,18 @@ async def test_down_first_upstream_never_lets_a_later_one_serve_an_unknown_name(
     assert second.count("/simple/acme-internal/") == 0
 
 
+async def test_first_upstream_timing_out_is_a_504_and_the_next_is_not_asked(
+    make_app: MakeApp, fake_pypi: FakePyPI, second: FakePyPI
+) -> None:
+    publish(second, "acme-internal", "99.0", "attacker")
+    client = await make_app(two(fake_pypi, second), timeout=1)
+    fake_pypi.delay = 3
+    resp = await client.get("/simple/acme-internal/")
+    assert resp.status == 504
+    assert "upstream 'first' may serve 'acme-internal'" in await resp.text()
+    assert second.count("/simple/acme-internal/") == 0
+
+
 async def test_down_upstream_serves_its_stale_page_even_after_a_restart(
     make_app: MakeApp, fake_pypi: FakePyPI, second: FakePyPI
 ) -> None:
