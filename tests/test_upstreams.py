@@ -8,6 +8,7 @@ so every test can tell which upstream a page or a file came from by its sha256.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.utils import NormalizedName
 
 from proxyindex import cli
 from proxyindex.config import (
@@ -29,6 +31,7 @@ from proxyindex.config import (
 )
 from proxyindex.upstream import routing
 from proxyindex.upstream.credentials import load_credentials
+from proxyindex.web import appkeys
 from proxyindex.web.app import create_app
 from tests.conftest import AppClient
 from tests.fakepypi import FakePyPI
@@ -262,6 +265,18 @@ async def page_hashes(client: AppClient, name: str) -> set[str]:
     return {f["hashes"]["sha256"] for f in json.loads(await resp.read())["files"]}
 
 
+async def on_disk(client: AppClient, upstream: str, name: str) -> None:
+    """Wait until ``name``'s page of ``upstream`` is in the page cache (written after the
+    answer: a test that closes the app at once may otherwise cancel the write)."""
+    pages = client.app[appkeys.PAGES]
+    store = pages if upstream == "pypi" else pages.namespace(upstream)
+    for _ in range(200):
+        if await store.get(NormalizedName(name), any_writer=True) is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the page of {name} from {upstream} was never stored")
+
+
 def two(first: FakePyPI, second: FakePyPI, **extra: Any) -> list[dict[str, Any]]:
     return [
         {"name": "first", "url": first.simple_url},
@@ -356,6 +371,7 @@ async def test_down_upstream_serves_its_stale_page_even_after_a_restart(
     publish(second, "acme-internal", "99.0", "attacker")
     client = await make_app(two(fake_pypi, second), page_ttl=0)
     assert await page_hashes(client, "acme-internal") == {ours}
+    await on_disk(client, "first", "acme-internal")
     await client.close()
     fake_pypi.stop()
     restarted = await make_app(two(fake_pypi, second), page_ttl=0)  # same cache folder
@@ -463,6 +479,7 @@ async def test_cache_of_a_single_upstream_stays_valid_when_it_becomes_one_of_sev
     ours = publish(fake_pypi, "six", "1.0", "first")
     single = await make_app([], page_ttl=0, url=fake_pypi.simple_url)
     assert await page_hashes(single, "six") == {ours}
+    await on_disk(single, "pypi", "six")
     await single.close()
     fake_pypi.stop()
     several = await make_app(
