@@ -51,6 +51,12 @@ Knobs (plain attributes, read by the server thread on every request; all reset b
     size is ever held in memory here.
 ``huge_page_chunk_delay``
     Seconds to sleep between the chunks of a huge page: a slow upstream.
+``required_authorization`` / ``authorization_paths``
+    A private index: requests whose path starts with ``authorization_paths`` (default ``/``)
+    get 401 unless their ``Authorization`` header is exactly this value (None: no login).
+``file_delay``
+    Seconds to sleep before answering a dist file (not ``.metadata``): a slow files host.
+    ``files_peak`` (not a knob; reset too) records the most dist files answered at once.
 """
 
 from __future__ import annotations
@@ -239,6 +245,9 @@ class FakePyPI:
         self.raw_pages: Mapping[str, tuple[str, bytes]] = {}
         self.huge_pages: Mapping[str, int] = {}
         self.huge_page_chunk_delay = 0.0
+        self.file_delay = 0.0
+        self.files_peak = 0
+        self._files_active = 0
         # A private index: requests under ``authorization_paths`` without exactly this
         # Authorization header get 401 (None: no login needed).
         self.required_authorization: str | None = None
@@ -662,6 +671,18 @@ class FakePyPI:
         return resp
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["filename"].endswith(".metadata"):
+            return await self._file_or_metadata(request)
+        self._files_active += 1  # the server thread's loop is the only writer
+        self.files_peak = max(self.files_peak, self._files_active)
+        try:
+            if self.file_delay > 0:
+                await asyncio.sleep(self.file_delay)
+            return await self._file_or_metadata(request)
+        finally:
+            self._files_active -= 1
+
+    async def _file_or_metadata(self, request: web.Request) -> web.StreamResponse:
         filename = request.match_info["filename"]
         want_metadata = filename.endswith(".metadata")
         with self._lock:

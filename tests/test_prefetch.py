@@ -72,7 +72,7 @@ def test_dependencies_skip_extras_and_foreign_markers() -> None:
     assert deps == {"dep-one": SpecifierSet(">=1.1"), "two": SpecifierSet("<3,>=2")}
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+async def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"

@@ -33,6 +33,7 @@ from proxyindex.errors import ProxyIndexError
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.upstream.background import Background
+from proxyindex.upstream.clientprofile import CLIENT, ClientProfile
 from proxyindex.upstream.downloads import Downloader
 
 __all__ = ["Prefetcher", "choose_file", "dependencies"]
@@ -45,6 +46,11 @@ WheelMetadataSource = Callable[[DistFile], Awaitable[bytes]]
 _MAX_DEPTH = 12
 _SEEN_MAX = 100_000  # (project, specifier) pairs already fetched ahead
 _CONCURRENCY = 32  # guesses in flight at once; uv itself runs up to 50 requests
+# Files fetched ahead at once. Unbounded, a cold pip install of ~40 projects started ~40 wheel
+# transfers during resolution, which then shared the link with the pages and metadata the
+# client was waiting for; a few at a time keeps the link for the client while still finishing
+# before pip's sequential download phase asks for them.
+_FILE_CONCURRENCY = 4
 
 
 @cache
@@ -61,8 +67,8 @@ def _allows(requires_python: str, python: str) -> bool:
         return False
 
 
-def _candidate(dist: DistFile, python: str) -> tuple[Version, int] | None:
-    """(version, tag rank) of a file this machine could install; None if it can't."""
+def _candidate(dist: DistFile, python: str, ranks: dict[Tag, int]) -> tuple[Version, int] | None:
+    """(version, tag rank) of a file the client could install; None if it can't."""
     if dist.yanked is not False:
         return None
     if dist.requires_python and not _allows(dist.requires_python, python):
@@ -71,19 +77,24 @@ def _candidate(dist: DistFile, python: str) -> tuple[Version, int] | None:
     if parsed is None:
         return None
     if parsed.is_wheel:
-        ranks = [_tag_rank()[t] for t in parsed.tags if t in _tag_rank()]
-        return (parsed.version, -min(ranks)) if ranks else None
-    return parsed.version, -len(_tag_rank())  # an sdist ranks below every wheel
+        matched = [ranks[t] for t in parsed.tags if t in ranks]
+        return (parsed.version, -min(matched)) if matched else None
+    return parsed.version, -len(ranks)  # an sdist ranks below every wheel
 
 
 def choose_file(
-    page: ProjectPage, specifier: SpecifierSet | None = None, python: str | None = None
+    page: ProjectPage,
+    specifier: SpecifierSet | None = None,
+    python: str | None = None,
+    tags: dict[Tag, int] | None = None,
 ) -> DistFile | None:
-    """The file pip or uv on this machine would most likely install for ``specifier``."""
+    """The file pip or uv would most likely install for ``specifier``, on a client with this
+    Python and these ranked wheel tags (by default: this machine's)."""
     python = python or platform.python_version()
+    ranks = tags or _tag_rank()
     best: tuple[tuple[bool, Version, int], DistFile] | None = None
     for dist in page.files:
-        candidate = _candidate(dist, python)
+        candidate = _candidate(dist, python, ranks)
         if candidate is None:
             continue
         version, rank = candidate
@@ -95,13 +106,17 @@ def choose_file(
     return best[1] if best else None
 
 
-def dependencies(metadata: bytes) -> Iterable[tuple[NormalizedName, SpecifierSet]]:
-    """Requires-Dist entries that apply without extras in this environment."""
+def dependencies(
+    metadata: bytes, environment: dict[str, str] | None = None
+) -> Iterable[tuple[NormalizedName, SpecifierSet]]:
+    """Requires-Dist entries that apply without extras in the client's environment (markers
+    such as ``sys_platform == "win32"``; by default this machine's)."""
     message = email.parser.BytesHeaderParser().parsebytes(metadata)
+    env = {**(environment or {}), "extra": ""}
     for raw in message.get_all("Requires-Dist") or ():
         try:
             requirement = Requirement(str(raw))
-            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            if requirement.marker is not None and not requirement.marker.evaluate(env):
                 continue
         except (InvalidRequirement, ValueError):
             continue
@@ -122,29 +137,41 @@ class Prefetcher:
         self._wheel_metadata = wheel_metadata
         self._max_file_size = max_file_size
         self._limit = asyncio.Semaphore(_CONCURRENCY)
-        self._seen: LRU[tuple[NormalizedName, str], bool] = LRU(_SEEN_MAX)
+        self._files = asyncio.Semaphore(_FILE_CONCURRENCY)
+        self._seen: LRU[tuple[NormalizedName, str, ClientProfile], bool] = LRU(_SEEN_MAX)
         self._tasks = Background()
 
     async def close(self) -> None:
         await self._tasks.close()
 
     def page_fetched(
-        self, page: ProjectPage, specifier: SpecifierSet | None = None, depth: int = 0
+        self,
+        page: ProjectPage,
+        specifier: SpecifierSet | None = None,
+        depth: int = 0,
+        client: ClientProfile | None = None,
     ) -> None:
-        """A page came fresh from the upstream: fetch ahead for it in the background."""
-        key = (page.name, str(specifier or ""))
+        """A page came fresh from the upstream: fetch ahead for it in the background, for the
+        kind of client whose request brought it (:data:`CLIENT`, set by the page handler)."""
+        client = client if client is not None else CLIENT.get()
+        key = (page.name, str(specifier or ""), client)
         if depth > _MAX_DEPTH or key in self._seen:
             return
         self._seen.put(key, True)
-        self._tasks.spawn(self._prefetch(page, specifier, depth))
+        self._tasks.spawn(self._prefetch(page, specifier, depth, client))
 
     async def _prefetch(
-        self, page: ProjectPage, specifier: SpecifierSet | None, depth: int
+        self,
+        page: ProjectPage,
+        specifier: SpecifierSet | None,
+        depth: int,
+        client: ClientProfile,
     ) -> None:
+        tags = client.tags or None
         if page.is_large:  # thousands of filenames to parse: a thread
-            dist = await asyncio.to_thread(choose_file, page, specifier)
+            dist = await asyncio.to_thread(choose_file, page, specifier, client.python, tags)
         else:
-            dist = choose_file(page, specifier)
+            dist = choose_file(page, specifier, client.python, tags)
         if dist is None:
             return
         try:
@@ -153,10 +180,11 @@ class Prefetcher:
             # Small requests first: the dependencies' pages go out before the (big) file, so
             # the resolver's next round trips are not queued behind file transfers (measured
             # with uv: 1.12x instead of 1.22x the time straight at the upstream).
-            deps = list(dependencies(metadata)) if metadata is not None else []
-            follow = [asyncio.create_task(self._follow(n, spec, depth)) for n, spec in deps]
-            if dist.size is not None and dist.size <= self._max_file_size:
-                self._downloader.start(dist)  # runs on; the client joins it
+            env = client.markers or None
+            deps = list(dependencies(metadata, env)) if metadata is not None else []
+            follow = [asyncio.create_task(self._follow(n, spec, depth, client)) for n, spec in deps]
+            if client.wants_files and dist.size is not None and dist.size <= self._max_file_size:
+                self._tasks.spawn(self._fetch_file(dist))  # runs on; the client joins it
             await asyncio.gather(*follow)
         except ProxyIndexError as exc:
             log.debug("prefetch for %s stopped: %s", page.name, exc)
@@ -171,8 +199,19 @@ class Prefetcher:
             return None if self._wheel_metadata is None else await self._wheel_metadata(dist)
         return await self._downloader.start(meta).read()
 
-    async def _follow(self, name: NormalizedName, specifier: SpecifierSet, depth: int) -> None:
+    async def _fetch_file(self, dist: DistFile) -> None:
+        """Download ``dist`` once a file slot is free; a client asking for it meanwhile starts
+        (or joins) the download at once, never waiting for a slot."""
+        async with self._files:
+            try:  # a file cached meanwhile (by a client, another worker) ends at once
+                await self._downloader.start(dist).wait()
+            except ProxyIndexError as exc:
+                log.debug("fetching %s ahead failed: %s", dist.filename, exc)
+
+    async def _follow(
+        self, name: NormalizedName, specifier: SpecifierSet, depth: int, client: ClientProfile
+    ) -> None:
         async with self._limit:
             page = await self._page_of(name)
         if page is not None:
-            self.page_fetched(page, specifier, depth + 1)
+            self.page_fetched(page, specifier, depth + 1, client)

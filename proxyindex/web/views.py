@@ -17,6 +17,7 @@ from proxyindex.fsutil import is_safe_filename
 from proxyindex.index.projects import RenderedPage
 from proxyindex.models import DistFile, Origin, is_valid_name, normalize
 from proxyindex.simple import SimpleFormat, body_etag, negotiate
+from proxyindex.upstream.clientprofile import CLIENT, profile_from_user_agent
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
 from proxyindex.web import appkeys
@@ -149,6 +150,8 @@ def _page_response(
 async def project_page(request: web.Request) -> web.StreamResponse:
     name = _canonical(request)
     fmt = _format(request)
+    # Whatever this request fetches upstream is fetched ahead for this kind of client.
+    CLIENT.set(profile_from_user_agent(request.headers.get(hdrs.USER_AGENT)))
     rendered, max_age = await request.app[appkeys.INDEX].render(name, fmt)
     return _page_response(request, rendered, fmt, max_age)
 
