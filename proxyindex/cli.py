@@ -9,6 +9,7 @@ import concurrent.futures
 import getpass
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,11 +23,12 @@ from typing import Any
 
 from aiohttp import web
 from packaging.utils import NormalizedName
+from yarl import URL
 
 from proxyindex import __version__, admincli, fsutil, metrics, prefetchcli
 from proxyindex.auth import tokens
 from proxyindex.auth.authenticator import add_user, check_htpasswd, list_users, remove_user
-from proxyindex.config import ACTIONS, Config, ConfigError, load_config
+from proxyindex.config import ACTIONS, DEFAULT_UPSTREAM, Config, ConfigError, load_config
 from proxyindex.guard import explain
 from proxyindex.guard.live import Guard, GuardError
 from proxyindex.guard.rules import parse_snapshot
@@ -35,6 +37,7 @@ from proxyindex.private.audit import AuditEvent, AuditLog, audit_path
 from proxyindex.private.tombstones import PrivateNames, scan_names
 from proxyindex.upstream.cache import PageCache, PageEntry
 from proxyindex.upstream.client import mask_url
+from proxyindex.upstream.credentials import load_credentials
 from proxyindex.upstream.network import ProxyRoutes
 from proxyindex.web import logs
 from proxyindex.web.app import create_app
@@ -80,7 +83,6 @@ _SERVE_FLAGS = (
     _Flag(("--data-dir",), "storage", "data_dir", "folder for packages and cache", Path),
     _Flag(("--packages-dir",), "storage", "packages_dir", "folder of private packages", Path),
     _Flag(("--cache-dir",), "storage", "cache_dir", "folder for the upstream cache", Path),
-    _Flag(("--upstream",), "upstream", "url", "upstream simple index URL"),
     _Flag(("--htpasswd",), "auth", "htpasswd", "htpasswd file enabling authentication", Path),
     _Flag(("--workers",), "server", "workers", "worker processes sharing the port and cache", int),
     _Flag(
@@ -102,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file (default: ./config.toml if present)")
     for flag in _SERVE_FLAGS:
         serve.add_argument(*flag.names, type=flag.type, metavar=flag.metavar, help=flag.help)
+    serve.add_argument(
+        "--upstream",
+        action="append",
+        metavar="URL",
+        help="upstream simple index URL; give it several times for several upstreams, "
+        "asked in that order (replaces [[upstreams]] and upstream.url)",
+    )
     serve.add_argument(
         "--offline",
         action="store_true",
@@ -179,9 +188,9 @@ def _private_parser(commands: Any) -> None:
     explain.add_argument("--cache-dir", type=Path, help="the server's cache folder")
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the command line sets (the ``private`` commands have only some)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     for flag in _SERVE_FLAGS:
         value = getattr(args, flag.dest, None)
         if value is not None:
@@ -190,7 +199,30 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             )
     if getattr(args, "offline", None):
         out.setdefault("upstream", {})["offline"] = True
+    urls: list[str] | None = getattr(args, "upstream", None)
+    if urls is not None and len(urls) == 1:  # one upstream: upstream.url, as always
+        out.setdefault("upstream", {})["url"] = urls[0]
+        out["upstreams"] = []  # instead of any [[upstreams]] of the config file
+    elif urls:
+        out.setdefault("upstream", {})["url"] = DEFAULT_UPSTREAM  # listed, not this one
+        out["upstreams"] = [
+            {"name": name, "url": url} for name, url in zip(_source_names(urls), urls, strict=True)
+        ]
     return out
+
+
+def _source_names(urls: list[str]) -> list[str]:
+    """Names for upstreams given with ``--upstream``: the host (``download-pytorch-org``),
+    numbered when two share it; PyPI's is ``pypi``, so its cache is the one it always had."""
+    names: list[str] = []
+    for url in urls:
+        host = (URL(url).host or "upstream").lower()
+        base = "pypi" if host == "pypi.org" else re.sub(r"[^a-z0-9]+", "-", host).strip("-")
+        name, number = base or "upstream", 2
+        while name in names:
+            name, number = f"{base}-{number}", number + 1
+        names.append(name)
+    return names
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -315,9 +347,9 @@ def _announce(config: Config, host: str, port: int) -> None:
         log.info(
             "OFFLINE (upstream.offline): serving only what is cached; the upstream %s is "
             "never contacted",
-            mask_url(config.upstream.url),
+            ", ".join(mask_url(source.url) for source, _settings in config.sources()),
         )
-    else:
+    elif not config.upstreams:
         log.info(
             "upstream: %s (checked %s)",
             mask_url(config.upstream.url),
@@ -325,6 +357,8 @@ def _announce(config: Config, host: str, port: int) -> None:
             if config.upstream.check_interval
             else "never: upstream.check_interval = 0",
         )
+    else:
+        _announce_upstreams(config)
     log.info("%s", _auth_summary(config))
     private = config.private
     log.info(
@@ -335,6 +369,22 @@ def _announce(config: Config, host: str, port: int) -> None:
     )
     log.info("%d worker(s)", config.server.workers)
     _announce_network(config)
+
+
+def _announce_upstreams(config: Config) -> None:
+    """Several upstreams: each in order, with its pins and the kind of its credentials
+    (never the secret)."""
+    for number, (source, settings) in enumerate(config.sources(), 1):
+        credentials = load_credentials(source, number, os.environ)
+        log.info(
+            "upstream %d %s: %s; %s; %s; page_ttl %d s",
+            number,
+            source.name,
+            mask_url(source.url),
+            source.serves,
+            f"{credentials.kind} auth" if credentials else "no auth",
+            settings.page_ttl,
+        )
 
 
 def _announce_network(config: Config) -> None:
@@ -389,6 +439,8 @@ def serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, config.server.access_log)
     _check_auth(config)
     _check_policy(config)
+    for number, (source, _settings) in enumerate(config.sources(), 1):
+        load_credentials(source, number, os.environ)  # a missing secret stops the start here
     removed = fsutil.remove_stale_temp_files(config.storage.packages)
     removed += fsutil.remove_stale_temp_files(config.storage.cache)
     if removed:

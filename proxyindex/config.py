@@ -33,6 +33,7 @@ __all__ = [
     "ServerConfig",
     "StorageConfig",
     "UpstreamConfig",
+    "UpstreamSource",
     "as_toml",
     "default_data_dir",
     "load_config",
@@ -126,6 +127,46 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamSource:
+    """One ``[[upstreams]]`` table: an index asked in order, or only for its pinned names.
+
+    Secrets are never fields: ``password_env``/``token_env`` name an environment variable and
+    ``password_file``/``token_file`` a file, read when the server starts
+    (:mod:`proxyindex.upstream.credentials`), so no config dump, log line or page holds one.
+    """
+
+    name: str = ""
+    url: str = ""
+    # Pins: names or ``prefix-*`` patterns served by this upstream only, never looked up
+    # elsewhere.
+    projects: tuple[str, ...] = ()
+    # Only its pins come from it (uv's ``explicit``); else it also serves unpinned names in
+    # its turn.
+    explicit: bool = False
+    username: str = ""
+    password_env: str = ""
+    password_file: Path | None = None
+    token_env: str = ""
+    token_file: Path | None = None
+    # Hosts other than the upstream's own that may receive its credentials (file hosts).
+    files_hosts: tuple[str, ...] = ()
+    page_ttl: int | None = None  # None: upstream.page_ttl
+    timeout: int | None = None  # None: upstream.timeout
+
+    def pins(self, name: str) -> bool:
+        """True if ``name`` (normalised) is pinned to this upstream."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.projects)
+
+    @property
+    def serves(self) -> str:
+        """What it serves, in words (start-up log, home page)."""
+        pins = ", ".join(self.projects)
+        if self.explicit:
+            return f"only {pins}"
+        return f"pinned {pins}, and any other name in its turn" if pins else "any name in its turn"
+
+
+@dataclass(frozen=True, slots=True)
 class PrivateConfig:
     reserved: tuple[str, ...] = ()
     merge_with_upstream: tuple[str, ...] = ()
@@ -194,9 +235,35 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # ``[[upstreams]]``: several upstreams in order; empty: the one ``[upstream]`` url.
+    upstreams: tuple[UpstreamSource, ...] = ()
+
+    def sources(self) -> tuple[tuple[UpstreamSource, UpstreamConfig], ...]:
+        """Every upstream in order of priority, each with its effective settings (the
+        ``[upstream]`` defaults, its own url, page_ttl and timeout). Without ``[[upstreams]]``
+        the one ``[upstream]`` url, named ``pypi`` (its cache keeps the pre-list layout)."""
+        if not self.upstreams:
+            return (
+                (UpstreamSource(name=DEFAULT_SOURCE_NAME, url=self.upstream.url), self.upstream),
+            )
+        out = []
+        for source in self.upstreams:
+            settings = dataclasses.replace(
+                self.upstream,
+                url=source.url,
+                page_ttl=self.upstream.page_ttl if source.page_ttl is None else source.page_ttl,
+                timeout=self.upstream.timeout if source.timeout is None else source.timeout,
+            )
+            out.append((source, settings))
+        return tuple(out)
 
 
-_SECTIONS: dict[str, Any] = get_type_hints(Config)
+DEFAULT_SOURCE_NAME = "pypi"
+_LIST_SECTIONS: dict[str, Any] = {"upstreams": UpstreamSource}
+_SECTIONS: dict[str, Any] = {
+    key: kind for key, kind in get_type_hints(Config).items() if key not in _LIST_SECTIONS
+}
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 
 
 def _coerce(key: str, kind: Any, value: Any, base_dir: Path) -> Any:
@@ -211,6 +278,8 @@ def _coerce(key: str, kind: Any, value: Any, base_dir: Path) -> Any:
         raise ConfigError(f"{key}: expected a whole number >= 0, got {value!r}")
     if kind is str and key == "policy.min_age" and type(value) is int:
         return str(value)  # min_age = 0, or PROXYINDEX_POLICY_MIN_AGE=0
+    if kind == int | None:
+        return _coerce(key, int, value, base_dir)
     if kind is str:
         if isinstance(value, str):
             if key == "server.access_log" and value not in ("", "-"):
@@ -252,6 +321,13 @@ def _validate(config: Config, environ: Mapping[str, str]) -> Config:
         )
     _check_network(config.upstream)
     _check_storage(config.storage)
+    if config.upstreams:
+        if config.upstream.url != DEFAULT_UPSTREAM:
+            raise ConfigError(
+                "upstream.url: not used with [[upstreams]]; list every upstream there "
+                "(in order), [upstream] keeps the settings they share"
+            )
+        config = dataclasses.replace(config, upstreams=_check_sources(config.upstreams))
     if config.server.port > 65535:
         raise ConfigError(f"server.port: expected 0..65535, got {config.server.port}")
     if config.server.workers < 1:
@@ -337,6 +413,68 @@ def _check_policy(policy: PolicyConfig) -> None:
             raise ConfigError(f"policy.{key}: {exc}") from None
 
 
+def _check_sources(sources: tuple[UpstreamSource, ...]) -> tuple[UpstreamSource, ...]:
+    """Names unique, URLs http(s) ending in ``/``, pins normalised and owned by one
+    upstream, credentials of one kind."""
+    out = []
+    names: set[str] = set()
+    pinned: dict[str, str] = {}
+    for number, source in enumerate(sources, 1):
+        key = f"upstreams[{number}]"
+        if not _SOURCE_NAME.match(source.name):
+            raise ConfigError(
+                f"{key}.name: expected a short lower-case name (a-z, 0-9, - and _), "
+                f"got {source.name!r}"
+            )
+        if source.name in names:
+            raise ConfigError(f"{key}.name: {source.name!r} is used by another upstream")
+        names.add(source.name)
+        url = URL(source.url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"{key}.url: expected an http(s) URL, got {_masked(source.url)!r}")
+        if url.user is not None or url.password is not None:
+            raise ConfigError(
+                f"{key}.url: no credentials in the URL; use username with password_env or "
+                "password_file, or token_env or token_file"
+            )
+        projects = tuple(_normalize_pattern(p, f"{key}.projects") for p in source.projects)
+        for pattern in projects:
+            if pattern in pinned:
+                raise ConfigError(
+                    f"{key}.projects: {pattern!r} is pinned to upstream {pinned[pattern]!r} too"
+                )
+            pinned[pattern] = source.name
+        password = bool(source.password_env) + (source.password_file is not None)
+        token = bool(source.token_env) + (source.token_file is not None)
+        if password + token > 1:
+            raise ConfigError(
+                f"{key}: give one of password_env, password_file, token_env, token_file"
+            )
+        if password and not source.username:
+            raise ConfigError(f"{key}.username: needed with a password")
+        if source.username and not password:
+            raise ConfigError(f"{key}: username without password_env or password_file")
+        if source.explicit and not projects:
+            raise ConfigError(f"{key}.explicit: an explicit upstream needs projects (its pins)")
+        hosts = tuple(host.strip().lower() for host in source.files_hosts)
+        if not all(hosts):
+            raise ConfigError(f"{key}.files_hosts: expected host names")
+        out.append(
+            dataclasses.replace(
+                source,
+                url=source.url if source.url.endswith("/") else source.url + "/",
+                projects=projects,
+                files_hosts=hosts,
+            )
+        )
+    return tuple(out)
+
+
+def _masked(url: str) -> str:
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password is not None else url
+
+
 def _check_network(upstream: UpstreamConfig) -> None:
     """A proxy URL that cannot work, or a CA file that cannot be read, stops start-up here
     with the key's name, rather than failing every upstream request later."""
@@ -362,35 +500,61 @@ def _normalize_pattern(pattern: str, key: str) -> str:
     return re.sub(r"[-_.]+", "-", pattern.lower())
 
 
+def _table(name: str, cls: Any, value: Mapping[str, Any], base_dir: Path) -> Any:
+    hints = get_type_hints(cls)
+    values = {}
+    for key, item in value.items():
+        if key not in hints:
+            raise ConfigError(f"{name}.{key}: unknown key")
+        values[key] = _coerce(f"{name}.{key}", hints[key], item, base_dir)
+    return cls(**values)
+
+
+def _build_list(name: str, value: Any, base_dir: Path) -> tuple[Any, ...]:
+    """``[[upstreams]]``: an array of tables, each checked like a section; keys are named
+    with their position, ``upstreams[2].url``."""
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise ConfigError(f"{name}: expected an array of tables ([[{name}]])")
+    return tuple(
+        _table(f"{name}[{number}]", _LIST_SECTIONS[name], item, base_dir)
+        for number, item in enumerate(value, 1)
+    )
+
+
 def _build(data: Mapping[str, Any], base_dir: Path) -> Config:
     sections: dict[str, Any] = {}
     for section_name, section_value in data.items():
+        if section_name in _LIST_SECTIONS:
+            sections[section_name] = _build_list(section_name, section_value, base_dir)
+            continue
         section_cls = _SECTIONS.get(section_name)
         if section_cls is None:
-            raise ConfigError(f"{section_name}: unknown section, expected one of {list(_SECTIONS)}")
+            raise ConfigError(
+                f"{section_name}: unknown section, expected one of {[*_SECTIONS, *_LIST_SECTIONS]}"
+            )
         if not isinstance(section_value, Mapping):
             raise ConfigError(f"{section_name}: expected a table")
-        hints = get_type_hints(section_cls)
-        values = {}
-        for key, value in section_value.items():
-            if key not in hints:
-                raise ConfigError(f"{section_name}.{key}: unknown key")
-            values[key] = _coerce(f"{section_name}.{key}", hints[key], value, base_dir)
-        sections[section_name] = section_cls(**values)
+        sections[section_name] = _table(section_name, section_cls, section_value, base_dir)
     return Config(**sections)
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``PROXYINDEX_UPSTREAM_PAGE_TTL=60`` -> ``{"upstream": {"page_ttl": 60}}``.
 
     Values are read as TOML values when they parse as one (numbers, booleans, lists), else
     as plain strings, so ``PROXYINDEX_PRIVATE_RESERVED='["acme-*"]'`` and paths both work.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     for var, raw in environ.items():
         if not var.startswith("PROXYINDEX_"):
             continue
         rest = var.removeprefix("PROXYINDEX_").lower()
+        if rest in _LIST_SECTIONS:  # PROXYINDEX_UPSTREAMS='[{name = "a", url = "..."}]'
+            try:
+                out[rest] = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{var}: expected a TOML array of inline tables: {exc}") from None
+            continue
         section, _, key = rest.partition("_")
         if section not in _SECTIONS or not key:
             raise ConfigError(f"{var}: unknown setting, expected PROXYINDEX_<SECTION>_<KEY>")
@@ -405,10 +569,17 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    merged = {section: dict(values) for section, values in base.items()}
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Later tables' keys win; a list section (``upstreams``) is replaced as a whole."""
+    merged = {
+        section: values if section in _LIST_SECTIONS else dict(values)
+        for section, values in base.items()
+    }
     for section, values in extra.items():
-        merged.setdefault(section, {}).update(values)
+        if section in _LIST_SECTIONS:
+            merged[section] = values
+        else:
+            merged.setdefault(section, {}).update(values)
     return merged
 
 
@@ -416,7 +587,7 @@ def load_config(
     path: Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Load defaults <- TOML file <- environment <- ``overrides`` (command-line flags).
 
@@ -442,19 +613,30 @@ def load_config(
     return _validate(config, environ or {})
 
 
-def as_toml(config: Config) -> dict[str, dict[str, Any]]:
+def as_toml(config: Config) -> dict[str, Any]:
     """The config as TOML-shaped plain values (absolute paths), for layering and the docs test."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     for section in fields(config):
-        values = {}
-        for item in fields(getattr(config, section.name)):
-            value = getattr(getattr(config, section.name), item.name)
-            if isinstance(value, Path):
-                value = str(value)
-            elif value is None:
-                value = ""
-            elif isinstance(value, tuple):
-                value = list(value)
-            values[item.name] = value
-        out[section.name] = values
+        if section.name in _LIST_SECTIONS:
+            tables = getattr(config, section.name)
+            if tables:  # empty: left out, as a TOML file without any [[upstreams]]
+                out[section.name] = [_table_values(table) for table in tables]
+            continue
+        out[section.name] = _table_values(getattr(config, section.name))
     return out
+
+
+def _table_values(table: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for item in fields(table):
+        value = getattr(table, item.name)
+        if item.name in ("page_ttl", "timeout") and value is None:
+            continue  # an [[upstreams]] table without its own: the [upstream] default
+        if isinstance(value, Path):
+            value = str(value)
+        elif value is None:
+            value = ""
+        elif isinstance(value, tuple):
+            value = list(value)
+        values[item.name] = value
+    return values

@@ -51,6 +51,9 @@ Knobs (plain attributes, read by the server thread on every request; all reset b
     size is ever held in memory here.
 ``huge_page_chunk_delay``
     Seconds to sleep between the chunks of a huge page: a slow upstream.
+``required_authorization`` / ``authorization_paths``
+    A private index: requests whose path starts with ``authorization_paths`` (default ``/``)
+    get 401 unless their ``Authorization`` header is exactly this value (None: no login).
 ``file_delay``
     Seconds to sleep before answering a dist file (not ``.metadata``): a slow files host.
     ``files_peak`` (not a knob; reset too) records the most dist files answered at once.
@@ -251,6 +254,10 @@ class FakePyPI:
         self.files_peak = 0
         self._files_active = 0
         self.json_api: Mapping[str, bytes] = {}
+        # A private index: requests under ``authorization_paths`` without exactly this
+        # Authorization header get 401 (None: no login needed).
+        self.required_authorization: str | None = None
+        self.authorization_paths = "/"
 
     def reset(self) -> None:
         """Forget projects, knobs and the request log; keep the server (and its port) as is."""
@@ -549,6 +556,13 @@ class FakePyPI:
                         CIMultiDictProxy(CIMultiDict(request.headers)),
                     )
                 )
+            required = self.required_authorization
+            if (
+                required is not None
+                and request.path.startswith(self.authorization_paths)
+                and request.headers.get("Authorization") != required
+            ):
+                return web.Response(status=401, text="fakepypi: login required\n")
             if self.delay > 0:
                 await asyncio.sleep(self.delay)
             forced = self._forced_status(request.path)

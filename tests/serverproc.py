@@ -17,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from types import TracebackType
 
 __all__ = ["REPO_ROOT", "ProxyServer", "ServerStartError", "write_config"]
@@ -48,14 +49,23 @@ def _toml_value(key: str, value: object) -> str:
     raise TypeError(f"{key}: cannot write {type(value).__name__} to TOML")
 
 
-def write_config(path: Path, **sections: Mapping[str, object]) -> Path:
-    """Write ``{section: {key: value}}`` as a TOML file; ``write_config(p, upstream={"url": u})``.
+def write_config(
+    path: Path, **sections: Mapping[str, object] | Sequence[Mapping[str, object]]
+) -> Path:
+    """Write ``{section: {key: value}}`` as a TOML file; ``write_config(p, upstream={"url": u})``;
+    a list of tables is an array of tables (``upstreams=[{...}, {...}]``).
 
     Values may be str, Path, int, float, bool or lists of those. Only the tables and keys
     given are written, so everything else keeps the server's defaults.
     """
     lines: list[str] = []
     for section, values in sections.items():
+        if not isinstance(values, Mapping):  # an array of tables: [[upstreams]]
+            for table in values:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{key} = {_toml_value(key, value)}" for key, value in table.items())
+                lines.append("")
+            continue
         lines.append(f"[{section}]")
         lines.extend(f"{key} = {_toml_value(key, value)}" for key, value in values.items())
         lines.append("")

@@ -115,7 +115,7 @@ class JsonPages:
     def __init__(
         self,
         index: ProjectIndex,
-        docs: UpstreamJsonDocs,
+        docs: UpstreamJsonDocs | None,  # None: several upstreams, documents made from pages
         downloader: Downloader,
         wheel_metadata: WheelMetadata,
     ) -> None:
@@ -140,7 +140,8 @@ class JsonPages:
         reason) for a release the guard hides."""
         resolved = await self.index.page(name, snapshot)
         doc: JsonDoc | None = None
-        if resolved.owner is not Owner.PRIVATE and resolved.token.upstream is not None:
+        upstream = resolved.token.upstream
+        if self.docs is not None and resolved.owner is not Owner.PRIVATE and upstream is not None:
             doc = await self.docs.get(name, version)
         upstream_doc = doc.doc if doc is not None else None
         # The guard's decisions are part of what a document is made from: a release that ages

@@ -30,6 +30,7 @@ from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.store import PrivateStore
 from proxyindex.simple import SimpleFormat, body_etag, render_project
 from proxyindex.upstream.pages import Checked, UpstreamPages
+from proxyindex.upstream.router import UpstreamRouter
 from proxyindex.upstream.sizes import lacks_sizes
 
 __all__ = ["ProjectIndex", "RenderedPage"]
@@ -102,7 +103,7 @@ class ProjectIndex:
         self,
         config: Config,
         storage: PrivateStore,
-        upstream: UpstreamPages,
+        upstream: UpstreamPages | UpstreamRouter,  # the router: several upstreams (routing)
         guard: Guard | None = None,
         serials: ProjectSerials | None = None,
         fill_sizes: Callable[[ProjectPage], ProjectPage] | None = None,

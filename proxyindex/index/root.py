@@ -1,4 +1,5 @@
-"""The root list ``/simple/``: private names merged with the upstream's (~930k names, 40 MB).
+"""The root list ``/simple/``: private names merged with every upstream's (PyPI: ~930k names,
+40 MB); an upstream without a usable root list contributes the names it has served.
 
 The upstream root is fetched rarely (``upstream.root_ttl``), in the background, streamed to a
 names file on disk; the merged HTML and JSON (plain and gzip) are rebuilt from it in a thread
@@ -14,13 +15,14 @@ import gzip
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import NormalizedName
 
 from proxyindex import fsutil
+from proxyindex.config import UpstreamSource
 from proxyindex.errors import UpstreamError
 from proxyindex.models import is_valid_name, normalize
 from proxyindex.private.serials import ProjectSerials
@@ -34,7 +36,7 @@ from proxyindex.simple import (
 )
 from proxyindex.upstream.client import UpstreamClient
 
-__all__ = ["RootIndex"]
+__all__ = ["RootIndex", "RootSource"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ _FORMATS = {SimpleFormat.JSON: "root.json", SimpleFormat.HTML: "root.html"}
 @dataclass(frozen=True, slots=True)
 class _Built:
     private_generation: int
-    names_mtime: float
+    names_mtimes: tuple[float, ...]
 
 
 def _split_entries(text: str, is_json: bool) -> tuple[str, str]:
@@ -70,14 +72,53 @@ def _read_line(line: str) -> _Entry:
     return NormalizedName(name), display or None, int(serial) if serial.isdigit() else None
 
 
+@dataclass(frozen=True, slots=True)
+class RootSource:
+    """One upstream's part of the root list: its names file (or, without a usable one, the
+    names it has served) and, for an ``explicit`` upstream, its pins (only those are its)."""
+
+    name: str
+    client: UpstreamClient
+    names_file: Path
+    pins: UpstreamSource | None = None
+    served: Callable[[], set[str]] | None = None  # blocking; names it served (no root list)
+
+    def names(self) -> Iterator[_Entry]:
+        """Blocking: its names (with display name and serial when known), streamed from the
+        file when it has one."""
+        if self.names_file.exists():
+            with self.names_file.open(encoding="utf-8") as fh:
+                for line in fh:
+                    entry = _read_line(line)
+                    if entry[0] and (self.pins is None or self.pins.pins(entry[0])):
+                        yield entry
+        elif self.served is not None:
+            yield from ((NormalizedName(n), None, None) for n in sorted(self.served()))
+
+
+def _upstream_names(sources: Sequence[RootSource]) -> Iterator[_Entry]:
+    """Every upstream's names once, in order of priority. The first list (PyPI's: 930k names)
+    is streamed, never held; the later ones (an extra index: hundreds) are held in a dict to
+    leave out the names an earlier list already gave."""
+    if not sources:
+        return
+    later: dict[NormalizedName, _Entry] = {}
+    for source in reversed(sources[1:]):  # an earlier upstream's entry wins
+        later.update((entry[0], entry) for entry in source.names())
+    for entry in sources[0].names():
+        later.pop(entry[0], None)
+        yield entry
+    yield from later.values()
+
+
 def _write_all(
     directory: Path,
     private: Iterable[NormalizedName],
-    names_file: Path,
+    sources: Sequence[RootSource],
     private_serials: dict[NormalizedName, int] | None = None,
 ) -> int | None:
-    """Render root.{html,json} and their .gz siblings from private names + the names file;
-    returns the highest serial listed (the root's ``X-PyPI-Last-Serial``), if any."""
+    """Render root.{html,json} and their .gz siblings from private names + every upstream's
+    names; returns the highest serial listed (the root's ``X-PyPI-Last-Serial``), if any."""
     private_set = sorted(set(private))
     serials = private_serials or {}
     highest: int | None = None
@@ -98,12 +139,9 @@ def _write_all(
         for name in private_set:
             yield name, None, serials.get(name)
         taken = set(private_set)
-        if names_file.exists():
-            with names_file.open(encoding="utf-8") as fh:
-                for line in fh:
-                    entry = _read_line(line)
-                    if entry[0] and entry[0] not in taken:
-                        yield entry
+        for entry in _upstream_names(sources):
+            if entry[0] not in taken:
+                yield entry
 
     for fmt in _FORMATS:
         emit(render_root_header(fmt), fmt)
@@ -131,54 +169,69 @@ def _write_all(
 
 
 class RootIndex:
+    """The root list over every upstream (``sources`` in order of priority)."""
+
     def __init__(
         self,
         directory: Path,
         storage: PrivateStore,
-        upstream: UpstreamClient,
+        sources: Sequence[RootSource],
         serials: ProjectSerials | None = None,
     ) -> None:
         self.directory = directory
         self.serials = serials
         self.last_serial: int | None = None  # the highest serial the built root lists
-        self.names_file = directory / "upstream-names.txt"
         self._storage = storage
-        self._upstream = upstream
+        self._sources = tuple(sources)
         self._built: _Built | None = None
         self._build_lock = asyncio.Lock()
-        self._refresh: asyncio.Task[None] | None = None
-        self._failed_at = -math.inf
+        self._refresh: dict[str, asyncio.Task[None]] = {}
+        self._failed_at: dict[str, float] = {}
         directory.mkdir(parents=True, exist_ok=True)
 
-    async def close(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
-            await asyncio.gather(self._refresh, return_exceptions=True)
+    @property
+    def names_file(self) -> Path:
+        """The first upstream's names file (the only one with a single upstream)."""
+        return self._sources[0].names_file
 
-    def _names_mtime(self) -> float:
-        try:
-            return self.names_file.stat().st_mtime
-        except FileNotFoundError:
-            return 0.0
+    async def close(self) -> None:
+        for task in self._refresh.values():
+            task.cancel()
+        await asyncio.gather(*self._refresh.values(), return_exceptions=True)
+
+    def _names_mtimes(self) -> tuple[float, ...]:
+        mtimes = []
+        for source in self._sources:
+            try:
+                mtimes.append(source.names_file.stat().st_mtime)
+            except FileNotFoundError:
+                mtimes.append(0.0)
+        return tuple(mtimes)
 
     async def path(self, fmt: SimpleFormat) -> Path:
         """The prebuilt root file for ``fmt`` (serve with FileResponse: it picks the .gz)."""
-        names_mtime = await asyncio.to_thread(self._names_mtime)
-        # Offline: the names list as cached (copied from the connected site), never fetched.
-        offline = self._upstream.config.offline
-        if not offline and time.time() - names_mtime > self._upstream.config.root_ttl:
-            self.refresh_in_background()
-            if not names_mtime and self._refresh is not None:
-                # Never fetched: an empty list would look like an empty index, so wait for
-                # the first fetch (seconds even for PyPI's 930k names), within a bound.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._refresh), _FIRST_FETCH_WAIT)
-                names_mtime = await asyncio.to_thread(self._names_mtime)
-        await self._ensure_built(names_mtime)
+        mtimes = await asyncio.to_thread(self._names_mtimes)
+        waiting = []
+        for source, names_mtime in zip(self._sources, mtimes, strict=True):
+            # Offline: the names list as cached (copied from the connected site), never fetched.
+            config = source.client.config
+            if config.offline or time.time() - names_mtime <= config.root_ttl:
+                continue
+            self.refresh_in_background(source)
+            task = self._refresh.get(source.name)
+            if not names_mtime and task is not None:
+                waiting.append(task)
+        if waiting:
+            # Never fetched: an empty list would look like an empty index, so wait for
+            # the first fetch (seconds even for PyPI's 930k names), within a bound.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*waiting)), _FIRST_FETCH_WAIT)
+            mtimes = await asyncio.to_thread(self._names_mtimes)
+        await self._ensure_built(mtimes)
         return self.directory / _FORMATS[SimpleFormat.JSON if fmt.is_json else SimpleFormat.HTML]
 
-    async def _ensure_built(self, names_mtime: float) -> None:
-        wanted = _Built(self._storage.generation, names_mtime)
+    async def _ensure_built(self, mtimes: tuple[float, ...]) -> None:
+        wanted = _Built(self._storage.generation, mtimes)
         if self._built == wanted:
             return
         async with self._build_lock:
@@ -199,21 +252,25 @@ class RootIndex:
                 page = self._storage.page(name)
                 if page is not None and (stamped := self.serials.stamp(page)).serial is not None:
                     serials[name] = stamped.serial
-        return _write_all(self.directory, private, self.names_file, serials)
+        return _write_all(self.directory, private, self._sources, serials)
 
-    def refresh_in_background(self) -> None:
-        recently_failed = time.monotonic() - self._failed_at < _RETRY_AFTER_FAILURE
-        if (self._refresh is None or self._refresh.done()) and not recently_failed:
-            self._refresh = asyncio.create_task(self._fetch_names())
+    def refresh_in_background(self, source: RootSource | None = None) -> None:
+        for each in (source,) if source is not None else self._sources:
+            failed_at = self._failed_at.get(each.name, -math.inf)
+            recently_failed = time.monotonic() - failed_at < _RETRY_AFTER_FAILURE
+            task = self._refresh.get(each.name)
+            if (task is None or task.done()) and not recently_failed:
+                self._refresh[each.name] = asyncio.create_task(self._fetch_names(each))
 
-    async def _fetch_names(self) -> None:
-        """Stream the upstream root into the names file, then rebuild."""
-        url = str(self._upstream.base)
+    async def _fetch_names(self, source: RootSource) -> None:
+        """Stream one upstream's root into its names file, then rebuild."""
+        upstream = source.client
+        url = str(upstream.base)
         started = time.monotonic()
         fh, temp = await asyncio.to_thread(fsutil.open_temp, self.directory)
         count = 0
         try:
-            async with self._upstream.open_root(url) as (content_type, chunks):
+            async with upstream.open_root(url) as (content_type, chunks):
                 is_json = "json" in content_type
                 remainder = ""
                 highest = 0
@@ -226,17 +283,24 @@ class RootIndex:
                     count += len(lines)
                     await asyncio.to_thread(fh.write, "".join(lines).encode())
             await asyncio.to_thread(fh.close)
-            await asyncio.to_thread(fsutil.commit_replace, temp, self.names_file)
+            await asyncio.to_thread(fsutil.commit_replace, temp, source.names_file)
             if self.serials is not None and highest:
                 await asyncio.to_thread(self.serials.raise_floor, highest)
-            log.info("fetched %d upstream names in %.1fs", count, time.monotonic() - started)
+            log.info(
+                "fetched %d names of upstream %s in %.1fs",
+                count,
+                source.name,
+                time.monotonic() - started,
+            )
         except UpstreamError as exc:
-            self._failed_at = time.monotonic()
-            log.warning("could not fetch the upstream root list: %s", exc)
+            self._failed_at[source.name] = time.monotonic()
+            if source.served is not None:
+                self._built = None  # its part is the names it has served: list them anew
+            log.warning("could not fetch the root list of upstream %s: %s", source.name, exc)
         finally:
             await asyncio.to_thread(fh.close)
             await asyncio.to_thread(temp.unlink, True)
-        await self._ensure_built(await asyncio.to_thread(self._names_mtime))
+        await self._ensure_built(await asyncio.to_thread(self._names_mtimes))
 
 
 def _entry_lines(entries: Iterable[tuple[str, int | None]]) -> tuple[list[str], int]:

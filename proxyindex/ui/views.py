@@ -21,7 +21,7 @@ from proxyindex.models import is_valid_name, normalize
 from proxyindex.ui import data, manage
 from proxyindex.ui.stats import STATS
 from proxyindex.upstream.client import mask_url
-from proxyindex.upstream.readiness import UpstreamCheck
+from proxyindex.upstream.readiness import UpstreamCheck, UpstreamMonitor
 from proxyindex.web import appkeys
 
 __all__ = ["cache_page", "home", "project", "projects"]
@@ -77,6 +77,20 @@ async def home(request: web.Request) -> web.StreamResponse:
     config = request.app[appkeys.CONFIG]
     monitor = request.app[appkeys.UPSTREAM_CHECK]
     state, words = _upstream_status(monitor.last, monitor.interval)
+    upstreams = []  # several: each in order of priority, with what it serves
+    checks: tuple[UpstreamMonitor, ...] = request.app[appkeys.UPSTREAM_CHECKS]
+    for (source, _settings), check in zip(config.sources(), checks, strict=True):
+        each_state, each_words = _upstream_status(check.last, check.interval)
+        serves = source.serves
+        upstreams.append(
+            {
+                "name": source.name,
+                "url": mask_url(source.url),
+                "serves": serves,
+                "state": each_state,
+                "words": each_words,
+            }
+        )
     base = base_url(request)
     return _render(
         request,
@@ -86,6 +100,7 @@ async def home(request: web.Request) -> web.StreamResponse:
             "upstream_url": mask_url(config.upstream.url),
             "upstream_state": state,
             "upstream_words": words,
+            "upstreams": upstreams,
             "private_count": len(request.app[appkeys.STORAGE].names()),
             "list_protected": request.app[appkeys.AUTH].protects("list"),
         },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -59,13 +60,29 @@ class PageCache:
         # in a power cut, never its consistency; fsyncs made concurrent page writes queue.
         self._cache = open_cache(directory, sqlite_synchronous=0)
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pagecache")
+        self._kind = "page"  # the key's first part: ("page", name)
+        self._owner = True
         # The names with a page on disk, once listed by ``load_names``: asking for any other
         # name is a miss without a thread hop (a cold resolution's first 20 page lookups
         # queued 3-8 ms on the two threads). Only this process's writes are added to it.
         self._names: set[str] | None = None
         self._stored_while_listing: set[str] = set()
 
+    def namespace(self, upstream: str) -> PageCache:
+        """The same store, with the pages of one more upstream kept apart under
+        ``("page@<upstream>", name)``: the default upstream keeps ``("page", name)``, so a
+        cache folder written before several upstreams existed stays valid. The file hashes
+        and metadata records stay shared (keyed by URL and sha256, never ambiguous)."""
+        view = copy.copy(self)
+        view._kind = f"page@{upstream}"
+        view._owner = False
+        view._names = None
+        view._stored_while_listing = set()
+        return view
+
     def close(self) -> None:
+        if not self._owner:
+            return  # a namespace: the store it shares is closed by its owner
         self._threads.shutdown(wait=True)
         self._cache.close()
 
@@ -79,7 +96,7 @@ class PageCache:
 
     def _get(self, name: NormalizedName) -> PageEntry | None:
         try:
-            value: Any = self._cache.get(("page", name))
+            value: Any = self._cache.get((self._kind, name))
         except Exception:  # an entry pickled by an older version: treat as a miss
             return None
         return value if isinstance(value, PageEntry) else None
@@ -88,7 +105,7 @@ class PageCache:
         return {
             key[1]
             for key in self._cache.iterkeys()
-            if isinstance(key, tuple) and len(key) == 2 and key[0] == "page"
+            if isinstance(key, tuple) and len(key) == 2 and key[0] == self._kind
         }
 
     async def load_names(self) -> None:
@@ -109,7 +126,29 @@ class PageCache:
             self._names.add(name)
         else:
             self._stored_while_listing.add(name)
-        await self._call(self._cache.set, ("page", name), entry)
+        await self._call(self._cache.set, (self._kind, name), entry)
+
+    def _served_by(self, name: NormalizedName) -> str | None:
+        value: Any = self._cache.get(("served-by", name))
+        return value if isinstance(value, str) else None
+
+    async def served_by(self, name: NormalizedName) -> str | None:
+        """The upstream that last served ``name`` (routing's memory across restarts)."""
+        return await self._call(self._served_by, name)
+
+    async def remember_served_by(self, name: NormalizedName, upstream: str) -> None:
+        await self._call(self._cache.set, ("served-by", name), upstream)
+
+    def served_names(self, upstream: str) -> set[str]:
+        """Blocking: the names remembered as served by ``upstream`` (for the root list of an
+        upstream without a usable one of its own)."""
+        names = set()
+        for key in self._cache.iterkeys():
+            if isinstance(key, tuple) and len(key) == 2 and key[0] == "served-by":
+                value: Any = self._cache.get(key)
+                if value == upstream:
+                    names.add(key[1])
+        return names
 
     def _blob_for_url(self, url: str) -> str | None:
         value: Any = self._cache.get(("url", url))

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Protocol
 
 import aiohttp
 from packaging.utils import NormalizedName
@@ -25,12 +26,20 @@ from proxyindex import __version__
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import UpstreamTimeout, UpstreamUnavailable
 from proxyindex.metrics import Metrics
-from proxyindex.models import ProjectPage
+from proxyindex.models import DistFile, ProjectPage
 from proxyindex.simple import parse_project
 from proxyindex.upstream.cache import PageEntry
+from proxyindex.upstream.credentials import Credentials
 from proxyindex.upstream.network import Proxy, ProxyRoutes
 
-__all__ = ["UPSTREAM_ACCEPT", "UpstreamClient", "UpstreamFile", "mask_url", "upstream_name"]
+__all__ = [
+    "UPSTREAM_ACCEPT",
+    "FileClients",
+    "UpstreamClient",
+    "UpstreamFile",
+    "mask_url",
+    "upstream_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,15 @@ class UpstreamFile:
     chunks: AsyncIterator[bytes]
 
 
+class FileClients(Protocol):
+    """Who fetches a file: one client, or the router over several upstreams."""
+
+    @property
+    def config(self) -> UpstreamConfig: ...
+
+    async def client_for(self, dist: DistFile) -> UpstreamClient: ...
+
+
 class UpstreamClient:
     def __init__(
         self,
@@ -72,11 +90,16 @@ class UpstreamClient:
         session: aiohttp.ClientSession,
         proxies: ProxyRoutes | None = None,
         metrics: Metrics | None = None,
+        credentials: Credentials | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         self.config = config
         self.base = URL(config.url)
-        self.name = upstream_name(self.base)  # the ``upstream`` label of its metrics
+        # The ``upstream`` label of its metrics: the configured name, else from the host.
+        self.name = name or upstream_name(self.base)
         self._metrics = metrics if metrics is not None else Metrics()
+        self._credentials = credentials
         self._session = session
         self._proxies = proxies if proxies is not None else ProxyRoutes()
         self._page_timeout = aiohttp.ClientTimeout(
@@ -102,6 +125,10 @@ class UpstreamClient:
             trace_configs=[_request_log()] if log.isEnabledFor(logging.DEBUG) else None,
         )
 
+    async def client_for(self, dist: DistFile) -> UpstreamClient:
+        """One upstream: this client fetches every file (see :class:`FileClients`)."""
+        return self
+
     def _refuse_offline(self, url: str | URL) -> None:
         """The last guard of offline mode: the callers answer from the cache before they get
         here, so a request that does is a bug, refused instead of opening a connection."""
@@ -123,6 +150,8 @@ class UpstreamClient:
         """Every upstream GET: the offline guard, the proxy for this URL, and aiohttp's errors
         mapped to ours (also those raised while the caller reads the body)."""
         self._refuse_offline(url)
+        if self._credentials is not None:  # only to this upstream's own hosts
+            headers = {**headers, **self._credentials.headers_for(url)}
         proxy = self._proxies.for_url(URL(url))
         with (
             self._metrics.upstream_call(self.name) as call,

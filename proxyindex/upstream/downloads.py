@@ -34,7 +34,7 @@ from proxyindex.metrics import Metrics
 from proxyindex.models import DistFile
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import BlobStore, PageCache
-from proxyindex.upstream.client import UpstreamClient, mask_url
+from proxyindex.upstream.client import FileClients, mask_url
 
 __all__ = ["CachedBlob", "Cursor", "Download", "Downloader", "FileRange"]
 
@@ -328,7 +328,7 @@ class Downloader:
         self,
         blobs: BlobStore,
         pages: PageCache,
-        upstream: UpstreamClient,
+        upstream: FileClients,
         max_cache_size: int = 0,
         metrics: Metrics | None = None,
     ) -> None:
@@ -538,7 +538,8 @@ class Downloader:
         fh: BinaryIO | None = None
         digest = hashlib.sha256()
         try:
-            async with self._upstream.open_file(dist.url) as upstream:
+            client = await self._upstream.client_for(dist)
+            async with client.open_file(dist.url) as upstream:
                 try:
                     fh, temp = await opening
                     download.writing_to(temp)

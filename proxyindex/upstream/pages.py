@@ -45,6 +45,7 @@ class Checked:
 
     entry: PageEntry
     retry_at: float
+    upstream: str = ""  # the name of the upstream that answered (several upstreams)
 
     @property
     def page(self) -> ProjectPage | None:
@@ -62,7 +63,10 @@ class UpstreamPages:
         client: UpstreamClient,
         on_fetched: PageListener | None = None,
         metrics: Metrics | None = None,
+        *,
+        name: str = "",
     ) -> None:
+        self.name = name  # of the upstream, in ``[[upstreams]]``
         self.config = config
         self._metrics = metrics if metrics is not None else Metrics()
         self.cache = cache
@@ -86,7 +90,7 @@ class UpstreamPages:
     def _checked(self, entry: PageEntry) -> Checked:
         """An entry as fetched: good until its TTL (a 404's is ``negative_ttl``) runs out."""
         ttl = self.config.page_ttl if entry.page else self.config.negative_ttl
-        return Checked(entry, entry.fetched_at + ttl)
+        return Checked(entry, entry.fetched_at + ttl, self.name)
 
     async def _cached(self, name: NormalizedName) -> Checked | None:
         checked = self._memory.get(name)
@@ -139,7 +143,7 @@ class UpstreamPages:
         remembered) counts as fresh; nothing cached is a 404 that says why."""
         if cached is None:
             raise Offline(f"offline: project {name!r} is not in the cache")
-        fresh = Checked(cached.entry, time.time() + self.config.page_ttl)
+        fresh = Checked(cached.entry, time.time() + self.config.page_ttl, self.name)
         self._memory.put(name, fresh)
         self._metrics.cache_lookup("page", "hit")
         return fresh
@@ -196,7 +200,7 @@ class UpstreamPages:
             # Don't ask again on every request while the upstream is failing: the stale
             # page counts as checked, for a minute at most (memory only, not on disk).
             retry = min(_STALE_RETRY, self.config.page_ttl)
-            stale = Checked(cached, time.time() + retry)
+            stale = Checked(cached, time.time() + retry, self.name)
             self._memory.put(name, stale)
             flight.set_result(stale)
             self._metrics.cache_lookup("page", "stale")

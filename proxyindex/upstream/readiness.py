@@ -59,8 +59,9 @@ class UpstreamMonitor:
     """The last upstream check, refreshed in the background; ``last`` is None until the
     first check has finished."""
 
-    def __init__(self, upstream: UpstreamClient, interval: float) -> None:
+    def __init__(self, upstream: UpstreamClient, interval: float, name: str = "") -> None:
         self._upstream = upstream
+        self.name = name  # in [[upstreams]]
         self.interval = interval
         self.url = mask_url(upstream.base)
         self.last: UpstreamCheck | None = None

@@ -27,7 +27,7 @@ from proxyindex.models import DistFile
 from proxyindex.upstream import lazywheel
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import BlobStore, PageCache
-from proxyindex.upstream.client import UpstreamClient, mask_url
+from proxyindex.upstream.client import FileClients, UpstreamClient, mask_url
 from proxyindex.upstream.downloads import Downloader
 
 __all__ = ["WheelMetadata"]
@@ -43,7 +43,7 @@ class WheelMetadata:
         self,
         blobs: BlobStore,
         pages: PageCache,
-        upstream: UpstreamClient,
+        upstream: FileClients,
         downloader: Downloader,
     ) -> None:
         self._blobs = blobs
@@ -111,9 +111,10 @@ class WheelMetadata:
     async def _from_ranges(self, dist: DistFile) -> bytes | None:
         """METADATA through Range requests; None to fall back to the whole wheel."""
         url = dist.url
+        client = await self._upstream.client_for(dist)
         try:
             size = lazywheel.TAIL_SIZE
-            got = await self._upstream.read_range(url, f"-{size}", size)
+            got = await client.read_range(url, f"-{size}", size)
             if got is None:
                 return None
             tail_start, tail, total = got
@@ -127,12 +128,14 @@ class WheelMetadata:
             elif where.size > _MAX_DIRECTORY:
                 raise lazywheel.Unsupported("central directory too large")
             else:
-                directory = await self._range(url, where.offset, where.offset + where.size - 1)
+                directory = await self._range(
+                    client, url, where.offset, where.offset + where.size - 1
+                )
             if directory is None:
                 return None
             member = lazywheel.find_metadata(lazywheel.parse_directory(directory))
             end = min(total, member.header_offset + member.compressed_size + _LOCAL_SLACK)
-            chunk = await self._range(url, member.header_offset, end - 1)
+            chunk = await self._range(client, url, member.header_offset, end - 1)
             if chunk is None:
                 return None
             return lazywheel.inflate(member, lazywheel.member_data(member, chunk))
@@ -142,9 +145,9 @@ class WheelMetadata:
         except lazywheel.BrokenWheel as exc:
             raise NotFound(f"{dist.filename} has no usable METADATA: {exc}") from exc
 
-    async def _range(self, url: str, first: int, last: int) -> bytes | None:
+    async def _range(self, client: UpstreamClient, url: str, first: int, last: int) -> bytes | None:
         """Bytes ``first..last`` (inclusive); None if the upstream ignores ranges."""
-        got = await self._upstream.read_range(url, f"{first}-{last}", last - first + 1)
+        got = await client.read_range(url, f"{first}-{last}", last - first + 1)
         if got is None:
             return None
         if got[0] != first:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
 
 from proxyindex import backends, ui
 from proxyindex.auth.authenticator import ADMIN, PUBLIC, Authenticator
-from proxyindex.config import Config
+from proxyindex.config import DEFAULT_SOURCE_NAME, Config, UpstreamSource
 from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
@@ -30,7 +32,7 @@ from proxyindex.errors import (
 from proxyindex.guard.live import Guard
 from proxyindex.index.jsonpages import JsonPages
 from proxyindex.index.projects import ProjectIndex
-from proxyindex.index.root import RootIndex
+from proxyindex.index.root import RootIndex, RootSource
 from proxyindex.metrics import Metrics
 from proxyindex.models import ProjectPage
 from proxyindex.private.audit import AuditLog, audit_path
@@ -38,12 +40,14 @@ from proxyindex.private.serials import ProjectSerials
 from proxyindex.private.store import PrivateStore
 from proxyindex.upstream.cache import PageCache
 from proxyindex.upstream.client import UpstreamClient
+from proxyindex.upstream.credentials import load_credentials
 from proxyindex.upstream.downloads import Downloader
 from proxyindex.upstream.network import ProxyRoutes, tls_context
 from proxyindex.upstream.pages import PageListener, UpstreamPages
 from proxyindex.upstream.prefetch import Prefetcher
 from proxyindex.upstream.pypijson import UpstreamJsonDocs
 from proxyindex.upstream.readiness import UpstreamMonitor
+from proxyindex.upstream.router import Upstream, UpstreamRouter
 from proxyindex.upstream.sizes import SizeFiller
 from proxyindex.upstream.wheelmeta import WheelMetadata
 from proxyindex.web import admin, appkeys, upload, views
@@ -153,9 +157,8 @@ async def _list_page_names(pages: PageCache) -> None:
         log.exception("could not list the cached pages")
 
 
-def _all_of(listeners: list[PageListener]) -> PageListener | None:
-    if not listeners:
-        return None
+def _all_of(listeners: list[PageListener]) -> PageListener:
+    """One listener calling each of ``listeners`` (a list that may grow after this call)."""
 
     def fetched(page: ProjectPage) -> None:
         for listener in listeners:
@@ -223,10 +226,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         session = UpstreamClient.make_session(tls)
         stack.push_async_callback(session.close)
         metrics = app[appkeys.METRICS]
-        upstream = UpstreamClient(config.upstream, session, proxies, metrics)
-        downloader = Downloader(blobs, pages, upstream, config.storage.cache_max_size, metrics)
+        clients = await _clients(config, session, proxies, metrics)
+        listeners: list[PageListener] = []  # filled below, once the prefetcher exists
+        router = UpstreamRouter(
+            [
+                Upstream(source, client, _source_pages(source, pages, client, listeners, metrics))
+                for source, client in clients
+            ],
+            pages,
+            config.upstream,
+        )
+        stack.push_async_callback(router.close)
+        downloader = Downloader(blobs, pages, router, config.storage.cache_max_size, metrics)
         stack.push_async_callback(downloader.close)
-        wheel_metadata = WheelMetadata(blobs, pages, upstream, downloader)
+        wheel_metadata = WheelMetadata(blobs, pages, router, downloader)
         stack.push_async_callback(wheel_metadata.close)
 
         # The prefetcher hears of fetched pages and reads pages itself (never private ones):
@@ -237,27 +250,29 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         prefetcher = Prefetcher(
             page_for_prefetch, downloader, config.upstream.prefetch_max_size, wheel_metadata.get
         )
-        listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
+        ui_listeners: list[PageListener] = app[appkeys.PAGE_LISTENERS]
+        listeners.extend(ui_listeners)  # the web UI's counter, if any
         guard = Guard(config.policy)
         await asyncio.to_thread(guard.load)
         if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(_visible_only(guard, prefetcher.page_fetched))
-        upstream_pages = UpstreamPages(
-            config.upstream, pages, upstream, _all_of(listeners), metrics
-        )
-        stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
         serials = await asyncio.to_thread(ProjectSerials, cache_dir / "private-serials")
         stack.push_async_callback(asyncio.to_thread, serials.close)
         index = ProjectIndex(
             config,
             storage,
-            upstream_pages,
+            router,
             guard,
             serials=serials,
             fill_sizes=SizeFiller(blobs, pages),
         )
-        root = await asyncio.to_thread(RootIndex, cache_dir / "root", storage, upstream, serials)
+        root_sources = [
+            _root_source(source, client, pages, cache_dir) for source, client in clients
+        ]
+        root = await asyncio.to_thread(
+            RootIndex, cache_dir / "root", storage, root_sources, serials
+        )
         stack.push_async_callback(root.close)
         app[appkeys.STORAGE] = storage
         app[appkeys.PAGES] = pages
@@ -265,17 +280,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.DOWNLOADER] = downloader
         app[appkeys.WHEEL_METADATA] = wheel_metadata
         app[appkeys.INDEX] = index
-        json_docs = await asyncio.to_thread(
-            UpstreamJsonDocs, config.upstream, upstream, cache_dir / "pypi-json"
-        )
-        stack.push_async_callback(json_docs.close)
+        # The upstream's own JSON API documents: with one upstream. With several, documents
+        # are made from the merged page, which follows the routing by construction.
+        json_docs = None
+        if len(clients) == 1:
+            json_docs = await asyncio.to_thread(
+                UpstreamJsonDocs, config.upstream, clients[0][1], cache_dir / "pypi-json"
+            )
+            stack.push_async_callback(json_docs.close)
         app[appkeys.JSON_PAGES] = JsonPages(index, json_docs, downloader, wheel_metadata)
         app[appkeys.ROOT] = root
-        monitor = UpstreamMonitor(upstream, config.upstream.check_interval)
-        app[appkeys.UPSTREAM_CHECK] = monitor
+        monitors = tuple(
+            UpstreamMonitor(client, config.upstream.check_interval, source.name)
+            for source, client in clients
+        )
+        app[appkeys.UPSTREAM_CHECK] = monitors[0]
+        app[appkeys.UPSTREAM_CHECKS] = monitors
         interval = config.upstream.check_interval
         checked = interval and not config.upstream.offline
-        checker = asyncio.create_task(monitor.run_forever()) if checked else None
+        checkers = [asyncio.create_task(m.run_forever()) for m in monitors] if checked else []
         scanner = asyncio.create_task(_scan_forever(storage))
         warm = asyncio.create_task(asyncio.to_thread(storage.warm))
         listing = asyncio.create_task(_list_page_names(pages))
@@ -284,9 +307,50 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(_cancel, scanner)
         if guard.watches:
             stack.push_async_callback(_cancel, asyncio.create_task(guard.watch_forever()))
-        if checker is not None:
+        for checker in checkers:
             stack.push_async_callback(_cancel, checker)
         yield
+
+
+async def _clients(
+    config: Config, session: aiohttp.ClientSession, proxies: ProxyRoutes, metrics: Metrics
+) -> list[tuple[UpstreamSource, UpstreamClient]]:
+    """One client per upstream, in order, with its credentials (read now, in a thread:
+    files; a missing one stops the start with the key's name)."""
+    out = []
+    for number, (source, settings) in enumerate(config.sources(), 1):
+        credentials = await asyncio.to_thread(load_credentials, source, number, os.environ)
+        client = UpstreamClient(settings, session, proxies, metrics, credentials, name=source.name)
+        out.append((source, client))
+    return out
+
+
+def _source_pages(
+    source: UpstreamSource,
+    pages: PageCache,
+    client: UpstreamClient,
+    listeners: list[PageListener],
+    metrics: Metrics,
+) -> UpstreamPages:
+    """The page state machine of one upstream, in its own namespace of the page cache (the
+    default upstream keeps the keys of a cache written before several upstreams)."""
+    store = pages if source.name == DEFAULT_SOURCE_NAME else pages.namespace(source.name)
+    return UpstreamPages(
+        client.config, store, client, _all_of(listeners), metrics, name=source.name
+    )
+
+
+def _root_source(
+    source: UpstreamSource, client: UpstreamClient, pages: PageCache, cache_dir: Path
+) -> RootSource:
+    suffix = "" if source.name == DEFAULT_SOURCE_NAME else f"@{source.name}"
+    return RootSource(
+        source.name,
+        client,
+        cache_dir / "root" / f"upstream-names{suffix}.txt",
+        source if source.explicit else None,
+        functools.partial(pages.served_names, source.name),
+    )
 
 
 async def _simple_slash(_request: web.Request) -> web.StreamResponse:

@@ -33,6 +33,7 @@ __all__ = [
     "ROOT",
     "STORAGE",
     "UPSTREAM_CHECK",
+    "UPSTREAM_CHECKS",
     "WHEEL_METADATA",
 ]
 
@@ -47,7 +48,9 @@ JSON_PAGES = web.AppKey("json_pages", JsonPages)
 DOWNLOADER = web.AppKey("downloader", Downloader)
 WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
 ROOT = web.AppKey("root", RootIndex)
-UPSTREAM_CHECK = web.AppKey("upstream_check", UpstreamMonitor)
+UPSTREAM_CHECK = web.AppKey("upstream_check", UpstreamMonitor)  # the first upstream's
+# Every upstream's check, in order of priority (several upstreams, ``[[upstreams]]``).
+UPSTREAM_CHECKS: web.AppKey[tuple[UpstreamMonitor, ...]] = web.AppKey("upstream_checks")
 METRICS = web.AppKey("metrics", Metrics)  # Prometheus: one set per app (proxyindex.metrics)
 # Told of each page a client's request brought from the upstream (set up before the start).
 PAGE_LISTENERS: web.AppKey[list[PageListener]] = web.AppKey("page_listeners")

@@ -325,22 +325,24 @@ async def ready(request: web.Request) -> web.StreamResponse:
     problems = await asyncio.to_thread(
         storage_problems, config.storage.packages, config.storage.cache
     )
-    monitor = request.app[appkeys.UPSTREAM_CHECK]
-    if config.upstream.offline:
-        upstream = "offline (upstream.offline = true): serving only what is cached"
-    elif monitor.interval == 0:
-        upstream = "not checked (upstream.check_interval = 0)"
-    elif monitor.last is None:
-        upstream = f"upstream {monitor.url} not checked yet"
-        problems.append(upstream)
-    else:
-        upstream = monitor.last.detail
-        if not monitor.last.ok:
+    details = []
+    for monitor in request.app[appkeys.UPSTREAM_CHECKS]:  # every upstream, in order
+        if config.upstream.offline:
+            upstream = "offline (upstream.offline = true): serving only what is cached"
+        elif monitor.interval == 0:
+            upstream = "not checked (upstream.check_interval = 0)"
+        elif monitor.last is None:
+            upstream = f"upstream {monitor.url} not checked yet"
             problems.append(upstream)
+        else:
+            upstream = monitor.last.detail
+            if not monitor.last.ok:
+                problems.append(upstream)
+        details.append(upstream)
     body = {
         "status": "not ready" if problems else "ready",
         "problems": problems,
-        "upstream": upstream,
+        "upstream": "; ".join(dict.fromkeys(details)),
     }
     return web.json_response(
         body, status=503 if problems else 200, headers={hdrs.CACHE_CONTROL: "no-store"}
