@@ -81,19 +81,21 @@ class Offline(NotFound):
 
 class PolicyHidden(NotFound):
     """A supply-chain rule (``proxyindex.guard``) hides it; ``policy`` is the one reason, sent
-    in the ``X-Proxyindex-Policy`` header."""
+    in the ``X-Proxyindex-Policy`` header; ``rule`` the config key that decided (metrics)."""
 
-    def __init__(self, message: str, policy: str) -> None:
+    def __init__(self, message: str, policy: str, rule: str = "") -> None:
         super().__init__(message)
         self.policy = policy
+        self.rule = rule
 
 
 class PolicyDenied(Forbidden):
     """``policy.deny`` refuses it; ``policy`` names the rule (``X-Proxyindex-Policy``)."""
 
-    def __init__(self, message: str, policy: str) -> None:
+    def __init__(self, message: str, policy: str, rule: str = "policy.deny") -> None:
         super().__init__(message)
         self.policy = policy
+        self.rule = rule
 
 
 class FileExists(ClientError):

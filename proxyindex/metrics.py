@@ -170,6 +170,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.policy_files = Counter(
+            f"{p}_policy_files",
+            "Upstream files a supply-chain policy hid, yanked or denied, by rule and verdict; "
+            "each file counted once per process, when first decided (snapshots not counted).",
+            ["rule", "verdict"],
+            registry=r,
+        )
+        self.policy_refusals = Counter(
+            f"{p}_policy_refusals",
+            "Requests answered 404 or 403 by a supply-chain policy (pages, files, JSON API), "
+            "by rule.",
+            ["rule"],
+            registry=r,
+        )
         self.throttled = Counter(
             f"{p}_auth_throttled",
             "Requests refused with 429 because their client failed too many logins.",
@@ -211,6 +225,14 @@ class Metrics:
     def joined(self, cache: str) -> None:
         self.joins.labels(cache).inc()
         self.cache_lookup(cache, "miss")
+
+    def policy_decided(self, rule: str, verdict: str) -> None:
+        """The guard decided a file's fate for the first time in this process."""
+        self.policy_files.labels(rule, verdict).inc()
+
+    def policy_refused(self, rule: str) -> None:
+        """A request refused by a supply-chain policy."""
+        self.policy_refusals.labels(rule or "policy").inc()
 
     def audited(self, action: str) -> None:
         self.private_changes.labels(action).inc()

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import AppClient, MakeAppClient
 from tests.fakepypi import FakePyPI
+from tests.test_metrics import scrape_app, value
 from tests.wheelmaker import make_wheel
 
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -231,3 +232,21 @@ async def test_an_upstream_without_upload_times_is_hidden_by_default_with_one_wa
     assert len(warnings) == 1
     allowing = await make_app_client(policy={"min_age": "1d", "unknown_age": "allow"})
     assert (await allowing.get("/simple/demo/")).status == 200
+
+
+async def test_metrics_count_files_each_rule_decided_and_requests_it_refused(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    """Issue 14 §4: hidden files and refused downloads per rule, on /metrics."""
+    bad = fake_pypi.add_wheel("requests", "2.19.0")
+    fake_pypi.add_wheel("requests", "2.19.1")
+    fake_pypi.add_wheel("requests", "2.20.0")
+    client = await make_app_client(policy={"deny": ["requests<2.20"]})
+    for _ in range(3):  # decided once per file, however often the page is asked for
+        assert len(await files(client, "/simple/requests/")) == 1
+    for _ in range(2):
+        assert (await client.get(f"/packages/requests/{bad.name}")).status == 403
+    metrics = await scrape_app(client)
+    denied = {"rule": "policy.deny", "verdict": "denied"}
+    assert value(metrics, "proxyindex_policy_files_total", **denied) == 2
+    assert value(metrics, "proxyindex_policy_refusals_total", rule="policy.deny") == 2

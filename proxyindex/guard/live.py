@@ -13,12 +13,13 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxyindex.guard.advisories import AdvisoryIndex, folder_signature, load_folder
-from proxyindex.guard.decide import Outcome, Rules, apply
+from proxyindex.guard.decide import Decision, Outcome, Rules, apply
 from proxyindex.guard.rules import RuleIndex, Snapshot, parse_duration, parse_rules
 from proxyindex.lru import LRU
 from proxyindex.models import ProjectPage
@@ -95,6 +96,9 @@ class Guard:
         self._signatures: dict[str, object] = {}
         self._memo: LRU[tuple[str, Snapshot | None], _Memo] = LRU(_MEMO)
         self._logged: LRU[tuple[str, str], bool] = LRU(_LOGGED)
+        self._counted: LRU[tuple[str, Decision], bool] = LRU(_LOGGED)
+        # Told of each file's first decision (the server's /metrics counter); None: nobody.
+        self.on_decision: Callable[[Decision], None] | None = None
         self._warned_unknown = False
         self._next_full = 0.0
 
@@ -241,7 +245,13 @@ class Guard:
 
     def _log(self, page: ProjectPage, outcome: Outcome) -> None:
         """Once per file and reason, not per request; a whole project refused for one reason
-        is one line. Snapshots hide by design: not logged."""
+        is one line. Snapshots hide by design: not logged. Each file's first decision is also
+        counted (``on_decision``: the ``/metrics`` counter)."""
+        if self.on_decision is not None:
+            for filename, decision in outcome.decisions.items():
+                if decision.rule != "snapshot" and not self._counted.get((filename, decision)):
+                    self._counted.put((filename, decision), True)
+                    self.on_decision(decision)
         reasons = {d.reason for d in outcome.decisions.values()}
         if not self._warned_unknown and any(
             d.rule == "policy.unknown_age" for d in outcome.decisions.values()

@@ -269,7 +269,7 @@ def _why_hidden(decisions: Mapping[str, Decision], version: str | None) -> None:
     wanted = parse_version(version)
     for filename, decision in decisions.items():
         if wanted is not None and parse_version(version_of(filename)) == wanted:
-            raise PolicyHidden(f"release {version}: {decision}", str(decision))
+            raise PolicyHidden(f"release {version}: {decision}", str(decision), decision.rule)
 
 
 async def _built(body: bytes, page: ProjectPage, private: bool) -> RenderedPage:

@@ -184,7 +184,8 @@ class ProjectIndex:
             page = await asyncio.to_thread(self.fill_sizes, page)
         outcome = await self.guard.outcome(page, snapshot)  # supply-chain rules (issue 14)
         if outcome.refused is not None:
-            raise PolicyHidden(f"{name}: {outcome.refused}", str(outcome.refused))
+            refused = outcome.refused
+            raise PolicyHidden(f"{name}: {refused}", str(refused), refused.rule)
         until = min(checked.retry_at, outcome.changes_at) if checked else None
         token = _Token(private, upstream, outcome.decisions)
         return Resolved(outcome.page, owner, token, until, outcome.decisions, incomplete)
@@ -302,5 +303,5 @@ def _refuse(filename: str, decision: Decision | None) -> None:
     if decision is None or decision.verdict is Verdict.YANKED:
         return  # a yanked file is still served (PEP 592)
     if decision.verdict is Verdict.DENIED:
-        raise PolicyDenied(f"{filename}: {decision}", str(decision))
-    raise PolicyHidden(f"{filename}: {decision}", str(decision))
+        raise PolicyDenied(f"{filename}: {decision}", str(decision), decision.rule)
+    raise PolicyHidden(f"{filename}: {decision}", str(decision), decision.rule)

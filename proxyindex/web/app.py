@@ -98,6 +98,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("%s %s -> 404: %s", request.method, request.path, exc)
         return error_response(exc.status, str(exc))
     except (PolicyHidden, PolicyDenied) as exc:
+        request.app[appkeys.METRICS].policy_refused(exc.rule)
         response = error_response(exc.status, str(exc))
         response.headers[POLICY_HEADER] = _reason(exc.policy)  # one Latin-1 line
         return response
@@ -253,6 +254,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         ui_listeners: list[PageListener] = app[appkeys.PAGE_LISTENERS]
         listeners.extend(ui_listeners)  # the web UI's counter, if any
         guard = Guard(config.policy)
+        guard.on_decision = lambda d: metrics.policy_decided(d.rule, d.verdict.value)
         await asyncio.to_thread(guard.load)
         if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(_visible_only(guard, prefetcher.page_fetched))
