@@ -1,22 +1,43 @@
 """The root list ``/simple/``: private names merged with the upstream's (~930k names, 40 MB).
 
 The upstream root is fetched rarely (``upstream.root_ttl``), in the background, streamed to a
-names file on disk; the merged HTML and JSON (plain and gzip) are rebuilt from it in a thread
-whenever it or the private names change, and served as files. Nothing here holds the whole
-list in memory, and no request ever builds it.
+names file on disk, sorted and without duplicates ("the sorted upstream names": the one input
+of the upstream side, whatever produced it). Nothing here holds the whole list in memory, and
+no request ever renders it.
+
+The served files (HTML and JSON, plain and gzip) are a concatenation of chunks:
+
+    header | private names | upstream segment 1 | ... | upstream segment k | footer
+
+The upstream segments (1,024 names each, rendered and deflated once per upstream refresh: the
+only work that grows with the upstream list, 12 s at 2M names) are kept in a *part* folder.
+A change of the private names (a new private project; a new version of an existing one
+changes nothing and rebuilds nothing) renders the private names, re-renders only the
+segments that hold a private name (a private name shadows the upstream's: listed once), and
+copies every other segment's bytes as they are. The gzip file is raw deflate segments, each
+flushed to a byte boundary (``Z_SYNC_FLUSH``) by a compressor of its own, so they join into
+one valid stream; its CRC is taken over the plain bytes while they are copied. So a private
+change costs O(private names + segments touched) in rendering and compression, and a byte copy
+(~0.1 s for 2M names' 170 MB) where it cost a full render (0.7 s at 100k names, 12 s at 2M).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
-import gzip
 import logging
 import math
+import os
+import pickle
+import shutil
+import struct
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from packaging.utils import NormalizedName
 
@@ -33,86 +54,316 @@ from proxyindex.simple import (
 )
 from proxyindex.upstream.client import UpstreamClient
 
-__all__ = ["RootIndex"]
+__all__ = ["RootIndex", "UpstreamPart", "assemble", "build_upstream_part", "sort_names_file"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_AFTER_FAILURE = 60.0  # seconds before a failed upstream list fetch is tried again
 _FIRST_FETCH_WAIT = 20.0  # seconds a first /simple/ request waits for the upstream list
 _FORMATS = {SimpleFormat.JSON: "root.json", SimpleFormat.HTML: "root.html"}
+_SEGMENT = 1024  # upstream names per pre-rendered segment: ~2 ms to render one again
+_COPY = 1 << 20
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"  # deflate, no name, mtime 0, Unix
+
+
+def _deflate(data: bytes, *, last: bool) -> bytes:
+    """Raw deflate of ``data`` by a compressor of its own: byte-aligned and free of
+    back-references to anything before it, so such pieces concatenate into one stream."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    first: str  # its first (smallest) name
+    names: tuple[int, int]  # (offset, length) in the part's names.txt
+    chunks: tuple[tuple[int, int], ...]  # (offset, length) in each of _part_files()
+
+
+def _name(fmt: SimpleFormat, packed: bool) -> str:
+    return f"upstream.{'json' if fmt.is_json else 'html'}{'.z' if packed else ''}"
+
+
+def _part_files() -> list[tuple[SimpleFormat, bool, str]]:
+    return [(fmt, packed, _name(fmt, packed)) for fmt in _FORMATS for packed in (False, True)]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPart:
+    """The upstream names rendered once, as segments (see the module docstring)."""
+
+    directory: Path
+    key: str
+    segments: tuple[_Segment, ...]
+
+    def names_of(self, index: int) -> list[str]:
+        offset, length = self.segments[index].names
+        with (self.directory / "names.txt").open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(length).decode().splitlines()
+
+    def segment_of(self, name: str) -> int | None:
+        """The segment that would hold ``name`` (by the sorted order), if any."""
+        index = bisect.bisect_right([s.first for s in self.segments], name) - 1
+        return index if index >= 0 else None
+
+
+def _names_key(names_file: Path) -> str | None:
+    try:
+        st = names_file.stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_mtime_ns}-{st.st_size}"
+
+
+def sort_names_file(names_file: Path) -> None:
+    """Sort a names file and drop duplicates (in memory: only for an upstream whose list is
+    not sorted already; PyPI's is sorted by normalised name, and is streamed as it comes)."""
+    with names_file.open(encoding="utf-8") as fh:
+        names = sorted({line.rstrip("\n") for line in fh} - {""})
+    fh_out, temp = fsutil.open_temp(names_file.parent)
+    with fh_out:
+        fh_out.write("".join(f"{name}\n" for name in names).encode())
+    fsutil.commit_replace(temp, names_file)
+
+
+def _read_names(names_file: Path) -> Iterator[str]:
+    with names_file.open(encoding="utf-8") as fh:
+        for line in fh:
+            name = line.rstrip("\n")
+            if name:
+                yield name
+
+
+def build_upstream_part(names_file: Path, parts_dir: Path) -> UpstreamPart | None:
+    """The rendered segments of the sorted names in ``names_file`` (built once per version of
+    the file, in a folder of its own, shared by the worker processes); None without names."""
+    key = _names_key(names_file)
+    if key is None:
+        return None
+    target = parts_dir / key
+    index = target / "index.pickle"
+    with contextlib.suppress(FileNotFoundError, pickle.UnpicklingError, EOFError, ValueError):
+        segments = pickle.loads(index.read_bytes())  # noqa: S301 - our own file
+        return UpstreamPart(target, key, tuple(segments))
+    started = time.monotonic()
+    building = parts_dir / f".building-{os.getpid()}-{key}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    files = _part_files()
+    outs = [(building / filename).open("wb") for _fmt, _packed, filename in files]
+    names_out = (building / "names.txt").open("wb")
+    found: list[_Segment] = []
+    try:
+        batch: list[str] = []
+
+        def flush() -> None:
+            data = "".join(f"{n}\n" for n in batch).encode()
+            names_at = names_out.tell()
+            names_out.write(data)
+            chunks = []
+            rendered: dict[SimpleFormat, bytes] = {}
+            for (fmt, packed, _filename), out in zip(files, outs, strict=True):
+                if fmt not in rendered:
+                    rendered[fmt] = b"".join(
+                        render_root_entry(NormalizedName(n), fmt, False) for n in batch
+                    )
+                chunk = _deflate(rendered[fmt], last=False) if packed else rendered[fmt]
+                chunks.append((out.tell(), len(chunk)))
+                out.write(chunk)
+            found.append(_Segment(batch[0], (names_at, len(data)), tuple(chunks)))
+            batch.clear()
+
+        for name in _read_names(names_file):
+            batch.append(name)
+            if len(batch) >= _SEGMENT:
+                flush()
+        if batch:
+            flush()
+    finally:
+        names_out.close()
+        for out in outs:
+            out.close()
+    (building / "index.pickle").write_bytes(pickle.dumps(found))
+    try:
+        building.rename(target)
+    except OSError:  # another worker built the same version meanwhile: use theirs
+        shutil.rmtree(building, ignore_errors=True)
+    for old in parts_dir.iterdir():
+        if old.name != key and not old.name.startswith(".building-"):
+            shutil.rmtree(old, ignore_errors=True)
+    log.info(
+        "root list rebuilt in %.2fs: %d upstream names rendered",
+        time.monotonic() - started,
+        sum(1 for _ in _read_names(target / "names.txt")),
+    )
+    return UpstreamPart(target, key, tuple(found))
+
+
+def shadowed(part: UpstreamPart, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` the upstream list holds (reads one segment per name's range)."""
+    by_segment: dict[int, list[str]] = {}
+    for name in names:
+        index = part.segment_of(name)
+        if index is not None:
+            by_segment.setdefault(index, []).append(name)
+    found: set[str] = set()
+    for index, wanted in by_segment.items():
+        found.update(set(part.names_of(index)) & set(wanted))
+    return found
+
+
+class _Writer:
+    """One output (plain or gzip) of one format, written to a temp file."""
+
+    def __init__(self, directory: Path, dest: Path) -> None:
+        self.dest = dest
+        self.fh: BinaryIO
+        self.fh, self.temp = fsutil.open_temp(directory)
+
+    def commit(self) -> None:
+        self.fh.close()
+        # Not fsynced: a root file is rebuilt by every process before it serves it first
+        # (``RootIndex._built`` starts empty), so a torn file after a crash is never served.
+        self.temp.replace(self.dest)
+
+    def discard(self) -> None:
+        self.fh.close()
+        self.temp.unlink(missing_ok=True)
+
+
+def _copy(src: BinaryIO, start: int, length: int, out: BinaryIO, crc: int | None) -> int:
+    src.seek(start)
+    while length > 0:
+        data = src.read(min(_COPY, length))
+        if not data:
+            raise OSError("root part file is shorter than its index")
+        out.write(data)
+        if crc is not None:
+            crc = zlib.crc32(data, crc)
+        length -= len(data)
+    return crc if crc is not None else 0
+
+
+def _plan(count: int, touched: set[int]) -> list[tuple[bool, int, int]]:
+    """Segments ``0..count-1`` as steps ``(render, first, last)``: runs of untouched segments
+    are copied at once, each touched one is rendered again."""
+    steps: list[tuple[bool, int, int]] = []
+    for index in range(count):
+        if index in touched:
+            steps.append((True, index, index))
+        elif steps and not steps[-1][0]:
+            steps[-1] = (False, steps[-1][1], index)
+        else:
+            steps.append((False, index, index))
+    return steps
+
+
+class _Output:
+    """The plain and gzip files of one format being written, with the gzip CRC and size."""
+
+    def __init__(self, directory: Path, filename: str) -> None:
+        self.plain = _Writer(directory, directory / filename)
+        self.packed = _Writer(directory, directory / f"{filename}.gz")
+        self.crc = 0
+        self.size = 0
+        self.packed.fh.write(_GZIP_HEADER)
+
+    def render(self, data: bytes, *, last: bool = False) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        self.plain.fh.write(data)
+        self.packed.fh.write(_deflate(data, last=last))
+
+    def copy(self, part: UpstreamPart, fmt: SimpleFormat, first: int, last: int) -> None:
+        """Copy segments ``first..last`` as they were rendered (no name is looked at)."""
+        for packed, out in ((False, self.plain), (True, self.packed)):
+            slot = _part_files().index((fmt, packed, _name(fmt, packed)))
+            start = part.segments[first].chunks[slot][0]
+            end_at, end_len = part.segments[last].chunks[slot]
+            with (part.directory / _name(fmt, packed)).open("rb") as src:
+                crc = _copy(
+                    src, start, end_at + end_len - start, out.fh, None if packed else self.crc
+                )
+            if not packed:
+                self.crc = crc
+                self.size += end_at + end_len - start
+
+    def commit(self) -> None:
+        self.packed.fh.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
+        self.packed.commit()
+        self.plain.commit()
+
+    def discard(self) -> None:
+        self.plain.discard()
+        self.packed.discard()
+
+
+def assemble(
+    directory: Path,
+    private: Iterable[NormalizedName],
+    part: UpstreamPart | None,
+    excluded: Iterable[str],
+) -> int:
+    """Write root.{html,json} and their .gz siblings; returns how many entries were
+    rendered: the private names, plus the names of the upstream segments that hold one of
+    ``excluded`` (private names the upstream list also has), never the whole upstream list."""
+    private_sorted = sorted(set(private))
+    skip = set(excluded)
+    steps: list[tuple[bool, int, int]] = []
+    if part is not None:
+        touched = {i for i in (part.segment_of(n) for n in skip) if i is not None}
+        if not private_sorted and part.segments:
+            touched.add(0)  # its first JSON entry must go without the leading comma
+        steps = _plan(len(part.segments), touched)
+    rendered = 0
+    for fmt, filename in _FORMATS.items():
+        out = _Output(directory, filename)
+        try:
+            out.render(
+                render_root_header(fmt)
+                + b"".join(render_root_entry(n, fmt, i == 0) for i, n in enumerate(private_sorted))
+            )
+            rendered += len(private_sorted)
+            first = not private_sorted
+            for render, low, high in steps:
+                assert part is not None
+                if not render:
+                    out.copy(part, fmt, low, high)
+                    continue
+                names = [n for n in part.names_of(low) if n not in skip]
+                out.render(
+                    b"".join(
+                        render_root_entry(NormalizedName(n), fmt, first and i == 0)
+                        for i, n in enumerate(names)
+                    )
+                )
+                first = first and not names
+                rendered += len(names)
+            out.render(render_root_footer(fmt), last=True)
+            out.commit()
+        except BaseException:
+            out.discard()
+            raise
+    return rendered
 
 
 @dataclass(frozen=True, slots=True)
 class _Built:
-    private_generation: int
-    names_mtime: float
-
-
-def _split_entries(text: str, is_json: bool) -> tuple[str, str]:
-    """Cut a streamed chunk after its last complete entry; returns (complete, remainder)."""
-    marker = "}" if is_json else "</a>"
-    cut = text.rfind(marker)
-    if cut == -1:
-        return "", text
-    cut += len(marker)
-    return text[:cut], text[cut:]
-
-
-def _write_all(directory: Path, private: Iterable[NormalizedName], names_file: Path) -> None:
-    """Render root.{html,json} and their .gz siblings from private names + the names file."""
-    private_set = sorted(set(private))
-    outputs = []
-    for fmt, filename in _FORMATS.items():
-        plain, plain_tmp = fsutil.open_temp(directory)
-        packed_fh, packed_tmp = fsutil.open_temp(directory)
-        packed = gzip.GzipFile(fileobj=packed_fh, mode="wb", compresslevel=6, mtime=0)
-        outputs.append((fmt, filename, plain, plain_tmp, packed, packed_fh, packed_tmp))
-
-    def emit(data: bytes, fmt: SimpleFormat) -> None:
-        for out_fmt, _name, plain, _pt, packed, _pf, _pkt in outputs:
-            if out_fmt is fmt:
-                plain.write(data)
-                packed.write(data)
-
-    def names() -> Iterator[NormalizedName]:
-        yield from private_set
-        taken = set(private_set)
-        if names_file.exists():
-            with names_file.open(encoding="utf-8") as fh:
-                for line in fh:
-                    name = NormalizedName(line.rstrip("\n"))
-                    if name and name not in taken:
-                        yield name
-
-    for fmt in _FORMATS:
-        emit(render_root_header(fmt), fmt)
-    first = True
-    buffers: dict[SimpleFormat, list[bytes]] = {fmt: [] for fmt in _FORMATS}
-    for name in names():
-        for fmt in _FORMATS:
-            buffers[fmt].append(render_root_entry(name, fmt, first))
-            if len(buffers[fmt]) >= 4096:
-                emit(b"".join(buffers[fmt]), fmt)
-                buffers[fmt].clear()
-        first = False
-    for fmt in _FORMATS:
-        emit(b"".join(buffers[fmt]), fmt)
-        emit(render_root_footer(fmt), fmt)
-    for _fmt, filename, plain, plain_tmp, packed, packed_fh, packed_tmp in outputs:
-        plain.close()
-        packed.close()
-        packed_fh.close()
-        fsutil.commit_replace(packed_tmp, directory / f"{filename}.gz")
-        fsutil.commit_replace(plain_tmp, directory / filename)
+    names_version: int  # of private storage's set of names
+    part_key: str | None
 
 
 class RootIndex:
     def __init__(self, directory: Path, storage: PrivateStorage, upstream: UpstreamClient) -> None:
         self.directory = directory
         self.names_file = directory / "upstream-names.txt"
+        self.parts_dir = directory / "parts"
         self._storage = storage
         self._upstream = upstream
         self._built: _Built | None = None
+        self._part: UpstreamPart | None = None
+        self._in_upstream: dict[str, bool] = {}  # private name -> on the upstream list (part)
         self._build_lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
         self._failed_at = -math.inf
@@ -141,23 +392,46 @@ class RootIndex:
                 # the first fetch (seconds even for PyPI's 930k names), within a bound.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._refresh), _FIRST_FETCH_WAIT)
-                names_mtime = await asyncio.to_thread(self._names_mtime)
-        await self._ensure_built(names_mtime)
+        await self._ensure_built()
         return self.directory / _FORMATS[SimpleFormat.JSON if fmt.is_json else SimpleFormat.HTML]
 
-    async def _ensure_built(self, names_mtime: float) -> None:
-        wanted = _Built(self._storage.generation, names_mtime)
+    async def _ensure_built(self) -> None:
+        """Bring the root files up to date with the private names and the upstream list.
+
+        A new version of an existing project leaves the set of names, and so the root,
+        alone; a new private name re-renders the private part (module docstring)."""
+        key = await asyncio.to_thread(_names_key, self.names_file)
+        wanted = _Built(self._storage.names_version, key)
         if self._built == wanted:
             return
         async with self._build_lock:
+            key = await asyncio.to_thread(_names_key, self.names_file)
+            wanted = _Built(self._storage.names_version, key)
             if self._built == wanted:
                 return
             started = time.monotonic()
-            await asyncio.to_thread(
-                _write_all, self.directory, self._storage.names(), self.names_file
-            )
+            if self._part is None or self._part.key != key:
+                self._part = await asyncio.to_thread(
+                    build_upstream_part, self.names_file, self.parts_dir
+                )
+                self._in_upstream = {}
+            rendered = await asyncio.to_thread(self._assemble)
             self._built = wanted
-            log.info("root list rebuilt in %.2fs", time.monotonic() - started)
+            log.info(
+                "root list updated in %.3fs (%d entries rendered)",
+                time.monotonic() - started,
+                rendered,
+            )
+
+    def _assemble(self) -> int:
+        private = self._storage.names()
+        part = self._part
+        if part is not None:
+            unknown = [n for n in private if n not in self._in_upstream]
+            found = shadowed(part, unknown)
+            self._in_upstream.update((n, n in found) for n in unknown)
+        excluded = {n for n in private if self._in_upstream.get(n)}
+        return assemble(self.directory, private, part, excluded)
 
     def refresh_in_background(self) -> None:
         recently_failed = time.monotonic() - self._failed_at < _RETRY_AFTER_FAILURE
@@ -165,11 +439,13 @@ class RootIndex:
             self._refresh = asyncio.create_task(self._fetch_names())
 
     async def _fetch_names(self) -> None:
-        """Stream the upstream root into the names file, then rebuild."""
+        """Stream the upstream root into the names file (sorted, no duplicates), then
+        rebuild."""
         url = str(self._upstream.base)
         started = time.monotonic()
         fh, temp = await asyncio.to_thread(fsutil.open_temp, self.directory)
         count = 0
+        order = _Order()
         try:
             async with self._upstream.open_root(url) as (content_type, chunks):
                 is_json = "json" in content_type
@@ -178,10 +454,13 @@ class RootIndex:
                     # Names are ASCII, so a character cut at a chunk edge cannot hurt one.
                     text = remainder + chunk.decode("utf-8", "replace")
                     complete, remainder = _split_entries(text, is_json)
-                    lines = _normalized_lines(parse_root_names(complete))
+                    lines = order.take(_normalized(parse_root_names(complete)))
                     count += len(lines)
                     await asyncio.to_thread(fh.write, "".join(lines).encode())
             await asyncio.to_thread(fh.close)
+            if not order.sorted:
+                log.info("the upstream root list is not sorted by name: sorting it")
+                await asyncio.to_thread(sort_names_file, temp)
             await asyncio.to_thread(fsutil.commit_replace, temp, self.names_file)
             log.info("fetched %d upstream names in %.1fs", count, time.monotonic() - started)
         except UpstreamError as exc:
@@ -190,8 +469,38 @@ class RootIndex:
         finally:
             await asyncio.to_thread(fh.close)
             await asyncio.to_thread(temp.unlink, True)
-        await self._ensure_built(await asyncio.to_thread(self._names_mtime))
+        await self._ensure_built()
 
 
-def _normalized_lines(names: Iterable[str]) -> list[str]:
-    return [f"{normalize(name)}\n" for name in names if is_valid_name(name)]
+class _Order:
+    """Follows a streamed list of names: drops a repeat of the name just before (PyPI's list,
+    normalised, may hold two spellings side by side) and notes whether it stays sorted."""
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.sorted = True
+
+    def take(self, names: Iterable[str]) -> list[str]:
+        lines = []
+        for name in names:
+            if name == self.last:
+                continue
+            if name < self.last:
+                self.sorted = False
+            self.last = name
+            lines.append(f"{name}\n")
+        return lines
+
+
+def _split_entries(text: str, is_json: bool) -> tuple[str, str]:
+    """Cut a streamed chunk after its last complete entry; returns (complete, remainder)."""
+    marker = "}" if is_json else "</a>"
+    cut = text.rfind(marker)
+    if cut == -1:
+        return "", text
+    cut += len(marker)
+    return text[:cut], text[cut:]
+
+
+def _normalized(names: Iterable[str]) -> list[str]:
+    return [normalize(name) for name in names if is_valid_name(name)]

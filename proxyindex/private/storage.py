@@ -218,6 +218,9 @@ class PrivateStorage:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.generation = 0
+        # Bumped only when the set of project names changes (a new private project, the
+        # last file of one removed): the root list follows it, not every new version.
+        self.names_version = 0
         # Every name that ever had a private file, kept in the packages folder (tombstones).
         self.private_names = PrivateNames(root)
         # What the other worker processes of this host changed (see changeboard).
@@ -383,6 +386,8 @@ class PrivateStorage:
             if gone:
                 removed[project] = gone
         self._project_dirs = project_dirs
+        if projects.keys() != self._projects.keys():
+            self.names_version += 1
         self._projects = projects
         self.generation += 1
         self._record(touched, removed)
