@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from proxyindex.index import root as root_module
 from proxyindex.models import normalize
+from proxyindex.private.storage import PrivateStorage
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.test_upload import form, upload
@@ -123,3 +124,29 @@ def test_an_unsorted_upstream_list_is_sorted_and_without_repeats(tmp_path: Path)
     part = root_module.build_upstream_part(names, tmp_path / "parts")
     assert part is not None
     assert root_module.shadowed(part, [normalize("Mid"), "other"]) == {"mid"}
+
+
+# --- per-project invalidation ------------------------------------------------------------------
+
+
+async def test_an_upload_to_one_project_does_not_rebuild_another_projects_page(
+    make_app_client: MakeAppClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for version in ("1.0", "1.1", "1.2"):
+        make_wheel(tmp_path / "packages", "corp-big", version)
+    make_wheel(tmp_path / "packages", "corp-lib", "1.0")
+    client = await make_app_client(auth=ANON)
+    first = await client.get("/simple/corp-big/", headers={"Accept": JSON})
+    assert first.status == 200
+    built = count_calls(monkeypatch, PrivateStorage, "page")
+    new = make_wheel(tmp_path / "wheels", "corp-lib", "2.0")
+    assert (await upload(client, form(new))).status == 200
+    again = await client.get(
+        "/simple/corp-big/", headers={"Accept": JSON, "If-None-Match": first.headers["ETag"]}
+    )
+    assert again.status == 304
+    assert built.calls == 0
+    # The uploaded project's own page does change.
+    lib = await client.get("/simple/corp-lib/", headers={"Accept": JSON})
+    assert len((await lib.json(content_type=None))["files"]) == 2
+    assert built.calls == 1

@@ -63,7 +63,7 @@ class _Token:
 class _Rendering:
     page: RenderedPage
     token: _Token
-    generation: int  # of private storage when rendered
+    version: tuple[int, int]  # of the project in private storage when rendered
     upstream_until: float | None
     valid_until: float  # when the upstream data behind it expires
 
@@ -86,7 +86,9 @@ class ProjectIndex:
         self.config = config
         self.storage = storage
         self.upstream = upstream
-        self._private: LRU[NormalizedName, tuple[int, ProjectPage | None]] = LRU(_MEMORY_PAGES)
+        self._private: LRU[NormalizedName, tuple[tuple[int, int], ProjectPage | None]] = LRU(
+            _MEMORY_PAGES
+        )
         self._rendered: LRU[tuple[NormalizedName, SimpleFormat], _Rendering] = LRU(
             2 * _MEMORY_PAGES
         )
@@ -110,13 +112,13 @@ class ProjectIndex:
     # --- pages ----------------------------------------------------------------------------
 
     async def _private_page(self, name: NormalizedName) -> ProjectPage | None:
-        """Private pages are rebuilt only when the packages folder changed."""
-        generation = self.storage.generation
+        """Private pages are rebuilt only when their own project's files changed."""
+        version = self.storage.version(name)
         memo = self._private.get(name)
-        if memo is not None and memo[0] == generation:
+        if memo is not None and memo[0] == version:
             return memo[1]
         page = await asyncio.to_thread(self.storage.page, name)
-        self._private.put(name, (generation, page))
+        self._private.put(name, (version, page))
         return page
 
     async def page(self, name: NormalizedName) -> Resolved:
@@ -155,10 +157,10 @@ class ProjectIndex:
         if (
             cached is not None
             and now < cached.valid_until
-            and cached.generation == self.storage.generation
+            and cached.version == self.storage.version(name)
         ):
             return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
-        generation = self.storage.generation
+        version = self.storage.version(name)
         resolved = await self.page(name)
         if cached is not None and cached.token.same(resolved.token):
             rendered = cached.page
@@ -169,13 +171,13 @@ class ProjectIndex:
             rendered = self._build(resolved, fmt)
         until = resolved.upstream_until
         if resolved.owner is Owner.PRIVATE:
-            valid_until = math.inf  # until private storage changes (generation)
+            valid_until = math.inf  # until the project's private files change (version)
         elif until is None:
             valid_until = now  # merged page whose upstream part failed: try again next time
         else:
             valid_until = until
         self._rendered.put(
-            (name, fmt), _Rendering(rendered, resolved.token, generation, until, valid_until)
+            (name, fmt), _Rendering(rendered, resolved.token, version, until, valid_until)
         )
         return rendered, self.client_max_age(rendered.private, until)
 

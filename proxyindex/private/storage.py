@@ -221,11 +221,21 @@ class PrivateStorage:
         # Bumped only when the set of project names changes (a new private project, the
         # last file of one removed): the root list follows it, not every new version.
         self.names_version = 0
+        # Per project: bumped when its files change, so a change to one project leaves the
+        # pages of every other alone (``_epoch``: when the private names log changed, which
+        # may change any name's owner).
+        self._versions: dict[NormalizedName, int] = {}
+        self._epoch = 0
         # Every name that ever had a private file, kept in the packages folder (tombstones).
         self.private_names = PrivateNames(root)
         # What the other worker processes of this host changed (see changeboard).
         self._board = ChangeBoard(meta_dir / "changes")
         self._board_seen = self._board.read()
+
+    def version(self, name: NormalizedName) -> tuple[int, int]:
+        """Changes when ``name``'s files (or any name's ownership) change; a page built at
+        one version is current while it holds (a dict lookup: every page request asks)."""
+        return (self._epoch, self._versions.get(name, 0))
 
     def stale(self) -> bool:
         """True when another process changed the packages folder since this view caught up
@@ -298,6 +308,7 @@ class PrivateStorage:
         if self.private_names.refresh():  # another process recorded or released names
             self.private_names.record_seen(self._projects)
             self.generation += 1
+            self._epoch += 1
         root = str(self.root)
         seen: dict[str, _DirState] = {}
         changed: list[tuple[str, _DirState | None, _DirState | None]] = []
@@ -389,6 +400,8 @@ class PrivateStorage:
         if projects.keys() != self._projects.keys():
             self.names_version += 1
         self._projects = projects
+        for project in touched:
+            self._versions[project] = self._versions.get(project, 0) + 1
         self.generation += 1
         self._record(touched, removed)
         return True
