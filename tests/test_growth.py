@@ -7,16 +7,27 @@ blobs looked at) with a hook on the function that does it; none measures time.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import inspect
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from packaging.utils import NormalizedName
 
+from proxyindex.config import Config
+from proxyindex.distname import parse_dist_filename
 from proxyindex.index import root as root_module
-from proxyindex.models import normalize
-from proxyindex.private.storage import PrivateStorage
+from proxyindex.index.projects import ProjectIndex
+from proxyindex.models import DistFile, Origin, ProjectPage, normalize
+from proxyindex.private.storage import PrivateStorage, Stored
+from proxyindex.private.watch import DirWatcher
+from proxyindex.upstream.cache import PageEntry
+from proxyindex.upstream.pages import Checked
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.test_upload import form, upload
@@ -41,7 +52,8 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> Co
         counter.calls += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(owner, name, counted)
+    static = isinstance(inspect.getattr_static(owner, name), staticmethod)
+    monkeypatch.setattr(owner, name, staticmethod(counted) if static else counted)
     return counter
 
 
@@ -150,3 +162,127 @@ async def test_an_upload_to_one_project_does_not_rebuild_another_projects_page(
     lib = await client.get("/simple/corp-lib/", headers={"Accept": JSON})
     assert len((await lib.json(content_type=None))["files"]) == 2
     assert built.calls == 1
+
+
+# --- uploads and the poll: O(changes) ----------------------------------------------------------
+
+
+def private_tree(packages: Path, projects: int) -> None:
+    for i in range(projects):
+        folder = packages / f"corp-p{i:03d}"
+        folder.mkdir(parents=True)
+        (folder / f"corp_p{i:03d}-1.0.tar.gz").write_bytes(b"stand-in")
+
+
+def store(storage: PrivateStorage, wheel: Path) -> None:
+    temp = storage.temp_dir / f".upload-{wheel.name}"
+    temp.write_bytes(wheel.read_bytes())
+    dist = parse_dist_filename(wheel.name)
+    sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert isinstance(storage.add(temp, dist, sha256, overwrite=False), Stored)
+
+
+def test_an_upload_lists_its_own_project_folder_not_the_whole_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private_tree(tmp_path / "packages", 30)
+    storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    try:
+        storage.rescan()
+        walked = count_calls(monkeypatch, PrivateStorage, "_fresh_state")
+        listed = count_calls(monkeypatch, PrivateStorage, "_scan_dir")
+        store(storage, make_wheel(tmp_path / "wheels", "corp-p007", "2.0"))
+        assert walked.calls == 0  # no stat of the 31 folders
+        assert listed.calls == 1  # its own folder
+        page = storage.page(NormalizedName("corp-p007"))
+        assert page is not None and len(page.files) == 2
+    finally:
+        storage.close()
+
+
+def test_another_worker_lists_only_the_folders_logged_by_the_one_that_changed_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private_tree(tmp_path / "packages", 30)
+    one = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    other = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    try:
+        one.rescan()
+        other.rescan()
+        other.catch_up()
+        store(one, make_wheel(tmp_path / "wheels", "corp-new", "1.0"))
+        assert other.stale()
+        walked = count_calls(monkeypatch, PrivateStorage, "_fresh_state")
+        other.catch_up()
+        assert walked.calls == 0
+        assert other.has(NormalizedName("corp-new")) and not other.stale()
+    finally:
+        one.close()
+        other.close()
+
+
+def test_the_idle_poll_lists_only_the_folders_inotify_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if DirWatcher.create() is None:
+        pytest.skip("no inotify here")
+    private_tree(tmp_path / "packages", 30)
+    storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    try:
+        storage.rescan()
+        storage.poll()  # the first poll walks once and sets the watches
+        walked = count_calls(monkeypatch, PrivateStorage, "_fresh_state")
+        listed = count_calls(monkeypatch, PrivateStorage, "_scan_dir")
+        assert storage.poll() is False
+        assert walked.calls == listed.calls == 0  # nothing changed: nothing looked at
+        make_wheel(tmp_path / "packages" / "corp-p003", "corp-p003", "2.0")
+        new = tmp_path / "packages" / "corp-fresh"
+        new.mkdir()
+        (new / "corp_fresh-1.0.tar.gz").write_bytes(b"stand-in")
+        assert storage.poll() is True
+        assert walked.calls == 0
+        assert listed.calls <= 3  # corp-p003, the root, corp-fresh
+        assert storage.has(NormalizedName("corp-fresh"))
+        page = storage.page(NormalizedName("corp-p003"))
+        assert page is not None and len(page.files) == 2
+    finally:
+        storage.close()
+
+
+# --- file requests: an index by filename -------------------------------------------------------
+
+
+class CountedFiles(tuple[DistFile, ...]):
+    """A page's files that count how often the whole list is walked."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[DistFile]:
+        CountedFiles.walks += 1
+        return super().__iter__()
+
+
+class StubUpstream:
+    def __init__(self, page: ProjectPage) -> None:
+        self.checked = Checked(PageEntry(page, time.time()), time.time() + 600)
+
+    async def get(self, name: NormalizedName, max_age: float | None = None, **kw: Any) -> Checked:
+        return self.checked
+
+
+async def test_file_requests_find_the_file_without_walking_the_page(tmp_path: Path) -> None:
+    files = CountedFiles(
+        DistFile(f"big-{i}.0.tar.gz", f"https://up.example/big-{i}.0.tar.gz", Origin.UPSTREAM)
+        for i in range(2000)
+    )
+    page = ProjectPage(NormalizedName("big"), files)
+    storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    try:
+        index = ProjectIndex(Config(), storage, StubUpstream(page))  # type: ignore[arg-type]
+        CountedFiles.walks = 0
+        for _ in range(50):
+            found = await index.locate(NormalizedName("big"), "big-1999.0.tar.gz")
+            assert isinstance(found, DistFile) and found.filename == "big-1999.0.tar.gz"
+        assert CountedFiles.walks <= 1  # the index is built once for the page
+    finally:
+        storage.close()

@@ -19,6 +19,7 @@ from packaging.utils import NormalizedName
 from proxyindex.config import Config
 from proxyindex.errors import NotFound, Offline, UpstreamError
 from proxyindex.lru import LRU
+from proxyindex.memsize import page_bytes
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
 from proxyindex.private.storage import PrivateStorage
@@ -86,13 +87,23 @@ class ProjectIndex:
         self.config = config
         self.storage = storage
         self.upstream = upstream
+        budget = config.server.memory_cache_size or None  # None: counts only
         self._private: LRU[NormalizedName, tuple[tuple[int, int], ProjectPage | None]] = LRU(
-            _MEMORY_PAGES
+            _MEMORY_PAGES,
+            max_bytes=budget and budget // 10,
+            weigh=lambda memo: page_bytes(memo[1]),
         )
         self._rendered: LRU[tuple[NormalizedName, SimpleFormat], _Rendering] = LRU(
-            2 * _MEMORY_PAGES
+            2 * _MEMORY_PAGES, max_bytes=budget and budget * 4 // 10, weigh=_rendering_bytes
         )
         self._catching_up: asyncio.Future[bool] | None = None
+        # Upstream pages' files by filename, for file requests (a page of 30,000 files was
+        # searched line by line on every request: 992 -> 337 req/s from 1k to 30k files).
+        self._by_filename: LRU[NormalizedName, tuple[ProjectPage, dict[str, DistFile]]] = LRU(
+            _MEMORY_PAGES,
+            max_bytes=budget and budget // 10,
+            weigh=lambda held: 100 + 120 * len(held[1]),  # a dict slot and a str key per file
+        )
 
     async def catch_up(self) -> None:
         """Bring private storage up to date first if another worker changed it (an upload
@@ -101,7 +112,7 @@ class ProjectIndex:
         if not self.storage.stale():
             return
         if self._catching_up is None or self._catching_up.done():
-            self._catching_up = asyncio.ensure_future(asyncio.to_thread(self.storage.rescan))
+            self._catching_up = asyncio.ensure_future(asyncio.to_thread(self.storage.catch_up))
         await asyncio.shield(self._catching_up)
 
     def owner(self, name: NormalizedName) -> Owner:
@@ -204,6 +215,21 @@ class ProjectIndex:
 
     # --- files ----------------------------------------------------------------------------
 
+    async def _file_of(self, page: ProjectPage | None, filename: str) -> DistFile | None:
+        """``page.file(filename)`` through an index by filename, built once per page."""
+        if page is None:
+            return None
+        held = self._by_filename.get(page.name)
+        if held is None or held[0] is not page:
+            index = (
+                await asyncio.to_thread(_filename_index, page)
+                if page.is_large
+                else _filename_index(page)
+            )
+            held = (page, index)
+            self._by_filename.put(page.name, held)
+        return held[1].get(filename)
+
     async def locate(self, name: NormalizedName, filename: str) -> Path | DistFile:
         """A private file's path, or the upstream file to serve through the cache."""
         await self.catch_up()
@@ -215,10 +241,23 @@ class ProjectIndex:
             if owner is Owner.PRIVATE:
                 raise NotFound(f"no file {filename!r} in project {name!r}")
         checked = await self.upstream.get(name, max_age=math.inf)
-        dist = checked.page.file(filename) if checked.page else None
+        dist = await self._file_of(checked.page, filename)
         if dist is None and checked.entry.age() > 1:
             checked = await self.upstream.refresh(name, checked)
-            dist = checked.page.file(filename) if checked.page else None
+            dist = await self._file_of(checked.page, filename)
         if dist is None:
             raise NotFound(f"no file {filename!r} in project {name!r}")
         return dist
+
+
+def _rendering_bytes(rendering: _Rendering) -> int:
+    page = rendering.page
+    return 300 + len(page.body) + len(page.gzip_body or b"")
+
+
+def _filename_index(page: ProjectPage) -> dict[str, DistFile]:
+    """Files by filename; the first of a repeated filename wins, as in ``page.file``."""
+    index: dict[str, DistFile] = {}
+    for dist in page.files:
+        index.setdefault(dist.filename, dist)
+    return index

@@ -14,9 +14,11 @@ import email.parser
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import tarfile
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -36,6 +38,7 @@ from proxyindex.distname import DistFilename, release_of
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.private.changeboard import ChangeBoard
 from proxyindex.private.tombstones import PrivateNames
+from proxyindex.private.watch import DirWatcher
 from proxyindex.simple import project_versions
 
 __all__ = [
@@ -200,6 +203,9 @@ class Conflict:
     sha256: str
 
 
+# With inotify the poll lists only the folders the kernel named; the whole tree is still
+# walked this often, for what inotify cannot see (a network file system written elsewhere).
+_FULL_SCAN_EVERY = 60.0  # seconds
 _INFO_MEMORY = 20_000  # infos kept in memory; the rest are a diskcache read away (~20 us)
 
 
@@ -230,7 +236,10 @@ class PrivateStorage:
         self.private_names = PrivateNames(root)
         # What the other worker processes of this host changed (see changeboard).
         self._board = ChangeBoard(meta_dir / "changes")
-        self._board_seen = self._board.read()
+        self._board_seen = self._board.mark()
+        self._watcher: DirWatcher | None = None
+        self._watching = False  # every folder of the view is watched
+        self._walked_at = -math.inf
 
     def version(self, name: NormalizedName) -> tuple[int, int]:
         """Changes when ``name``'s files (or any name's ownership) change; a page built at
@@ -240,7 +249,7 @@ class PrivateStorage:
     def stale(self) -> bool:
         """True when another process changed the packages folder since this view caught up
         (a shared-memory read: cheap enough for every request that reads private data)."""
-        return self._board.read() != self._board_seen
+        return self._board.read() != self._board_seen.count
 
     def stop_warming(self) -> None:
         """Make a running :meth:`warm` return soon (shutdown must not wait for 100k hashes)."""
@@ -250,6 +259,8 @@ class PrivateStorage:
         self._stop.set()
         self._store.close()
         self._board.close()
+        if self._watcher is not None:
+            self._watcher.close()
 
     # --- scanning -------------------------------------------------------------------------
 
@@ -296,19 +307,122 @@ class PrivateStorage:
         folder, and a dropped-in file costs a listing of its folder.
         """
         with self._lock:
-            board = self._board.read()  # before looking: a later change is caught next time
+            board = self._board.mark()  # before looking: a later change is caught next time
             changed = self._rescan()
             if changed:
-                self._board.bump()  # tell the other workers
+                self._board.bump(changed)  # tell the other workers
             self._board_seen = board
-            return changed
+            self._walked_at = time.monotonic()
+            return bool(changed)
 
-    def _rescan(self) -> bool:
+    def refresh(self, directories: Iterable[str]) -> bool:
+        """List again only ``directories`` (and new folders found in them), whatever their
+        mtime says; True if any distribution file changed. What an upload, a removal, an
+        inotify event or another worker's log entry costs: O(changes), not O(tree)."""
+        with self._lock:
+            changed = self._refresh(set(directories))
+            if changed:
+                self._board.bump(changed)
+            return bool(changed)
+
+    def catch_up(self) -> bool:
+        """Take in what other processes changed (see ``changeboard``): the folders they
+        logged, or the whole tree when their log started over."""
+        with self._lock:
+            now = self._board.mark()
+            folders = self._board.since(self._board_seen, now)
+            if folders is None:
+                changed = self._rescan()
+                self._walked_at = time.monotonic()
+                if changed:
+                    self._board.bump(changed)
+            else:
+                # Not logged again: the process that changed these folders logged them.
+                self._refresh_names()
+                changed = self._refresh(folders)
+            self._board_seen = now
+            return bool(changed)
+
+    def poll(self) -> bool:
+        """The idle poll (once a second): with inotify, list the folders the kernel says
+        changed, and walk the whole tree every ``_FULL_SCAN_EVERY`` seconds; without it,
+        walk the tree (one stat per folder) every time."""
+        if self._watcher is None and not self._watching:
+            self._watcher = DirWatcher.create()
+            self._watching = True  # tried once; _watch_all says whether it holds
+            self._walked_at = -math.inf
+        watcher = self._watcher
+        due = time.monotonic() - self._walked_at > _FULL_SCAN_EVERY
+        if watcher is None or due:
+            if watcher is not None:
+                watcher.changed()  # the walk sees everything they name
+            changed = self.rescan()
+            self._watch_all()
+            return changed
+        folders = watcher.changed()
+        if folders is None:  # the kernel dropped events
+            changed = self.rescan()
+        else:
+            for folder in folders:
+                self._watch(folder)
+            changed = self.refresh(folders) if folders else False
+        self._watch_all()
+        return changed
+
+    def _watch(self, folder: str) -> None:
+        if self._watcher is not None and not self._watcher.watch(folder):
+            self._watcher.close()
+            self._watcher = None  # the walk every second takes over
+
+    def _watch_all(self) -> None:
+        """Watch every folder of the view (new ones once; a dict of watched names)."""
+        for folder in list(self._dirs):
+            if self._watcher is None:
+                return
+            self._watch(folder)
+
+    def _refresh(self, directories: set[str]) -> list[str]:
         # Caller holds self._lock.
-        if self.private_names.refresh():  # another process recorded or released names
-            self.private_names.record_seen(self._projects)
-            self.generation += 1
-            self._epoch += 1
+        root = str(self.root)
+        dirs = dict(self._dirs)
+        changed: list[tuple[str, _DirState | None, _DirState | None]] = []
+        pending = sorted(d for d in directories if d == root or d.startswith(root + os.sep))
+        while pending:
+            directory = pending.pop()
+            old = dirs.get(directory)
+            try:
+                mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116
+                state = self._scan_dir(directory, old, mtime_ns)
+            except FileNotFoundError:
+                if directory == root:
+                    continue  # a missing root is a failing mount: keep the view (DC-04)
+                below = directory + os.sep
+                for gone in [d for d in dirs if d == directory or d.startswith(below)]:
+                    changed.append((gone, dirs.pop(gone), None))
+                continue
+            except OSError:
+                continue  # unreadable: keep what we knew (the walk logs it)
+            if old is not None and state.files == old.files and state.subdirs == old.subdirs:
+                dirs[directory] = state
+                continue
+            changed.append((directory, old, state))
+            dirs[directory] = state
+            pending.extend(d for d in state.subdirs if d not in dirs)
+            parent = os.path.dirname(directory)  # noqa: PTH120 - str paths
+            held = dirs.get(parent)
+            if old is None and directory != root:
+                if held is None:
+                    pending.append(parent)
+                elif directory not in held.subdirs:
+                    # Keep its mtime: the next walk lists it again, which is harmless.
+                    subdirs = sorted([*held.subdirs, directory])
+                    dirs[parent] = _DirState(held.mtime_ns, held.files, held.by_project, subdirs)
+        self._dirs = dirs
+        return [d for d, _old, _new in changed] if self._update(changed) else []
+
+    def _rescan(self) -> list[str]:
+        # Caller holds self._lock.
+        self._refresh_names()
         root = str(self.root)
         seen: dict[str, _DirState] = {}
         changed: list[tuple[str, _DirState | None, _DirState | None]] = []
@@ -338,10 +452,16 @@ class PrivateStorage:
             pending.extend(state.subdirs)
         self._report_unreadable(unreadable)
         if root in unreadable:
-            return False  # nothing can be told about any file: keep the whole view
+            return []  # nothing can be told about any file: keep the whole view
         changed.extend((d, self._dirs[d], None) for d in self._dirs.keys() - seen.keys())
         self._dirs = seen
-        return self._update(changed)
+        return [d for d, _old, _new in changed] if self._update(changed) else []
+
+    def _refresh_names(self) -> None:
+        if self.private_names.refresh():  # another process recorded or released names
+            self.private_names.record_seen(self._projects)
+            self.generation += 1
+            self._epoch += 1
 
     def _fresh_state(self, directory: str, old: _DirState | None) -> _DirState:
         mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116 - str paths: 100k folders
@@ -554,7 +674,11 @@ class PrivateStorage:
                 dest = self._project_dir(dist.name) / dist.filename
                 if not fsutil.commit_exclusive(temp, dest):  # dropped in by hand just now
                     return Conflict(dest.name, fsutil.file_sha256(dest))
-            self.rescan()
+            # Only the folders written to are listed again (not the whole tree).
+            folders = {str(dest.parent)}
+            if existing is not None:
+                folders.add(str(existing.parent))
+            self.refresh(folders)
         log.info("stored %s (%d bytes)", dest, size)
         if replaced is not None:
             return Stored(dist.filename, size, *replaced)
@@ -583,7 +707,7 @@ class PrivateStorage:
         for path, _sha256 in paths:
             path.unlink(missing_ok=True)
         if paths:
-            self.rescan()
+            self.refresh({str(path.parent) for path, _sha256 in paths})
         return [(path.name, sha256) for path, sha256 in paths]
 
     def find_release(self, dist: DistFilename) -> Path | None:

@@ -21,6 +21,7 @@ from packaging.utils import NormalizedName
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import Offline, UpstreamError
 from proxyindex.lru import LRU
+from proxyindex.memsize import page_bytes
 from proxyindex.models import ProjectPage
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.cache import PageCache, PageEntry
@@ -60,12 +61,17 @@ class UpstreamPages:
         cache: PageCache,
         client: UpstreamClient,
         on_fetched: PageListener | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
+        """``memory_bytes``: the budget of the parsed pages kept in memory (None: only
+        their count is bounded)."""
         self.config = config
         self.cache = cache
         self.client = client
         self._on_fetched = on_fetched
-        self._memory: LRU[NormalizedName, Checked] = LRU(_MEMORY_PAGES)
+        self._memory: LRU[NormalizedName, Checked] = LRU(
+            _MEMORY_PAGES, max_bytes=memory_bytes, weigh=lambda c: page_bytes(c.page)
+        )
         self._flights: dict[NormalizedName, asyncio.Future[Checked]] = {}
         self._tasks = Background()
 

@@ -122,7 +122,7 @@ async def _scan_forever(storage: PrivateStorage) -> None:
     while True:
         await asyncio.sleep(_SCAN_INTERVAL)
         try:
-            await asyncio.to_thread(storage.rescan)
+            await asyncio.to_thread(storage.poll)
         except Exception:
             log.exception("scanning %s failed", storage.root)
 
@@ -203,7 +203,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         listeners = app[appkeys.PAGE_LISTENERS].copy()  # the web UI's counter, if any
         if config.upstream.prefetch and not config.upstream.offline:
             listeners.append(prefetcher.page_fetched)
-        upstream_pages = UpstreamPages(config.upstream, pages, upstream, _all_of(listeners))
+        budget = config.server.memory_cache_size
+        upstream_pages = UpstreamPages(
+            config.upstream,
+            pages,
+            upstream,
+            _all_of(listeners),
+            memory_bytes=budget * 4 // 10 if budget else None,
+        )
         stack.push_async_callback(upstream_pages.close)
         stack.push_async_callback(prefetcher.close)
         index = ProjectIndex(config, storage, upstream_pages)

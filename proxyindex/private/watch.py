@@ -1,0 +1,124 @@
+"""Which folders of the packages tree changed, told by the kernel (Linux inotify), so the 1 s
+poll costs O(changes) instead of a stat of every folder (152 ms per poll at 30,000 folders).
+
+Used through ctypes (no dependency). Where inotify is missing (not Linux), fails (no watches
+left: ``fs.inotify.max_user_watches``) or cannot see a change (a network file system written
+by another host), the storage falls back to, or adds, a walk of the whole tree: see
+``PrivateStorage.poll``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import struct
+
+__all__ = ["DirWatcher"]
+
+log = logging.getLogger(__name__)
+
+_IN_MODIFY = 0x002
+_IN_ATTRIB = 0x004
+_IN_CLOSE_WRITE = 0x008
+_IN_MOVED_FROM = 0x040
+_IN_MOVED_TO = 0x080
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_ONLYDIR = 0x01000000
+_IN_DONT_FOLLOW = 0x02000000
+_IN_ISDIR = 0x40000000
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_MASK = (
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_CLOSE_WRITE
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_ONLYDIR
+    | _IN_DONT_FOLLOW
+)
+_EVENT = struct.Struct("iIII")
+
+
+class DirWatcher:
+    """inotify watches on folders; :meth:`changed` drains the events without blocking."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("c")
+        self._libc = ctypes.CDLL(name, use_errno=True)
+        fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._fd: int = fd
+        self._dirs: dict[int, str] = {}
+        self._watched: set[str] = set()
+
+    @classmethod
+    def create(cls) -> DirWatcher | None:
+        """A watcher, or None where inotify is not available."""
+        try:
+            return cls()
+        except (OSError, AttributeError) as exc:
+            log.info("no inotify (%s): the packages folder is polled", exc)
+            return None
+
+    def watch(self, directory: str) -> bool:
+        """Watch ``directory`` (once); False if the kernel refused (no watches left)."""
+        if directory in self._watched:
+            return True
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _MASK)
+        if wd < 0:
+            err = ctypes.get_errno()
+            if err in (errno.ENOENT, errno.ENOTDIR):
+                return True  # gone already: the walk that found it will notice
+            log.warning(
+                "cannot watch %s (%s): polling the whole packages folder instead",
+                directory,
+                os.strerror(err),
+            )
+            return False
+        self._dirs[wd] = directory
+        self._watched.add(directory)
+        return True
+
+    def changed(self) -> set[str] | None:
+        """Folders with changes since the last call (and new subfolders); None if the
+        kernel dropped events (its queue overflowed): walk everything."""
+        found: set[str] = set()
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                return found
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                raw = data[offset + _EVENT.size : offset + _EVENT.size + length]
+                offset += _EVENT.size + length
+                if mask & _IN_Q_OVERFLOW:
+                    return None
+                directory = self._dirs.get(wd)
+                if mask & _IN_IGNORED:
+                    gone = self._dirs.pop(wd, None)
+                    self._watched.discard(gone or "")
+                if directory is None:
+                    continue
+                found.add(directory)
+                name = os.fsdecode(raw.rstrip(b"\0"))
+                if mask & _IN_ISDIR and name:
+                    found.add(os.path.join(directory, name))  # noqa: PTH118 - str paths
+
+    def close(self) -> None:
+        os.close(self._fd)
