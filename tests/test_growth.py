@@ -23,11 +23,14 @@ from proxyindex.config import Config
 from proxyindex.distname import parse_dist_filename
 from proxyindex.index import root as root_module
 from proxyindex.index.projects import ProjectIndex
+from proxyindex.lru import LRU
 from proxyindex.models import DistFile, Origin, ProjectPage, normalize
 from proxyindex.private.storage import PrivateStorage, Stored
 from proxyindex.private.watch import DirWatcher
+from proxyindex.simple import SimpleFormat
 from proxyindex.upstream.cache import PageEntry
 from proxyindex.upstream.pages import Checked
+from proxyindex.web import appkeys
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.test_upload import form, upload
@@ -286,3 +289,34 @@ async def test_file_requests_find_the_file_without_walking_the_page(tmp_path: Pa
         assert CountedFiles.walks <= 1  # the index is built once for the page
     finally:
         storage.close()
+
+
+# --- memory bounded in bytes -------------------------------------------------------------------
+
+
+def test_a_cache_bounded_in_bytes_drops_the_least_recently_used_one_by_one() -> None:
+    cache: LRU[str, bytes] = LRU(1000, max_bytes=350, weigh=len)
+    for key in "abcde":
+        cache.put(key, bytes(100))
+        cache.get("a")  # kept in use
+    assert cache.bytes <= 350
+    assert "a" in cache and "e" in cache and "d" in cache and "b" not in cache
+    cache.put("huge", bytes(1000))  # heavier than the budget: not kept, nothing dropped
+    assert "huge" not in cache and len(cache) == 3
+
+
+async def test_rendered_pages_stay_within_the_configured_bytes(
+    make_app_client: MakeAppClient, tmp_path: Path
+) -> None:
+    for i in range(40):
+        make_wheel(tmp_path / "packages", f"corp-m{i:02d}", "1.0")
+    budget = 40_000
+    client = await make_app_client(server={"memory_cache_size": budget})
+    for i in range(40):
+        for accept in (JSON, "text/html"):
+            resp = await client.get(f"/simple/corp-m{i:02d}/", headers={"Accept": accept})
+            assert resp.status == 200
+    index = client.app[appkeys.INDEX]
+    assert 0 < index._rendered.bytes <= budget * 4 // 10
+    assert 0 < len(index._rendered) < 80  # the oldest went, the newest stayed
+    assert ("corp-m39", SimpleFormat.JSON) in index._rendered
