@@ -659,9 +659,17 @@ def bench_firsthash(ctx: Context, sizes: Sequence[int]) -> Curve:
     curve = Curve(
         "firsthash",
         "first GET of a freshly dropped private project, vs its files",
-        ["files dropped", "first GET", "again", "over pip's 15 s timeout"],
+        [
+            "files dropped",
+            "first answer (status)",
+            "page served after (retrying on 503)",
+            "503s",
+            "again",
+            "any answer over pip's 15 s timeout",
+        ],
     )
-    curve.fit("first GET", "0: no hashing on the request path")
+    curve.fit("first answer", "0: no hashing on the request path")
+    curve.fit("page served after", "<= 1: the hashing itself (goal: within pip's retries)")
     payload = ctx.wheel("growth-drop", "1.0", payload=4_000).read_bytes()
     for n in sizes:
         where = ctx.fresh_dir(f"firsthash-{n}")
@@ -675,22 +683,37 @@ def bench_firsthash(ctx: Context, sizes: Sequence[int]) -> Curve:
             staging.rename(where / "packages" / "growth-drop")
             time.sleep(2.5)  # the 1 s poll sees it; the request should not have to
             path = "/simple/growth-drop/"
-            deadline = time.monotonic() + 60
-            while True:
-                first = ask(srv.port, path)
-                if first.status == 200 or time.monotonic() > deadline:
+            asked = time.monotonic()
+            deadline = asked + 300
+            answers: list[Answer] = []
+            while True:  # as pip does: a 503 is retried after its Retry-After
+                answer = ask(srv.port, path)
+                answers.append(answer)
+                if answer.status == 200 or time.monotonic() > deadline:
                     break
-                time.sleep(0.5)
-            expect(first, 200)
+                if answer.status == 503:
+                    time.sleep(float(answer.headers.get("retry-after", "1")))
+                else:
+                    time.sleep(0.5)
+            expect(answers[-1], 200)
+            served = time.monotonic() - asked
             again = expect(ask(srv.port, path), 200)
+            slowest = max(a.total for a in answers)
             curve.add(
                 n,
-                [secs(first.total), ms(again.total), "yes" if first.total > 15 else "no"],
-                **{"first GET": first.total},
+                [
+                    f"{secs(answers[0].total)} ({answers[0].status})",
+                    secs(served),
+                    str(sum(1 for a in answers if a.status == 503)),
+                    ms(again.total),
+                    "yes" if slowest > 15 else "no",
+                ],
+                **{"first answer": answers[0].total, "page served after": served},
             )
     curve.notes.append(
         f"real wheels of {len(payload):,} bytes (one wheel copied under N names), written to a "
-        "dot folder and renamed into the packages folder; the GET is sent 2.5 s after"
+        "dot folder and renamed into the packages folder; the GET is sent 2.5 s after, and "
+        "retried after each 503's Retry-After as pip does"
     )
     return curve
 

@@ -6,10 +6,13 @@ blobs looked at) with a hook on the function that does it; none measures time.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import gzip
 import hashlib
 import inspect
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +24,19 @@ from packaging.utils import NormalizedName
 
 from proxyindex.config import Config
 from proxyindex.distname import parse_dist_filename
+from proxyindex.errors import StillHashing
 from proxyindex.index import root as root_module
 from proxyindex.index.projects import ProjectIndex
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, Origin, ProjectPage, normalize
+from proxyindex.private import storage as storage_module
 from proxyindex.private.storage import PrivateStorage, Stored
 from proxyindex.private.watch import DirWatcher
 from proxyindex.simple import SimpleFormat
-from proxyindex.upstream.cache import PageEntry
+from proxyindex.upstream.cache import BlobStore, PageEntry
 from proxyindex.upstream.pages import Checked
 from proxyindex.web import appkeys
+from tests.clients import make_venv, run_pip_install, run_uv_pip_install
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.test_upload import form, upload
@@ -320,3 +326,143 @@ async def test_rendered_pages_stay_within_the_configured_bytes(
     assert 0 < index._rendered.bytes <= budget * 4 // 10
     assert 0 < len(index._rendered) < 80  # the oldest went, the newest stayed
     assert ("corp-m39", SimpleFormat.JSON) in index._rendered
+
+
+# --- eviction: O(evicted) ----------------------------------------------------------------------
+
+
+def fill_blobs(store: BlobStore, count: int, size: int = 100) -> list[str]:
+    shas = []
+    for i in range(count):
+        data = f"{i:08d}".encode().ljust(size, b"x")
+        sha256 = hashlib.sha256(data).hexdigest()
+        temp = store.temp_dir / f".blob-{i}"
+        temp.write_bytes(data)
+        store.commit(temp, sha256)
+        shas.append(sha256)
+    return shas
+
+
+def test_eviction_after_a_restart_does_not_stat_every_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = BlobStore(tmp_path / "cache" / "files")
+    shas = fill_blobs(first, 200)
+    first.shrink(10**9)
+    for sha256 in shas[:20]:  # the oldest are used again (an hour later): they must stay
+        path = first.path(sha256)
+        os.utime(path, (time.time() - 7200, path.stat().st_mtime))
+        fh = first.open(sha256)
+        assert fh is not None
+        fh.close()
+    restarted = BlobStore(tmp_path / "cache" / "files")  # a new process: nothing in memory
+    walks = count_calls(monkeypatch, os, "walk")
+    stats = count_calls(monkeypatch, Path, "stat")
+    assert restarted.shrink(10**9) == 200 * 100  # under the limit: nothing looked at
+    assert walks.calls == 0 and stats.calls == 0
+    left = restarted.shrink(200 * 100 - 1)  # 1 byte over: down to 90%
+    assert walks.calls == 0 and stats.calls == 0
+    assert left <= (200 * 100 - 1) * 9 // 10
+    kept = {p.name for p in (tmp_path / "cache" / "files").rglob("*") if p.is_file()}
+    assert len(kept) * 100 == left
+    assert set(shas[:20]) <= kept  # recently used
+    assert shas[20] not in kept  # least recently used went first
+
+
+def test_a_missing_blob_index_is_rebuilt_from_the_folder_once(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "cache" / "files")
+    fill_blobs(store, 30)
+    store.close()
+    for path in (tmp_path / "cache").glob("blob-index.sqlite*"):
+        path.unlink()
+    again = BlobStore(tmp_path / "cache" / "files")
+    assert again.shrink(10**9) == 30 * 100
+    assert again.shrink(2000) <= 1800
+
+
+# --- first hashing: shared, and answered within pip's timeout -----------------------------------
+
+
+def slow_hashing(monkeypatch: pytest.MonkeyPatch, seconds: float) -> Counter:
+    """Make hashing a file take ``seconds`` (a big wheel), counting the files hashed."""
+    counter = Counter()
+    real = storage_module.compute_file_info
+
+    def slow(path: Path) -> Any:
+        counter.calls += 1
+        time.sleep(seconds)
+        return real(path)
+
+    monkeypatch.setattr(storage_module, "compute_file_info", slow)
+    return counter
+
+
+def test_a_page_and_the_warm_up_hash_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(20):
+        make_wheel(tmp_path / "packages" / "corp-many", "corp-many", f"1.{i}")
+    storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    hashed = slow_hashing(monkeypatch, 0.02)
+    try:
+        storage.rescan()
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            warm = pool.submit(storage.warm)
+            pages = [pool.submit(storage.page, NormalizedName("corp-many")) for _ in range(2)]
+            warm.result()
+            for page in pages:
+                result = page.result()
+                assert result is not None and all(f.sha256 for f in result.files)
+        assert hashed.calls == 20
+    finally:
+        storage.close()
+
+
+async def test_a_page_still_being_hashed_is_a_503_to_retry_never_a_page_without_hashes(
+    make_app_client: MakeAppClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(30):
+        make_wheel(tmp_path / "packages" / "corp-many", "corp-many", f"1.{i}")
+    hashed = slow_hashing(monkeypatch, 0.05)
+    client = await make_app_client()
+    client.app[appkeys.INDEX].hash_wait = 0.2
+    first = await client.get("/simple/corp-many/", headers={"Accept": JSON})
+    assert first.status == 503
+    assert first.headers["Retry-After"] == "2"
+    assert "hashing" in await first.text()
+    for _ in range(200):  # the hashing goes on meanwhile (~1.5 s); a retry gets the page
+        resp = await client.get("/simple/corp-many/", headers={"Accept": JSON})
+        if resp.status == 200:
+            break
+        assert resp.status == 503
+        await asyncio.sleep(0.1)
+    files = (await resp.json(content_type=None))["files"]
+    assert len(files) == 30 and all(len(f["hashes"]["sha256"]) == 64 for f in files)
+    assert hashed.calls == 30  # the warm-up and the request shared the work
+
+
+async def test_pip_and_uv_retry_a_page_still_being_hashed_and_install(
+    make_app_client: MakeAppClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(30):
+        make_wheel(tmp_path / "packages" / "corp-many", "corp-many", f"1.{i}")
+    slow_hashing(monkeypatch, 0.1)  # ~3 s of hashing after start
+    client = await make_app_client()
+    index = client.app[appkeys.INDEX]
+    index.hash_wait = 0.3
+    url = str(client.make_url("/simple/"))
+    told = count_calls(monkeypatch, StillHashing, "__init__")  # each 503 answered
+    pip = await asyncio.to_thread(
+        run_pip_install, tmp_path / "pip", url, "corp-many", target=tmp_path / "pip-target"
+    )
+    assert [(i.name, i.version) for i in pip.installed] == [("corp-many", "1.29")]
+    assert told.calls >= 1  # it was told to retry, and did
+    pip_told = told.calls
+    # uv, against a second project that is still being hashed when it asks.
+    for i in range(30):
+        make_wheel(tmp_path / "packages" / "corp-more", "corp-more", f"2.{i}")
+    await asyncio.to_thread(index.storage.rescan)
+    venv = await asyncio.to_thread(make_venv, tmp_path / "venv")
+    uv = await asyncio.to_thread(run_uv_pip_install, tmp_path / "uv", url, "corp-more", python=venv)
+    assert uv.installed == {"corp-more": "2.29"}
+    assert told.calls > pip_told

@@ -17,7 +17,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 
 from proxyindex.config import Config
-from proxyindex.errors import NotFound, Offline, UpstreamError
+from proxyindex.errors import NotFound, Offline, StillHashing, UpstreamError
 from proxyindex.lru import LRU
 from proxyindex.memsize import page_bytes
 from proxyindex.models import DistFile, ProjectPage
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _MEMORY_PAGES = 4096
 _GZIP_MIN = 1024
+_HASH_WAIT = 10.0  # seconds a private page request waits for first hashes (pip gives up at 15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,10 @@ class ProjectIndex:
             2 * _MEMORY_PAGES, max_bytes=budget and budget * 4 // 10, weigh=_rendering_bytes
         )
         self._catching_up: asyncio.Future[bool] | None = None
+        self._building: dict[
+            NormalizedName, tuple[tuple[int, int], asyncio.Future[ProjectPage | None]]
+        ] = {}
+        self.hash_wait = _HASH_WAIT
         # Upstream pages' files by filename, for file requests (a page of 30,000 files was
         # searched line by line on every request: 992 -> 337 req/s from 1k to 30k files).
         self._by_filename: LRU[NormalizedName, tuple[ProjectPage, dict[str, DistFile]]] = LRU(
@@ -128,9 +133,32 @@ class ProjectIndex:
         memo = self._private.get(name)
         if memo is not None and memo[0] == version:
             return memo[1]
-        page = await asyncio.to_thread(self.storage.page, name)
-        self._private.put(name, (version, page))
-        return page
+        # One build per project and version, shared by every request (and retry) for it;
+        # a build that outlasts _HASH_WAIT (thousands of files dropped in, hashed for the
+        # first time: ~29 s for 10,000 wheels) answers 503 + Retry-After and goes on.
+        building = self._building.get(name)
+        if building is None or building[0] != version:
+            task = asyncio.ensure_future(asyncio.to_thread(self.storage.page, name))
+            building = self._building[name] = (version, task)
+            task.add_done_callback(lambda _t: self._built_page(name, building))
+        try:
+            return await asyncio.wait_for(asyncio.shield(building[1]), self.hash_wait)
+        except TimeoutError:
+            left = await asyncio.to_thread(self.storage.unhashed, name)
+            raise StillHashing(
+                f"hashing the files of {name!r} ({left} to go); retry in a moment"
+            ) from None
+
+    def _built_page(
+        self,
+        name: NormalizedName,
+        building: tuple[tuple[int, int], asyncio.Future[ProjectPage | None]],
+    ) -> None:
+        if self._building.get(name) is building:
+            del self._building[name]
+        task = building[1]
+        if not task.cancelled() and task.exception() is None:
+            self._private.put(name, (building[0], task.result()))
 
     async def page(self, name: NormalizedName) -> Resolved:
         """The merged page for ``name``; NotFound if no source has it."""

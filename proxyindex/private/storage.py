@@ -9,6 +9,7 @@ restarts. Every method here blocks; the async side calls them through ``asyncio.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import email.parser
 import fcntl
@@ -222,6 +223,9 @@ class PrivateStorage:
         self._store = open_cache(meta_dir)
         self._lock_dir = meta_dir / "release-locks"
         self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, int, int], concurrent.futures.Future[FileInfo]] = {}
+        self._jobs_lock = threading.Lock()
+        self._unwarmed: set[NormalizedName] = set()  # changed since: files maybe unhashed
         self._stop = threading.Event()
         self.generation = 0
         # Bumped only when the set of project names changes (a new private project, the
@@ -522,6 +526,7 @@ class PrivateStorage:
         self._projects = projects
         for project in touched:
             self._versions[project] = self._versions.get(project, 0) + 1
+        self._unwarmed.update(p for p in touched if p in projects)
         self.generation += 1
         self._record(touched, removed)
         return True
@@ -558,19 +563,52 @@ class PrivateStorage:
     def _info(self, entry: _Entry) -> FileInfo:
         key = (str(Path(entry.path).relative_to(self.root)), entry.size, entry.mtime_ns)
         info = self._infos.get(key)
-        if info is None:
-            stored: Any = self._store.get(("info", key))
-            if isinstance(stored, FileInfo):
-                info = stored
-            else:
-                info, metadata = compute_file_info(Path(entry.path))
-                if metadata is not None:
-                    self._store.set(("metadata", info.sha256), metadata)
-                self._store.set(("info", key), info)
-            self._infos[key] = info
-            if len(self._infos) > _INFO_MEMORY:
+        if info is not None:
+            return info
+        # One hashing job per file: a page request and the warm-up (or two requests) that
+        # want the same file wait for the one doing it, instead of hashing it twice.
+        with self._jobs_lock:
+            job = self._jobs.get(key)
+            mine = job is None
+            if job is None:
+                job = self._jobs[key] = concurrent.futures.Future()
+        if not mine:
+            return job.result()
+        try:
+            info = self._load_info(key, entry)
+            job.set_result(info)
+        except BaseException as exc:
+            job.set_exception(exc)
+            raise
+        finally:
+            with self._jobs_lock:
+                self._jobs.pop(key, None)
+        return info
+
+    def _load_info(self, key: tuple[str, int, int], entry: _Entry) -> FileInfo:
+        stored: Any = self._store.get(("info", key))
+        if isinstance(stored, FileInfo):
+            info = stored
+        else:
+            info, metadata = compute_file_info(Path(entry.path))
+            if metadata is not None:
+                self._store.set(("metadata", info.sha256), metadata)
+            self._store.set(("info", key), info)
+        self._infos[key] = info
+        if len(self._infos) > _INFO_MEMORY:
+            with contextlib.suppress(KeyError):
                 self._infos.popitem(last=False)
         return info
+
+    def unhashed(self, name: NormalizedName) -> int:
+        """How many of the project's files have no known hash in memory yet (a hint for a
+        waiting client; the diskcache may know some of them)."""
+        entries = self._projects.get(name, {})
+        return sum(
+            1
+            for e in entries.values()
+            if (str(Path(e.path).relative_to(self.root)), e.size, e.mtime_ns) not in self._infos
+        )
 
     def page(self, name: NormalizedName) -> ProjectPage | None:
         """The project's page, computing hashes of files not seen before (blocking)."""
@@ -619,8 +657,30 @@ class PrivateStorage:
             self._store.set(("metadata", info.sha256), metadata)
         return metadata
 
+    @property
+    def has_unwarmed(self) -> bool:
+        return bool(self._unwarmed)
+
+    def warm_changed(self) -> int:
+        """Hash the files of projects changed since the last call (after a poll found
+        dropped files: by the time a client asks, the work is done or under way, and the
+        request shares it)."""
+        count = 0
+        while self._unwarmed and not self._stop.is_set():
+            name = self._unwarmed.pop()
+            for entry in list(self._projects.get(name, {}).values()):
+                if self._stop.is_set():
+                    return count
+                try:
+                    self._info(entry)
+                except OSError:
+                    continue
+                count += 1
+        return count
+
     def warm(self) -> int:
         """Hash every file not yet known (start-up, in a thread; stops on close)."""
+        self._unwarmed.clear()  # all of them, here
         count = 0
         for entries in list(self._projects.values()):
             for entry in entries.values():

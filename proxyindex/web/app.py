@@ -20,6 +20,7 @@ from proxyindex.errors import (
     AuthUnavailable,
     Offline,
     ProxyIndexError,
+    StillHashing,
     TooManyRequests,
     UpstreamError,
 )
@@ -71,7 +72,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except AuthRequired as exc:
         return error_response(exc.status, str(exc), request.app[appkeys.CONFIG].auth.realm)
-    except (TooManyRequests, AuthUnavailable) as exc:
+    except (TooManyRequests, AuthUnavailable, StillHashing) as exc:
         response = error_response(exc.status, str(exc))
         response.headers[hdrs.RETRY_AFTER] = str(exc.retry_after)
         return response
@@ -119,12 +120,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def _scan_forever(storage: PrivateStorage) -> None:
+    warming: asyncio.Future[int] | None = None
     while True:
         await asyncio.sleep(_SCAN_INTERVAL)
         try:
             await asyncio.to_thread(storage.poll)
         except Exception:
             log.exception("scanning %s failed", storage.root)
+        # Files dropped in are hashed in the background at once (shared with any request).
+        if storage.has_unwarmed and (warming is None or warming.done()):
+            warming = asyncio.ensure_future(asyncio.to_thread(storage.warm_changed))
+            warming.add_done_callback(_log_warm_failure)
+
+
+def _log_warm_failure(task: asyncio.Future[int]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("hashing new private files failed", exc_info=task.exception())
 
 
 async def _list_page_names(pages: PageCache) -> None:
@@ -181,6 +192,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
         stack.push_async_callback(asyncio.to_thread, pages.close)
         blobs = await asyncio.to_thread(BlobStore, cache_dir / "files")
+        stack.push_async_callback(asyncio.to_thread, blobs.close)
         # The proxy environment is read once, here; the CA files are read in a thread.
         proxies = ProxyRoutes.from_settings(config.upstream.proxy, os.environ)
         tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)
