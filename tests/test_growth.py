@@ -248,10 +248,14 @@ def test_the_idle_poll_lists_only_the_folders_inotify_names(
         new = tmp_path / "packages" / "corp-fresh"
         new.mkdir()
         (new / "corp_fresh-1.0.tar.gz").write_bytes(b"stand-in")
+        hidden = tmp_path / "packages" / ".staging"  # dot folders are never listed
+        hidden.mkdir()
+        (hidden / "corp_hidden-1.0.tar.gz").write_bytes(b"stand-in")
         assert storage.poll() is True
         assert walked.calls == 0
         assert listed.calls <= 3  # corp-p003, the root, corp-fresh
         assert storage.has(NormalizedName("corp-fresh"))
+        assert not storage.has(NormalizedName("corp-hidden"))
         page = storage.page(NormalizedName("corp-p003"))
         assert page is not None and len(page.files) == 2
     finally:

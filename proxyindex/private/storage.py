@@ -149,6 +149,11 @@ class _DirState:
     subdirs: list[str]
 
 
+def _hidden(relative: str) -> bool:
+    """A path under a dot folder (or a dot file): never listed (temp files, our own data)."""
+    return any(part.startswith(".") for part in Path(relative).parts)
+
+
 def _isoformat(mtime: float) -> str:
     return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -390,7 +395,11 @@ class PrivateStorage:
         root = str(self.root)
         dirs = dict(self._dirs)
         changed: list[tuple[str, _DirState | None, _DirState | None]] = []
-        pending = sorted(d for d in directories if d == root or d.startswith(root + os.sep))
+        pending = sorted(
+            d
+            for d in directories
+            if d == root or (d.startswith(root + os.sep) and not _hidden(d[len(root) + 1 :]))
+        )
         while pending:
             directory = pending.pop()
             old = dirs.get(directory)

@@ -20,9 +20,7 @@ __all__ = ["DirWatcher"]
 
 log = logging.getLogger(__name__)
 
-_IN_MODIFY = 0x002
 _IN_ATTRIB = 0x004
-_IN_CLOSE_WRITE = 0x008
 _IN_MOVED_FROM = 0x040
 _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
@@ -36,10 +34,10 @@ _IN_DONT_FOLLOW = 0x02000000
 _IN_ISDIR = 0x40000000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
+# What changes a folder's listing (not writes into a file: an upload's temp file would name
+# the packages folder on every write).
 _MASK = (
-    _IN_MODIFY
-    | _IN_ATTRIB
-    | _IN_CLOSE_WRITE
+    _IN_ATTRIB
     | _IN_MOVED_FROM
     | _IN_MOVED_TO
     | _IN_CREATE
@@ -113,10 +111,10 @@ class DirWatcher:
                 if mask & _IN_IGNORED:
                     gone = self._dirs.pop(wd, None)
                     self._watched.discard(gone or "")
-                if directory is None:
-                    continue
-                found.add(directory)
                 name = os.fsdecode(raw.rstrip(b"\0"))
+                if directory is None or name.startswith("."):
+                    continue  # temp files and hidden folders are never listed
+                found.add(directory)
                 if mask & _IN_ISDIR and name:
                     found.add(os.path.join(directory, name))  # noqa: PTH118 - str paths
 
