@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,53 @@ async def test_a_private_name_that_shadows_an_upstream_one_re_renders_only_its_s
     assert names.count("synthetic-002500") == 1 and len(names) == 5001
     assert names.index("synthetic-002500") < names.index("synthetic-000001")  # private first
     assert 0 < rendered.calls <= 2 * (2 + root_module._SEGMENT)
-    plain = (tmp_path / "cache" / "root" / "root.json").read_bytes()
-    assert gzip.decompress((tmp_path / "cache" / "root" / "root.json.gz").read_bytes()) == plain
+    plain = await (await client.get("/simple/", headers={"Accept": JSON})).read()
+    packed = await client.get(
+        "/simple/", headers={"Accept": JSON, "Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert gzip.decompress(await packed.read()) == plain
     assert json.loads(plain)["projects"][0] == {"name": "corp-lib"}
+    head = await client.head("/simple/", headers={"Accept": JSON, "Accept-Encoding": "identity"})
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(plain))
+    assert head.headers["ETag"] == packed.headers["ETag"].replace("-gz", "")
+
+
+def materialize(body: root_module.RootBody) -> bytes:
+    out = b""
+    for piece in body.pieces:
+        if isinstance(piece, bytes):
+            out += piece
+        else:
+            path, offset, length = piece
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                out += fh.read(length)
+    assert len(out) == body.length
+    return out
+
+
+@pytest.mark.parametrize("private", [[], ["corp-lib", "name-00500", "name-03999"]])
+def test_the_root_is_pieces_of_the_upstream_part_with_a_valid_gzip_stream(
+    tmp_path: Path, private: list[str]
+) -> None:
+    names = tmp_path / "upstream-names.txt"
+    names.write_text("".join(f"name-{i:05d}\n" for i in range(4000)))
+    part = root_module.build_upstream_part(names, tmp_path / "parts")
+    assert part is not None and len(part.segments) == 4
+    excluded = root_module.shadowed(part, private)
+    bodies, _rendered = root_module.assemble([NormalizedName(n) for n in private], part, excluded)
+    for fmt in (SimpleFormat.JSON, SimpleFormat.HTML):
+        plain = materialize(bodies[(fmt, False)])
+        assert gzip.decompress(materialize(bodies[(fmt, True)])) == plain  # CRC and length
+    listed = json.loads(materialize(bodies[(SimpleFormat.JSON, False)]))["projects"]
+    got = [p["name"] for p in listed]
+    assert len(got) == len(set(got)) == 4000 + len(set(private) - excluded)
+
+
+def test_crc32_of_a_concatenation_from_the_crcs_of_its_parts() -> None:
+    for a, b in [(b"", b"x"), (b"abc", b""), (b"hello " * 999, b"world" * 12345)]:
+        combined = root_module.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
+        assert combined == zlib.crc32(a + b)
 
 
 def test_an_unsorted_upstream_list_is_sorted_and_without_repeats(tmp_path: Path) -> None:

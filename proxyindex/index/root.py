@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -37,7 +38,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from packaging.utils import NormalizedName
 
@@ -62,7 +62,6 @@ _RETRY_AFTER_FAILURE = 60.0  # seconds before a failed upstream list fetch is tr
 _FIRST_FETCH_WAIT = 20.0  # seconds a first /simple/ request waits for the upstream list
 _FORMATS = {SimpleFormat.JSON: "root.json", SimpleFormat.HTML: "root.html"}
 _SEGMENT = 1024  # upstream names per pre-rendered segment: ~2 ms to render one again
-_COPY = 1 << 20
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"  # deflate, no name, mtime 0, Unix
 
 
@@ -78,6 +77,7 @@ class _Segment:
     first: str  # its first (smallest) name
     names: tuple[int, int]  # (offset, length) in the part's names.txt
     chunks: tuple[tuple[int, int], ...]  # (offset, length) in each of _part_files()
+    crcs: tuple[int, ...]  # per part file: CRC-32 of its plain bytes up to this segment's end
 
 
 def _name(fmt: SimpleFormat, packed: bool) -> str:
@@ -95,6 +95,12 @@ class UpstreamPart:
     directory: Path
     key: str
     segments: tuple[_Segment, ...]
+    firsts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, directory: Path, key: str, segments: Iterable[_Segment]) -> UpstreamPart:
+        held = tuple(segments)
+        return cls(directory, key, held, tuple(s.first for s in held))
 
     def names_of(self, index: int) -> list[str]:
         offset, length = self.segments[index].names
@@ -104,7 +110,7 @@ class UpstreamPart:
 
     def segment_of(self, name: str) -> int | None:
         """The segment that would hold ``name`` (by the sorted order), if any."""
-        index = bisect.bisect_right([s.first for s in self.segments], name) - 1
+        index = bisect.bisect_right(self.firsts, name) - 1
         return index if index >= 0 else None
 
 
@@ -145,7 +151,7 @@ def build_upstream_part(names_file: Path, parts_dir: Path) -> UpstreamPart | Non
     index = target / "index.pickle"
     with contextlib.suppress(FileNotFoundError, pickle.UnpicklingError, EOFError, ValueError):
         segments = pickle.loads(index.read_bytes())  # noqa: S301 - our own file
-        return UpstreamPart(target, key, tuple(segments))
+        return UpstreamPart.of(target, key, segments)
     started = time.monotonic()
     building = parts_dir / f".building-{os.getpid()}-{key}"
     shutil.rmtree(building, ignore_errors=True)
@@ -154,6 +160,7 @@ def build_upstream_part(names_file: Path, parts_dir: Path) -> UpstreamPart | Non
     outs = [(building / filename).open("wb") for _fmt, _packed, filename in files]
     names_out = (building / "names.txt").open("wb")
     found: list[_Segment] = []
+    crcs = [0] * len(files)
     try:
         batch: list[str] = []
 
@@ -171,7 +178,9 @@ def build_upstream_part(names_file: Path, parts_dir: Path) -> UpstreamPart | Non
                 chunk = _deflate(rendered[fmt], last=False) if packed else rendered[fmt]
                 chunks.append((out.tell(), len(chunk)))
                 out.write(chunk)
-            found.append(_Segment(batch[0], (names_at, len(data)), tuple(chunks)))
+            for slot, (fmt, _packed, _filename) in enumerate(files):
+                crcs[slot] = zlib.crc32(rendered[fmt], crcs[slot])
+            found.append(_Segment(batch[0], (names_at, len(data)), tuple(chunks), tuple(crcs)))
             batch.clear()
 
         for name in _read_names(names_file):
@@ -189,15 +198,19 @@ def build_upstream_part(names_file: Path, parts_dir: Path) -> UpstreamPart | Non
         building.rename(target)
     except OSError:  # another worker built the same version meanwhile: use theirs
         shutil.rmtree(building, ignore_errors=True)
-    for old in parts_dir.iterdir():
-        if old.name != key and not old.name.startswith(".building-"):
-            shutil.rmtree(old, ignore_errors=True)
+    # The newest two are kept: a response may still be about to open the previous one.
+    older = sorted(
+        (p for p in parts_dir.iterdir() if p.name != key and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for old in older[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
     log.info(
         "root list rebuilt in %.2fs: %d upstream names rendered",
         time.monotonic() - started,
         sum(1 for _ in _read_names(target / "names.txt")),
     )
-    return UpstreamPart(target, key, tuple(found))
+    return UpstreamPart.of(target, key, found)
 
 
 def shadowed(part: UpstreamPart, names: Iterable[str]) -> set[str]:
@@ -213,41 +226,116 @@ def shadowed(part: UpstreamPart, names: Iterable[str]) -> set[str]:
     return found
 
 
-class _Writer:
-    """One output (plain or gzip) of one format, written to a temp file."""
+# --- CRC-32 of a concatenation (zlib's crc32_combine, which Python does not expose) ---------
 
-    def __init__(self, directory: Path, dest: Path) -> None:
-        self.dest = dest
-        self.fh: BinaryIO
-        self.fh, self.temp = fsutil.open_temp(directory)
-
-    def commit(self) -> None:
-        self.fh.close()
-        # Not fsynced: a root file is rebuilt by every process before it serves it first
-        # (``RootIndex._built`` starts empty), so a torn file after a crash is never served.
-        self.temp.replace(self.dest)
-
-    def discard(self) -> None:
-        self.fh.close()
-        self.temp.unlink(missing_ok=True)
+_CRC_POLY = 0xEDB88320
 
 
-def _copy(src: BinaryIO, start: int, length: int, out: BinaryIO, crc: int | None) -> int:
-    src.seek(start)
-    while length > 0:
-        data = src.read(min(_COPY, length))
-        if not data:
-            raise OSError("root part file is shorter than its index")
-        out.write(data)
-        if crc is not None:
-            crc = zlib.crc32(data, crc)
-        length -= len(data)
-    return crc if crc is not None else 0
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (reflected bit order, as zlib)."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                break
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return p
+
+
+def _x2n_table() -> tuple[int, ...]:
+    table = [1 << 30]  # x^1
+    for _ in range(31):
+        table.append(_multmodp(table[-1], table[-1]))
+    return tuple(table)
+
+
+_X2N = _x2n_table()  # x^(2^k) mod p, k = 0..31: constants, computed once
+
+
+def _x8nmodp(n: int) -> int:
+    """x^(8n) mod p: what appending n bytes does to a CRC."""
+    p = 1 << 31  # x^0
+    k = 3
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """CRC-32 of A+B from crc32(A), crc32(B) and len(B): ~0.1 ms, whatever the lengths."""
+    return _multmodp(_x8nmodp(length2), crc1) ^ crc2
+
+
+# --- the served bodies -----------------------------------------------------------------------
+
+Piece = bytes | tuple[Path, int, int]  # bytes, or (file, offset, length)
+
+
+@dataclass(frozen=True, slots=True)
+class RootBody:
+    """One served variant of the root (a format, plain or gzip): a list of pieces, sent in
+    order, most of them byte ranges of the upstream part's files."""
+
+    pieces: tuple[Piece, ...]
+    length: int
+    etag: str
+
+
+class _Body:
+    """Pieces of one body being put together, with the CRC-32 and length of the plain text
+    (the gzip trailer needs them)."""
+
+    def __init__(self) -> None:
+        self.plain: list[Piece] = []
+        self.packed: list[Piece] = [_GZIP_HEADER]
+        self.crc = 0
+        self.size = 0
+
+    def render(self, data: bytes, *, last: bool = False) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        self.plain.append(data)
+        self.packed.append(_deflate(data, last=last))
+
+    def copy(self, part: UpstreamPart, fmt: SimpleFormat, first: int, last: int) -> None:
+        """Segments ``first..last`` as they were rendered: two byte ranges, and the CRC of
+        the range from the CRCs kept up to each segment's end (no byte is read)."""
+        for packed, out in ((False, self.plain), (True, self.packed)):
+            slot = _part_files().index((fmt, packed, _name(fmt, packed)))
+            start = part.segments[first].chunks[slot][0]
+            end_at, end_len = part.segments[last].chunks[slot]
+            length = end_at + end_len - start
+            out.append((part.directory / _name(fmt, packed), start, length))
+            if packed:
+                continue
+            upto = part.segments[last].crcs[slot]
+            if first:  # crc(range) = crc(before + range) ^ shift(crc(before), len(range))
+                before = part.segments[first - 1].crcs[slot]
+                upto ^= _multmodp(_x8nmodp(length), before)
+            self.crc = crc32_combine(self.crc, upto, length)
+            self.size += length
+
+    def bodies(self, tag: str) -> tuple[RootBody, RootBody]:
+        self.packed.append(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
+        return (
+            RootBody(tuple(self.plain), self.size, f'"{tag}"'),
+            RootBody(tuple(self.packed), sum(map(_piece_length, self.packed)), f'"{tag}-gz"'),
+        )
+
+
+def _piece_length(piece: Piece) -> int:
+    return len(piece) if isinstance(piece, bytes) else piece[2]
 
 
 def _plan(count: int, touched: set[int]) -> list[tuple[bool, int, int]]:
     """Segments ``0..count-1`` as steps ``(render, first, last)``: runs of untouched segments
-    are copied at once, each touched one is rendered again."""
+    are referenced at once, each touched one is rendered again."""
     steps: list[tuple[bool, int, int]] = []
     for index in range(count):
         if index in touched:
@@ -259,55 +347,14 @@ def _plan(count: int, touched: set[int]) -> list[tuple[bool, int, int]]:
     return steps
 
 
-class _Output:
-    """The plain and gzip files of one format being written, with the gzip CRC and size."""
-
-    def __init__(self, directory: Path, filename: str) -> None:
-        self.plain = _Writer(directory, directory / filename)
-        self.packed = _Writer(directory, directory / f"{filename}.gz")
-        self.crc = 0
-        self.size = 0
-        self.packed.fh.write(_GZIP_HEADER)
-
-    def render(self, data: bytes, *, last: bool = False) -> None:
-        self.crc = zlib.crc32(data, self.crc)
-        self.size += len(data)
-        self.plain.fh.write(data)
-        self.packed.fh.write(_deflate(data, last=last))
-
-    def copy(self, part: UpstreamPart, fmt: SimpleFormat, first: int, last: int) -> None:
-        """Copy segments ``first..last`` as they were rendered (no name is looked at)."""
-        for packed, out in ((False, self.plain), (True, self.packed)):
-            slot = _part_files().index((fmt, packed, _name(fmt, packed)))
-            start = part.segments[first].chunks[slot][0]
-            end_at, end_len = part.segments[last].chunks[slot]
-            with (part.directory / _name(fmt, packed)).open("rb") as src:
-                crc = _copy(
-                    src, start, end_at + end_len - start, out.fh, None if packed else self.crc
-                )
-            if not packed:
-                self.crc = crc
-                self.size += end_at + end_len - start
-
-    def commit(self) -> None:
-        self.packed.fh.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
-        self.packed.commit()
-        self.plain.commit()
-
-    def discard(self) -> None:
-        self.plain.discard()
-        self.packed.discard()
-
-
 def assemble(
-    directory: Path,
     private: Iterable[NormalizedName],
     part: UpstreamPart | None,
     excluded: Iterable[str],
-) -> int:
-    """Write root.{html,json} and their .gz siblings; returns how many entries were
-    rendered: the private names, plus the names of the upstream segments that hold one of
-    ``excluded`` (private names the upstream list also has), never the whole upstream list."""
+) -> tuple[dict[tuple[SimpleFormat, bool], RootBody], int]:
+    """The root's bodies, by (format, gzip); and how many entries were rendered: the private
+    names, plus the names of the upstream segments that hold one of ``excluded`` (private
+    names the upstream list also has). The rest is referenced, never read or rendered."""
     private_sorted = sorted(set(private))
     skip = set(excluded)
     steps: list[tuple[bool, int, int]] = []
@@ -316,36 +363,36 @@ def assemble(
         if not private_sorted and part.segments:
             touched.add(0)  # its first JSON entry must go without the leading comma
         steps = _plan(len(part.segments), touched)
+    digest = hashlib.sha256(f"{part.key if part else ''}|{','.join(sorted(skip))}".encode())
     rendered = 0
-    for fmt, filename in _FORMATS.items():
-        out = _Output(directory, filename)
-        try:
+    bodies: dict[tuple[SimpleFormat, bool], RootBody] = {}
+    for fmt in _FORMATS:
+        out = _Body()
+        head = render_root_header(fmt) + b"".join(
+            render_root_entry(n, fmt, i == 0) for i, n in enumerate(private_sorted)
+        )
+        digest.update(head)
+        out.render(head)
+        rendered += len(private_sorted)
+        first = not private_sorted
+        for render, low, high in steps:
+            assert part is not None
+            if not render:
+                out.copy(part, fmt, low, high)
+                continue
+            names = [n for n in part.names_of(low) if n not in skip]
             out.render(
-                render_root_header(fmt)
-                + b"".join(render_root_entry(n, fmt, i == 0) for i, n in enumerate(private_sorted))
-            )
-            rendered += len(private_sorted)
-            first = not private_sorted
-            for render, low, high in steps:
-                assert part is not None
-                if not render:
-                    out.copy(part, fmt, low, high)
-                    continue
-                names = [n for n in part.names_of(low) if n not in skip]
-                out.render(
-                    b"".join(
-                        render_root_entry(NormalizedName(n), fmt, first and i == 0)
-                        for i, n in enumerate(names)
-                    )
+                b"".join(
+                    render_root_entry(NormalizedName(n), fmt, first and i == 0)
+                    for i, n in enumerate(names)
                 )
-                first = first and not names
-                rendered += len(names)
-            out.render(render_root_footer(fmt), last=True)
-            out.commit()
-        except BaseException:
-            out.discard()
-            raise
-    return rendered
+            )
+            first = first and not names
+            rendered += len(names)
+        out.render(render_root_footer(fmt), last=True)
+        tag = f"root-{digest.hexdigest()[:24]}-{'json' if fmt.is_json else 'html'}"
+        bodies[(fmt, False)], bodies[(fmt, True)] = out.bodies(tag)
+    return bodies, rendered
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +409,7 @@ class RootIndex:
         self._storage = storage
         self._upstream = upstream
         self._built: _Built | None = None
+        self._bodies: dict[tuple[SimpleFormat, bool], RootBody] = {}
         self._part: UpstreamPart | None = None
         self._in_upstream: dict[str, bool] = {}  # private name -> on the upstream list (part)
         self._build_lock = asyncio.Lock()
@@ -380,8 +428,9 @@ class RootIndex:
         except FileNotFoundError:
             return 0.0
 
-    async def path(self, fmt: SimpleFormat) -> Path:
-        """The prebuilt root file for ``fmt`` (serve with FileResponse: it picks the .gz)."""
+    async def body(self, fmt: SimpleFormat, *, packed: bool) -> RootBody:
+        """The root for ``fmt``, gzip-compressed if ``packed`` (send it with
+        ``web.responses.PiecesResponse``)."""
         names_mtime = await asyncio.to_thread(self._names_mtime)
         # Offline: the names list as cached (copied from the connected site), never fetched.
         offline = self._upstream.config.offline
@@ -393,10 +442,10 @@ class RootIndex:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._refresh), _FIRST_FETCH_WAIT)
         await self._ensure_built()
-        return self.directory / _FORMATS[SimpleFormat.JSON if fmt.is_json else SimpleFormat.HTML]
+        return self._bodies[(SimpleFormat.JSON if fmt.is_json else SimpleFormat.HTML, packed)]
 
     async def _ensure_built(self) -> None:
-        """Bring the root files up to date with the private names and the upstream list.
+        """Bring the root up to date with the private names and the upstream list.
 
         A new version of an existing project leaves the set of names, and so the root,
         alone; a new private name re-renders the private part (module docstring)."""
@@ -415,7 +464,7 @@ class RootIndex:
                     build_upstream_part, self.names_file, self.parts_dir
                 )
                 self._in_upstream = {}
-            rendered = await asyncio.to_thread(self._assemble)
+            self._bodies, rendered = await asyncio.to_thread(self._assemble)
             self._built = wanted
             log.info(
                 "root list updated in %.3fs (%d entries rendered)",
@@ -423,7 +472,7 @@ class RootIndex:
                 rendered,
             )
 
-    def _assemble(self) -> int:
+    def _assemble(self) -> tuple[dict[tuple[SimpleFormat, bool], RootBody], int]:
         private = self._storage.names()
         part = self._part
         if part is not None:
@@ -431,7 +480,7 @@ class RootIndex:
             found = shadowed(part, unknown)
             self._in_upstream.update((n, n in found) for n in unknown)
         excluded = {n for n in private if self._in_upstream.get(n)}
-        return assemble(self.directory, private, part, excluded)
+        return assemble(private, part, excluded)
 
     def refresh_in_background(self) -> None:
         recently_failed = time.monotonic() - self._failed_at < _RETRY_AFTER_FAILURE

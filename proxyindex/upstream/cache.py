@@ -217,13 +217,15 @@ class BlobStore:
             oldest = self._index.oldest(_EVICT_BATCH)
             if not oldest:
                 break
+            evicted = []
             for sha256, size in oldest:
                 if total <= target:
                     break
                 if is_sha256(sha256):  # a reader with the file open keeps reading it
                     self.path(sha256).unlink(missing_ok=True)
-                self._index.remove(sha256)
+                evicted.append(sha256)
                 total -= size
+            self._index.remove(*evicted)
         # What this shrink left of the total it read (blobs added meanwhile are the
         # caller's to count, as with the walk this replaced).
         log.info("cache over %d bytes: evicted down to %d", max_size, total)

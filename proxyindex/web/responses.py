@@ -16,12 +16,14 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_fileresponse import _FileResponseResult
 from multidict import CIMultiDict
 
+from proxyindex.index.root import Piece, RootBody
 from proxyindex.upstream.downloads import Cursor, Download, FileRange
 
 __all__ = [
     "IMMUTABLE",
     "PRIVATE_IMMUTABLE",
     "FollowedDownload",
+    "PiecesResponse",
     "StoredFile",
     "etag_matches",
     "not_modified",
@@ -214,3 +216,55 @@ async def _sendfile(
                 raise ConnectionResetError("the file is shorter than its download") from None
             await response.write(chunk)
             offset += len(chunk)
+
+
+_PIECE_CHUNK = 1 << 20
+
+
+def _open_pieces(pieces: tuple[Piece, ...]) -> dict[Path, BinaryIO]:
+    files: dict[Path, BinaryIO] = {}
+    try:
+        for piece in pieces:
+            if not isinstance(piece, bytes) and piece[0] not in files:
+                files[piece[0]] = piece[0].open("rb")
+    except BaseException:
+        for fh in files.values():
+            fh.close()
+        raise
+    return files
+
+
+class PiecesResponse(web.StreamResponse):
+    """A body sent as its pieces: bytes, and byte ranges of files opened before the first
+    byte is sent (so a file replaced meanwhile is still read whole). The root list is sent so:
+    its upstream part is shared by every version of it, and a private change renders only
+    its own part (see ``index.root``). Ranges are ignored (a 200 with the whole body)."""
+
+    def __init__(self, body: RootBody, *, headers: Mapping[str, str]) -> None:
+        super().__init__(headers=headers)
+        self._pieces_body = body
+        self.content_length = body.length
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared or request.method == hdrs.METH_HEAD:
+            return await super().prepare(request)
+        files = await asyncio.to_thread(_open_pieces, self._pieces_body.pieces)
+        try:
+            writer = await super().prepare(request)
+            for piece in self._pieces_body.pieces:
+                if isinstance(piece, bytes):
+                    await self.write(piece)
+                    continue
+                path, offset, length = piece
+                fd = files[path].fileno()
+                while length > 0:
+                    chunk = await asyncio.to_thread(os.pread, fd, min(_PIECE_CHUNK, length), offset)
+                    if not chunk:
+                        raise OSError(f"{path} is shorter than the root's index says")
+                    await self.write(chunk)
+                    offset += len(chunk)
+                    length -= len(chunk)
+            return writer
+        finally:
+            for fh in files.values():
+                fh.close()

@@ -24,6 +24,7 @@ from proxyindex.web.responses import (
     IMMUTABLE,
     PRIVATE_IMMUTABLE,
     FollowedDownload,
+    PiecesResponse,
     StoredFile,
     etag_matches,
     not_modified,
@@ -155,14 +156,19 @@ async def project_page(request: web.Request) -> web.StreamResponse:
 
 async def root_page(request: web.Request) -> web.StreamResponse:
     fmt = _format(request)
-    path = await request.app[appkeys.ROOT].path(fmt)
     use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
-    return StoredFile(
-        path.with_name(path.name + ".gz") if use_gzip else path,
-        headers={hdrs.CACHE_CONTROL: _cache_control(request, 300, False), hdrs.VARY: _VARY},
-        content_type=fmt.content_type,
-        precompressed="gzip" if use_gzip else None,
-    )
+    body = await request.app[appkeys.ROOT].body(fmt, packed=use_gzip)
+    headers: dict[str, str] = {
+        hdrs.ETAG: body.etag,
+        hdrs.CACHE_CONTROL: _cache_control(request, 300, False),
+        hdrs.VARY: _VARY,
+    }
+    if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), body.etag):
+        return not_modified(headers)
+    headers[hdrs.CONTENT_TYPE] = fmt.content_type
+    if use_gzip:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return PiecesResponse(body, headers=headers)
 
 
 def _file_name(request: web.Request, name: NormalizedName) -> str:
