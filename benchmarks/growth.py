@@ -454,12 +454,12 @@ class Context:
 def proxy(ctx: Context, where: Path, upstream_url: str) -> Iterator[ProxyServer]:
     """A real ``proxyindex serve`` (one worker, prefetch off so only the measured requests
     reach the upstream, anonymous uploads on: nothing else listens on 127.0.0.1)."""
-    server: dict[str, object] = {"host": "127.0.0.1"}
+    section: dict[str, object] = {"host": "127.0.0.1"}
     if ctx.memory_cache_size is not None:
-        server["memory_cache_size"] = ctx.memory_cache_size
+        section["memory_cache_size"] = ctx.memory_cache_size
     config = write_config(
         where / "config.toml",
-        server=server,
+        server=section,
         storage={"packages_dir": str(where / "packages"), "cache_dir": str(where / "cache")},
         upstream={"url": upstream_url, "prefetch": False, "timeout": 300},
         auth={"anonymous_upload": True},
