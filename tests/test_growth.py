@@ -31,6 +31,7 @@ from proxyindex.index.projects import ProjectIndex
 from proxyindex.lru import LRU
 from proxyindex.models import DistFile, Origin, ProjectPage, normalize
 from proxyindex.private import storage as storage_module
+from proxyindex.private import watch as watch_module
 from proxyindex.private.storage import PrivateStorage, Stored
 from proxyindex.private.watch import DirWatcher
 from proxyindex.simple import SimpleFormat
@@ -515,3 +516,10 @@ async def test_pip_and_uv_retry_a_page_still_being_hashed_and_install(
     uv = await asyncio.to_thread(run_uv_pip_install, tmp_path / "uv", url, "corp-more", python=venv)
     assert uv.installed == {"corp-more": "2.29"}
     assert told.calls > pip_told
+
+
+def test_a_packages_folder_on_a_network_file_system_is_polled_not_watched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(watch_module, "_fs_type", lambda _path: "nfs4")
+    assert DirWatcher.create(str(tmp_path)) is None  # another host's writes raise no event

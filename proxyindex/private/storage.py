@@ -357,7 +357,7 @@ class PrivateStorage:
         changed, and walk the whole tree every ``_FULL_SCAN_EVERY`` seconds; without it,
         walk the tree (one stat per folder) every time."""
         if self._watcher is None and not self._watching:
-            self._watcher = DirWatcher.create()
+            self._watcher = DirWatcher.create(str(self.root))
             self._watching = True  # tried once; _watch_all says whether it holds
             self._walked_at = -math.inf
         watcher = self._watcher

@@ -64,8 +64,13 @@ class DirWatcher:
         self._watched: set[str] = set()
 
     @classmethod
-    def create(cls) -> DirWatcher | None:
-        """A watcher, or None where inotify is not available."""
+    def create(cls, root: str | None = None) -> DirWatcher | None:
+        """A watcher, or None where inotify is not available or cannot see every change:
+        ``root`` on a network file system (another host's writes raise no event here)."""
+        kind = _fs_type(root) if root is not None else None
+        if kind is not None and kind.split(".")[-1] in _NETWORK_FS:
+            log.info("%s is on %s: the packages folder is polled", root, kind)
+            return None
         try:
             return cls()
         except (OSError, AttributeError) as exc:
@@ -120,3 +125,25 @@ class DirWatcher:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+_NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "sshfs", "s3fs", "lustre"}
+)
+
+
+def _fs_type(path: str) -> str | None:
+    """The file system type of the mount holding ``path`` (from /proc/mounts), if known."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as fh:  # noqa: PTH123
+            mounts = [line.split()[1:3] for line in fh if len(line.split()) > 2]
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for mount_point, kind in mounts:
+        point = mount_point.replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > best[0]):
+            best = (len(point), kind)
+    return best[1] if best else None
