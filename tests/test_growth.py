@@ -523,3 +523,17 @@ def test_a_packages_folder_on_a_network_file_system_is_polled_not_watched(
 ) -> None:
     monkeypatch.setattr(watch_module, "_fs_type", lambda _path: "nfs4")
     assert DirWatcher.create(str(tmp_path)) is None  # another host's writes raise no event
+
+
+def test_a_process_is_current_after_its_own_change_and_lists_nothing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private_tree(tmp_path / "packages", 30)
+    storage = PrivateStorage(tmp_path / "packages", tmp_path / "meta")
+    try:
+        storage.rescan()  # the first walk finds every folder new
+        assert not storage.stale()
+        store(storage, make_wheel(tmp_path / "wheels", "corp-p001", "2.0"))
+        assert not storage.stale()  # nobody else changed anything: nothing to catch up on
+    finally:
+        storage.close()

@@ -28,6 +28,7 @@ __all__ = ["ChangeBoard", "Mark"]
 # count of changes, log epoch (bumped when the log starts over), log length in bytes
 _FORMAT = struct.Struct("<QQQ")
 _LOG_LIMIT = 1 << 20
+_MAX_LOGGED = 2000  # folders per change worth logging one by one
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +60,17 @@ class ChangeBoard:
     def mark(self) -> Mark:
         return Mark(*_FORMAT.unpack_from(self._map, 0))
 
-    def bump(self, directories: Iterable[str] = ()) -> None:
-        """Count a change, and log the folders it touched (none: readers walk everything)."""
-        lines = "".join(f"{d}\n" for d in directories if "\n" not in d).encode()
+    def bump(self, directories: Iterable[str] = ()) -> tuple[Mark, Mark]:
+        """Count a change, and log the folders it touched (none, or more than a few
+        thousand: readers walk everything); the marks just before and after it."""
+        folders = [d for d in directories if "\n" not in d]
+        if len(folders) > _MAX_LOGGED:
+            folders = []  # a walk (one stat per folder) beats listing them all again
+        lines = "".join(f"{d}\n" for d in folders).encode()
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
             count, epoch, length = _FORMAT.unpack_from(self._map, 0)
+            before = Mark(count, epoch, length)
             if not lines or length + len(lines) > _LOG_LIMIT:
                 epoch, length = epoch + 1, 0  # start over: whoever has not caught up walks
                 with self._log.open("wb"):
@@ -73,9 +79,11 @@ class ChangeBoard:
                 with self._log.open("ab") as fh:
                     fh.write(lines)
                 length += len(lines)
-            _FORMAT.pack_into(self._map, 0, (count + 1) % (1 << 64), epoch, length)
+            after = Mark((count + 1) % (1 << 64), epoch, length)
+            _FORMAT.pack_into(self._map, 0, after.count, after.epoch, after.length)
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        return before, after
 
     def since(self, seen: Mark, now: Mark) -> set[str] | None:
         """The folders logged between ``seen`` and ``now``; None when the log started over

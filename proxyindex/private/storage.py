@@ -318,9 +318,9 @@ class PrivateStorage:
         with self._lock:
             board = self._board.mark()  # before looking: a later change is caught next time
             changed = self._rescan()
-            if changed:
-                self._board.bump(changed)  # tell the other workers
             self._board_seen = board
+            if changed:
+                self._tell_others(changed)
             self._walked_at = time.monotonic()
             return bool(changed)
 
@@ -331,8 +331,15 @@ class PrivateStorage:
         with self._lock:
             changed = self._refresh(set(directories))
             if changed:
-                self._board.bump(changed)
+                self._tell_others(changed)
             return bool(changed)
+
+    def _tell_others(self, folders: list[str]) -> None:
+        """Log the folders this process changed; if nobody else changed anything since
+        this view caught up, it is current after its own change too (no listing again)."""
+        before, after = self._board.bump(folders)
+        if before == self._board_seen:
+            self._board_seen = after
 
     def catch_up(self) -> bool:
         """Take in what other processes changed (see ``changeboard``): the folders they
@@ -343,13 +350,14 @@ class PrivateStorage:
             if folders is None:
                 changed = self._rescan()
                 self._walked_at = time.monotonic()
+                self._board_seen = now
                 if changed:
-                    self._board.bump(changed)
+                    self._tell_others(changed)
             else:
                 # Not logged again: the process that changed these folders logged them.
                 self._refresh_names()
                 changed = self._refresh(folders)
-            self._board_seen = now
+                self._board_seen = now
             return bool(changed)
 
     def poll(self) -> bool:
