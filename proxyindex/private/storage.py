@@ -248,6 +248,7 @@ class PrivateStorage:
         self._board_seen = self._board.mark()
         self._watcher: DirWatcher | None = None
         self._watching = False  # every folder of the view is watched
+        self._new_dirs: list[str] = []  # folders a refresh found, to watch
         self._walked_at = -math.inf
 
     def version(self, name: NormalizedName) -> tuple[int, int]:
@@ -379,11 +380,13 @@ class PrivateStorage:
         folders = watcher.changed()
         if folders is None:  # the kernel dropped events
             changed = self.rescan()
-        else:
-            for folder in folders:
-                self._watch(folder)
-            changed = self.refresh(folders) if folders else False
-        self._watch_all()
+            self._watch_all()
+            return changed
+        for folder in folders:
+            self._watch(folder)
+        changed = self.refresh(folders) if folders else False
+        while self._new_dirs:  # found inside new folders: watched from now on
+            self._watch(self._new_dirs.pop())
         return changed
 
     def _watch(self, folder: str) -> None:
@@ -392,7 +395,8 @@ class PrivateStorage:
             self._watcher = None  # the walk every second takes over
 
     def _watch_all(self) -> None:
-        """Watch every folder of the view (new ones once; a dict of watched names)."""
+        """Watch every folder of the view (after a walk; a set lookup for each known one)."""
+        self._new_dirs.clear()
         for folder in list(self._dirs):
             if self._watcher is None:
                 return
@@ -428,6 +432,8 @@ class PrivateStorage:
                 continue
             changed.append((directory, old, state))
             dirs[directory] = state
+            if old is None:
+                self._new_dirs.append(directory)
             pending.extend(d for d in state.subdirs if d not in dirs)
             parent = os.path.dirname(directory)  # noqa: PTH120 - str paths
             held = dirs.get(parent)
