@@ -61,6 +61,7 @@ class ServerConfig:
     max_connections: int = 1000
     access_log: str = "-"
     audit_log: str = ""  # "": <data_dir>/audit.jsonl; "off": none; else a file
+    memory_cache_size: int = 256 << 20  # bytes of pages and renderings kept per process
 
 
 def default_data_dir(environ: Mapping[str, str], euid: int) -> Path:
@@ -334,6 +335,8 @@ def _validate(config: Config, environ: Mapping[str, str]) -> Config:
         raise ConfigError("server.workers: expected at least 1")
     if config.server.idle_timeout < 1:
         raise ConfigError("server.idle_timeout: expected at least 1 second")
+    if config.server.memory_cache_size < 0:
+        raise ConfigError("server.memory_cache_size: expected bytes, 0 or more")
     if config.server.max_connections < 1:
         raise ConfigError("server.max_connections: expected at least 1")
     if config.server.base_url:

@@ -16,6 +16,8 @@
     ├── AuthUnavailable            503   the htpasswd file never loaded: nobody can be checked
     ├── CacheFull                  503   the cache disk is full: a HEAD or Range request for a
     │                                    file not cached yet (a GET streams it uncached)
+    ├── StillHashing               503   a private page whose new files are still being hashed
+    │                                    (Retry-After; pip and uv retry a 503)
     └── UpstreamError                    5xx: the upstream index failed us and nothing is cached
         ├── UpstreamUnavailable    502   refused, reset, 5xx, a page over upstream.max_page_size
         │   └── NotAnIndexPage     502   a 200 that is no project page: maintenance page, junk
@@ -40,6 +42,7 @@ __all__ = [
     "PolicyDenied",
     "PolicyHidden",
     "ProxyIndexError",
+    "StillHashing",
     "TooLarge",
     "TooManyRequests",
     "UpstreamError",
@@ -126,6 +129,15 @@ class AuthUnavailable(ProxyIndexError):
 
 class CacheFull(ProxyIndexError):
     status = 503
+
+
+class StillHashing(ProxyIndexError):
+    """A page is never listed without its files' hashes; while a freshly dropped project's
+    thousands of files are hashed, its page request waits a bounded time, then gets this,
+    so the client retries (pip: 5 times, honouring Retry-After) instead of timing out."""
+
+    status = 503
+    retry_after = 2
 
 
 class UpstreamError(ProxyIndexError):

@@ -297,6 +297,29 @@ class S3PrivateStorage:
     def names(self) -> frozenset[NormalizedName]:
         return frozenset(n for n, p in self._projects.items() if p.files)
 
+    # The local storage's incremental interface (issue 9), met simply: the bucket's change
+    # marker is the one thing to poll, and project records carry their hashes.
+
+    def version(self, name: NormalizedName) -> tuple[int, int]:
+        """Changes whenever this replica's view changes (any project: records are few)."""
+        return (self.generation, 0)
+
+    def catch_up(self) -> bool:
+        return self.rescan()
+
+    def poll(self) -> bool:
+        return self.rescan()
+
+    def unhashed(self, name: NormalizedName) -> int:
+        return 0  # a record lists every file with its sha256
+
+    @property
+    def has_unwarmed(self) -> bool:
+        return False
+
+    def warm_changed(self) -> int:
+        return 0
+
     def file_count(self) -> int:
         """How many private files there are (for /metrics)."""
         return sum(len(p.files) for p in self._projects.values())

@@ -9,14 +9,17 @@ restarts. Every method here blocks; the async side calls them through ``asyncio.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import email.parser
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import tarfile
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -36,6 +39,7 @@ from proxyindex.distname import DistFilename, release_of
 from proxyindex.models import DistFile, Origin, ProjectPage
 from proxyindex.private.changeboard import ChangeBoard
 from proxyindex.private.tombstones import PrivateNames
+from proxyindex.private.watch import DirWatcher
 from proxyindex.private.yanks import Yanks
 from proxyindex.simple import project_versions
 
@@ -152,6 +156,11 @@ def _release_version(filename: str) -> str | None:
     return canonicalize_version(dist.version) if dist is not None else None
 
 
+def _hidden(relative: str) -> bool:
+    """A path under a dot folder (or a dot file): never listed (temp files, our own data)."""
+    return any(part.startswith(".") for part in Path(relative).parts)
+
+
 def _isoformat(mtime: float) -> str:
     return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -207,6 +216,9 @@ class Conflict:
     sha256: str
 
 
+# With inotify the poll lists only the folders the kernel named; the whole tree is still
+# walked this often, for what inotify cannot see (a network file system written elsewhere).
+_FULL_SCAN_EVERY = 60.0  # seconds
 _INFO_MEMORY = 20_000  # infos kept in memory; the rest are a diskcache read away (~20 us)
 
 
@@ -223,20 +235,40 @@ class PrivateStorage:
         self._store = open_cache(meta_dir)
         self._lock_dir = meta_dir / "release-locks"
         self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, int, int], concurrent.futures.Future[FileInfo]] = {}
+        self._jobs_lock = threading.Lock()
+        self._unwarmed: set[NormalizedName] = set()  # changed since: files maybe unhashed
         self._stop = threading.Event()
         self.generation = 0
+        # Bumped only when the set of project names changes (a new private project, the
+        # last file of one removed): the root list follows it, not every new version.
+        self.names_version = 0
+        # Per project: bumped when its files change, so a change to one project leaves the
+        # pages of every other alone (``_epoch``: when the private names log changed, which
+        # may change any name's owner).
+        self._versions: dict[NormalizedName, int] = {}
+        self._epoch = 0
         # Every name that ever had a private file, kept in the packages folder (tombstones).
         self.private_names = PrivateNames(root)
         # Yanked releases (PEP 592), in the packages folder too.
         self.yanks = Yanks(root)
         # What the other worker processes of this host changed (see changeboard).
         self._board = ChangeBoard(meta_dir / "changes")
-        self._board_seen = self._board.read()
+        self._board_seen = self._board.mark()
+        self._watcher: DirWatcher | None = None
+        self._watching = False  # every folder of the view is watched
+        self._new_dirs: list[str] = []  # folders a refresh found, to watch
+        self._walked_at = -math.inf
+
+    def version(self, name: NormalizedName) -> tuple[int, int]:
+        """Changes when ``name``'s files (or any name's ownership) change; a page built at
+        one version is current while it holds (a dict lookup: every page request asks)."""
+        return (self._epoch, self._versions.get(name, 0))
 
     def stale(self) -> bool:
         """True when another process changed the packages folder since this view caught up
         (a shared-memory read: cheap enough for every request that reads private data)."""
-        return self._board.read() != self._board_seen
+        return self._board.read() != self._board_seen.count
 
     def stop_warming(self) -> None:
         """Make a running :meth:`warm` return soon (shutdown must not wait for 100k hashes)."""
@@ -246,6 +278,8 @@ class PrivateStorage:
         self._stop.set()
         self._store.close()
         self._board.close()
+        if self._watcher is not None:
+            self._watcher.close()
 
     # --- scanning -------------------------------------------------------------------------
 
@@ -292,21 +326,139 @@ class PrivateStorage:
         folder, and a dropped-in file costs a listing of its folder.
         """
         with self._lock:
-            board = self._board.read()  # before looking: a later change is caught next time
+            board = self._board.mark()  # before looking: a later change is caught next time
             changed = self._rescan()
-            if changed:
-                self._board.bump()  # tell the other workers
             self._board_seen = board
-            return changed
+            if changed:
+                self._tell_others(changed)
+            self._walked_at = time.monotonic()
+            return bool(changed)
 
-    def _rescan(self) -> bool:
+    def refresh(self, directories: Iterable[str]) -> bool:
+        """List again only ``directories`` (and new folders found in them), whatever their
+        mtime says; True if any distribution file changed. What an upload, a removal, an
+        inotify event or another worker's log entry costs: O(changes), not O(tree)."""
+        with self._lock:
+            changed = self._refresh(set(directories))
+            if changed:
+                self._tell_others(changed)
+            return bool(changed)
+
+    def _tell_others(self, folders: list[str]) -> None:
+        """Log the folders this process changed; if nobody else changed anything since
+        this view caught up, it is current after its own change too (no listing again)."""
+        before, after = self._board.bump(folders)
+        if before == self._board_seen:
+            self._board_seen = after
+
+    def catch_up(self) -> bool:
+        """Take in what other processes changed (see ``changeboard``): the folders they
+        logged, or the whole tree when their log started over."""
+        with self._lock:
+            now = self._board.mark()
+            folders = self._board.since(self._board_seen, now)
+            if folders is None:
+                changed = self._rescan()
+                self._walked_at = time.monotonic()
+                self._board_seen = now
+                if changed:
+                    self._tell_others(changed)
+            else:
+                # Not logged again: the process that changed these folders logged them.
+                self._refresh_names()
+                changed = self._refresh(folders)
+                self._board_seen = now
+            return bool(changed)
+
+    def poll(self) -> bool:
+        """The idle poll (once a second): with inotify, list the folders the kernel says
+        changed, and walk the whole tree every ``_FULL_SCAN_EVERY`` seconds; without it,
+        walk the tree (one stat per folder) every time."""
+        if self._watcher is None and not self._watching:
+            self._watcher = DirWatcher.create(str(self.root))
+            self._watching = True  # tried once; _watch_all says whether it holds
+            self._walked_at = -math.inf
+        watcher = self._watcher
+        due = time.monotonic() - self._walked_at > _FULL_SCAN_EVERY
+        if watcher is None or due:
+            if watcher is not None:
+                watcher.changed()  # the walk sees everything they name
+            changed = self.rescan()
+            self._watch_all()
+            return changed
+        folders = watcher.changed()
+        if folders is None:  # the kernel dropped events
+            changed = self.rescan()
+            self._watch_all()
+            return changed
+        for folder in folders:
+            self._watch(folder)
+        changed = self.refresh(folders) if folders else False
+        while self._new_dirs:  # found inside new folders: watched from now on
+            self._watch(self._new_dirs.pop())
+        return changed
+
+    def _watch(self, folder: str) -> None:
+        if self._watcher is not None and not self._watcher.watch(folder):
+            self._watcher.close()
+            self._watcher = None  # the walk every second takes over
+
+    def _watch_all(self) -> None:
+        """Watch every folder of the view (after a walk; a set lookup for each known one)."""
+        self._new_dirs.clear()
+        for folder in list(self._dirs):
+            if self._watcher is None:
+                return
+            self._watch(folder)
+
+    def _refresh(self, directories: set[str]) -> list[str]:
         # Caller holds self._lock.
-        if self.private_names.refresh():  # another process recorded or released names
-            self.private_names.record_seen(self._projects)
-            self.generation += 1
-        yanks_changed = self.yanks.refresh()
-        if yanks_changed:
-            self.generation += 1  # pages show the new yanked marks
+        root = str(self.root)
+        dirs = dict(self._dirs)
+        changed: list[tuple[str, _DirState | None, _DirState | None]] = []
+        pending = sorted(
+            d
+            for d in directories
+            if d == root or (d.startswith(root + os.sep) and not _hidden(d[len(root) + 1 :]))
+        )
+        while pending:
+            directory = pending.pop()
+            old = dirs.get(directory)
+            try:
+                mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116
+                state = self._scan_dir(directory, old, mtime_ns)
+            except FileNotFoundError:
+                if directory == root:
+                    continue  # a missing root is a failing mount: keep the view (DC-04)
+                below = directory + os.sep
+                for gone in [d for d in dirs if d == directory or d.startswith(below)]:
+                    changed.append((gone, dirs.pop(gone), None))
+                continue
+            except OSError:
+                continue  # unreadable: keep what we knew (the walk logs it)
+            if old is not None and state.files == old.files and state.subdirs == old.subdirs:
+                dirs[directory] = state
+                continue
+            changed.append((directory, old, state))
+            dirs[directory] = state
+            if old is None:
+                self._new_dirs.append(directory)
+            pending.extend(d for d in state.subdirs if d not in dirs)
+            parent = os.path.dirname(directory)  # noqa: PTH120 - str paths
+            held = dirs.get(parent)
+            if old is None and directory != root:
+                if held is None:
+                    pending.append(parent)
+                elif directory not in held.subdirs:
+                    # Keep its mtime: the next walk lists it again, which is harmless.
+                    subdirs = sorted([*held.subdirs, directory])
+                    dirs[parent] = _DirState(held.mtime_ns, held.files, held.by_project, subdirs)
+        self._dirs = dirs
+        return [d for d, _old, _new in changed] if self._update(changed) else []
+
+    def _rescan(self) -> list[str]:
+        # Caller holds self._lock.
+        self._refresh_names()
         root = str(self.root)
         seen: dict[str, _DirState] = {}
         changed: list[tuple[str, _DirState | None, _DirState | None]] = []
@@ -336,10 +488,21 @@ class PrivateStorage:
             pending.extend(state.subdirs)
         self._report_unreadable(unreadable)
         if root in unreadable:
-            return yanks_changed  # nothing can be told about any file: keep the whole view
+            return []  # nothing can be told about any file: keep the whole view
         changed.extend((d, self._dirs[d], None) for d in self._dirs.keys() - seen.keys())
         self._dirs = seen
-        return self._update(changed) or yanks_changed
+        return [d for d, _old, _new in changed] if self._update(changed) else []
+
+    def _refresh_names(self) -> None:
+        """What other processes changed besides files: names recorded or released, and
+        yanks. Both may change any page (ownership, yanked marks): a new epoch."""
+        if self.private_names.refresh():  # another process recorded or released names
+            self.private_names.record_seen(self._projects)
+            self.generation += 1
+            self._epoch += 1
+        if self.yanks.refresh():  # pages show the new yanked marks
+            self.generation += 1
+            self._epoch += 1
 
     def _fresh_state(self, directory: str, old: _DirState | None) -> _DirState:
         mtime_ns = os.stat(directory).st_mtime_ns  # noqa: PTH116 - str paths: 100k folders
@@ -395,7 +558,12 @@ class PrivateStorage:
             if gone:
                 removed[project] = gone
         self._project_dirs = project_dirs
+        if projects.keys() != self._projects.keys():
+            self.names_version += 1
         self._projects = projects
+        for project in touched:
+            self._versions[project] = self._versions.get(project, 0) + 1
+        self._unwarmed.update(p for p in touched if p in projects)
         self.generation += 1
         self._record(touched, removed)
         return True
@@ -436,19 +604,52 @@ class PrivateStorage:
     def _info(self, entry: _Entry) -> FileInfo:
         key = (str(Path(entry.path).relative_to(self.root)), entry.size, entry.mtime_ns)
         info = self._infos.get(key)
-        if info is None:
-            stored: Any = self._store.get(("info", key))
-            if isinstance(stored, FileInfo):
-                info = stored
-            else:
-                info, metadata = compute_file_info(Path(entry.path))
-                if metadata is not None:
-                    self._store.set(("metadata", info.sha256), metadata)
-                self._store.set(("info", key), info)
-            self._infos[key] = info
-            if len(self._infos) > _INFO_MEMORY:
+        if info is not None:
+            return info
+        # One hashing job per file: a page request and the warm-up (or two requests) that
+        # want the same file wait for the one doing it, instead of hashing it twice.
+        with self._jobs_lock:
+            job = self._jobs.get(key)
+            mine = job is None
+            if job is None:
+                job = self._jobs[key] = concurrent.futures.Future()
+        if not mine:
+            return job.result()
+        try:
+            info = self._load_info(key, entry)
+            job.set_result(info)
+        except BaseException as exc:
+            job.set_exception(exc)
+            raise
+        finally:
+            with self._jobs_lock:
+                self._jobs.pop(key, None)
+        return info
+
+    def _load_info(self, key: tuple[str, int, int], entry: _Entry) -> FileInfo:
+        stored: Any = self._store.get(("info", key))
+        if isinstance(stored, FileInfo):
+            info = stored
+        else:
+            info, metadata = compute_file_info(Path(entry.path))
+            if metadata is not None:
+                self._store.set(("metadata", info.sha256), metadata)
+            self._store.set(("info", key), info)
+        self._infos[key] = info
+        if len(self._infos) > _INFO_MEMORY:
+            with contextlib.suppress(KeyError):
                 self._infos.popitem(last=False)
         return info
+
+    def unhashed(self, name: NormalizedName) -> int:
+        """How many of the project's files have no known hash in memory yet (a hint for a
+        waiting client; the diskcache may know some of them)."""
+        entries = self._projects.get(name, {})
+        return sum(
+            1
+            for e in entries.values()
+            if (str(Path(e.path).relative_to(self.root)), e.size, e.mtime_ns) not in self._infos
+        )
 
     def page(self, name: NormalizedName) -> ProjectPage | None:
         """The project's page, computing hashes of files not seen before (blocking)."""
@@ -501,8 +702,30 @@ class PrivateStorage:
             self._store.set(("metadata", info.sha256), metadata)
         return metadata
 
+    @property
+    def has_unwarmed(self) -> bool:
+        return bool(self._unwarmed)
+
+    def warm_changed(self) -> int:
+        """Hash the files of projects changed since the last call (after a poll found
+        dropped files: by the time a client asks, the work is done or under way, and the
+        request shares it)."""
+        count = 0
+        while self._unwarmed and not self._stop.is_set():
+            name = self._unwarmed.pop()
+            for entry in list(self._projects.get(name, {}).values()):
+                if self._stop.is_set():
+                    return count
+                try:
+                    self._info(entry)
+                except OSError:
+                    continue
+                count += 1
+        return count
+
     def warm(self) -> int:
         """Hash every file not yet known (start-up, in a thread; stops on close)."""
+        self._unwarmed.clear()  # all of them, here
         count = 0
         for entries in list(self._projects.values()):
             for entry in entries.values():
@@ -556,7 +779,11 @@ class PrivateStorage:
                 dest = self._project_dir(dist.name) / dist.filename
                 if not fsutil.commit_exclusive(temp, dest):  # dropped in by hand just now
                     return Conflict(dest.name, fsutil.file_sha256(dest))
-            self.rescan()
+            # Only the folders written to are listed again (not the whole tree).
+            folders = {str(dest.parent)}
+            if existing is not None:
+                folders.add(str(existing.parent))
+            self.refresh(folders)
         log.info("stored %s (%d bytes)", dest, size)
         if replaced is not None:
             return Stored(dist.filename, size, *replaced)
@@ -585,7 +812,7 @@ class PrivateStorage:
         for path, _sha256 in paths:
             path.unlink(missing_ok=True)
         if paths:
-            self.rescan()
+            self.refresh({str(path.parent) for path, _sha256 in paths})
         return [(path.name, sha256) for path, sha256 in paths]
 
     def _release_files(self, name: NormalizedName, version: str) -> list[tuple[str, str]]:
@@ -620,7 +847,8 @@ class PrivateStorage:
             if files and self.yanks.set(name, version, reason):
                 with self._lock:
                     self.generation += 1
-                    self._board.bump()  # the other workers re-read the yanks
+                    self._epoch += 1  # this project's pages (and JSON API) show the mark
+                    self._tell_others([])  # the others re-read the yanks (_refresh_names)
         return files
 
     def find_release(self, dist: DistFilename) -> Path | None:

@@ -25,12 +25,14 @@ from packaging.utils import NormalizedName
 from proxyindex import fsutil
 from proxyindex.diskstore import open_cache
 from proxyindex.models import ProjectPage
+from proxyindex.upstream.blobindex import BlobIndex
 
 __all__ = ["BlobStore", "PageCache", "PageEntry"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_EVICT_BATCH = 256  # least recently used blobs read from the index at a time
 _TOUCH_EVERY = 3600  # seconds: how stale a blob's recorded last use may get
 _SHA256_HEX = frozenset("0123456789abcdef")
 
@@ -183,9 +185,11 @@ class BlobStore:
     create, off the readers' path since they are served before the commit).
 
     With a size limit, the least recently used blobs are deleted when the total goes over it
-    (:meth:`shrink`). Use is recorded in the file's atime, set by :meth:`open` at most once an
-    hour per file, so it works on relatime/noatime mounts and leaves mtime (and so the
-    ETag clients saw) alone. Private packages live elsewhere and are never touched.
+    (:meth:`shrink`). Sizes, last uses and the total are kept in an index (``blobindex``,
+    shared by the worker processes), so a shrink costs O(evicted), never a walk. Use is
+    recorded there and in the file's atime, by :meth:`open` at most once an hour per file, so
+    it works on relatime/noatime mounts and leaves mtime (and so the ETag clients saw) alone.
+    Private packages live elsewhere and are never touched.
     """
 
     def __init__(self, root: Path) -> None:
@@ -194,6 +198,10 @@ class BlobStore:
         self.lock_file = root.parent / "downloads.lock"  # shared by worker processes
         root.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
+        self._index = BlobIndex(root.parent / "blob-index.sqlite")
+
+    def close(self) -> None:
+        self._index.close()
 
     def path(self, sha256: str) -> Path:
         if not is_sha256(sha256):
@@ -217,6 +225,7 @@ class BlobStore:
             if now - st.st_atime > _TOUCH_EVERY:
                 with contextlib.suppress(OSError):
                     os.utime(fh.fileno(), (now, st.st_mtime))
+                self._index.touch(sha256, st.st_size, now)
         except BaseException:
             fh.close()
             raise
@@ -237,21 +246,44 @@ class BlobStore:
 
     def shrink(self, max_size: int) -> int:
         """Delete least recently used blobs until the total is 90% of ``max_size`` (if it was
-        over); returns the total left. Blocking: a walk of the blob folder."""
-        blobs = self._blobs()
-        total = sum(size for _atime, size, _path in blobs)
+        over); returns the total left. Blocking: reads the index (a walk of the folder only
+        if the index was missing), then one unlink per evicted blob."""
+        if not self._index.built:
+            started = time.monotonic()
+            found = self._blobs()
+            self._index.rebuild((path.name, size, atime) for atime, size, path in found)
+            log.info("indexed %d cached files in %.1fs", len(found), time.monotonic() - started)
+        total = self._index.total()
         if total <= max_size:
             return total
         target = max_size * 9 // 10
-        for _atime, size, path in sorted(blobs):
-            if total <= target:
+        while total > target:
+            oldest = self._index.oldest(_EVICT_BATCH)
+            if not oldest:
                 break
-            path.unlink(missing_ok=True)  # a reader with the file open keeps reading it
-            total -= size
+            evicted = []
+            for sha256, size in oldest:
+                if total <= target:
+                    break
+                if is_sha256(sha256):  # a reader with the file open keeps reading it
+                    self.path(sha256).unlink(missing_ok=True)
+                evicted.append(sha256)
+                total -= size
+            self._index.remove(*evicted)
+        # What this shrink left of the total it read (blobs added meanwhile are the
+        # caller's to count, as with the walk this replaced).
         log.info("cache over %d bytes: evicted down to %d", max_size, total)
         return total
 
     def commit(self, temp: Path, sha256: str) -> Path:
         dest = self.path(sha256)
-        fsutil.commit_replace(temp, dest, durable=False)  # a lost blob is fetched again
+        # Indexed first: a crash in between leaves a row without a blob, never a blob
+        # eviction cannot see.
+        self._index.add(sha256, temp.stat().st_size)
+        try:
+            fsutil.commit_replace(temp, dest, durable=False)  # a lost blob is fetched again
+        except BaseException:
+            if not dest.exists():
+                self._index.remove(sha256)
+            raise
         return dest

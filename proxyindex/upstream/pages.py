@@ -21,6 +21,7 @@ from packaging.utils import NormalizedName
 from proxyindex.config import UpstreamConfig
 from proxyindex.errors import Offline, UpstreamError
 from proxyindex.lru import LRU
+from proxyindex.memsize import page_bytes
 from proxyindex.metrics import Metrics
 from proxyindex.models import ProjectPage
 from proxyindex.upstream.background import Background
@@ -65,14 +66,19 @@ class UpstreamPages:
         metrics: Metrics | None = None,
         *,
         name: str = "",
+        memory_bytes: int | None = None,
     ) -> None:
+        """``memory_bytes``: the budget of the parsed pages kept in memory (None: only
+        their count is bounded)."""
         self.name = name  # of the upstream, in ``[[upstreams]]``
         self.config = config
         self._metrics = metrics if metrics is not None else Metrics()
         self.cache = cache
         self.client = client
         self._on_fetched = on_fetched
-        self._memory: LRU[NormalizedName, Checked] = LRU(_MEMORY_PAGES)
+        self._memory: LRU[NormalizedName, Checked] = LRU(
+            _MEMORY_PAGES, max_bytes=memory_bytes, weigh=lambda c: page_bytes(c.page)
+        )
         self._flights: dict[NormalizedName, asyncio.Future[Checked]] = {}
         self._tasks = Background()
 

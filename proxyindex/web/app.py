@@ -26,6 +26,7 @@ from proxyindex.errors import (
     PolicyDenied,
     PolicyHidden,
     ProxyIndexError,
+    StillHashing,
     TooManyRequests,
     UpstreamError,
 )
@@ -87,7 +88,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except AuthRequired as exc:
         return error_response(exc.status, str(exc), request.app[appkeys.CONFIG].auth.realm)
-    except (TooManyRequests, AuthUnavailable) as exc:
+    except (TooManyRequests, AuthUnavailable, StillHashing) as exc:
         response = error_response(exc.status, str(exc))
         response.headers[hdrs.RETRY_AFTER] = str(exc.retry_after)
         return response
@@ -143,12 +144,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def _scan_forever(storage: PrivateStore) -> None:
+    warming: asyncio.Future[int] | None = None
     while True:
         await asyncio.sleep(_SCAN_INTERVAL)
         try:
-            await asyncio.to_thread(storage.rescan)
+            await asyncio.to_thread(storage.poll)
         except Exception:
             log.exception("scanning %s failed", storage.root)
+        # Files dropped in are hashed in the background at once (shared with any request).
+        if storage.has_unwarmed and (warming is None or warming.done()):
+            warming = asyncio.ensure_future(asyncio.to_thread(storage.warm_changed))
+            warming.add_done_callback(_log_warm_failure)
+
+
+def _log_warm_failure(task: asyncio.Future[int]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("hashing new private files failed", exc_info=task.exception())
 
 
 async def _list_page_names(pages: PageCache) -> None:
@@ -221,6 +232,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
         stack.push_async_callback(asyncio.to_thread, pages.close)
         blobs = await asyncio.to_thread(backends.blob_store, config, bucket)
+        stack.push_async_callback(asyncio.to_thread, blobs.close)
         # The proxy environment is read once, here; the CA files are read in a thread.
         proxies = ProxyRoutes.from_settings(config.upstream.proxy, os.environ)
         tls = await asyncio.to_thread(tls_context, config.upstream.ca_file)
@@ -228,10 +240,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(session.close)
         metrics = app[appkeys.METRICS]
         clients = await _clients(config, session, proxies, metrics)
+        # 40% of the memory budget for parsed upstream pages, shared by the upstreams.
+        budget = config.server.memory_cache_size
+        memory_bytes = budget * 4 // 10 // len(clients) if budget else None
         listeners: list[PageListener] = []  # filled below, once the prefetcher exists
         router = UpstreamRouter(
             [
-                Upstream(source, client, _source_pages(source, pages, client, listeners, metrics))
+                Upstream(
+                    source,
+                    client,
+                    _source_pages(source, pages, client, listeners, metrics, memory_bytes),
+                )
                 for source, client in clients
             ],
             pages,
@@ -333,12 +352,19 @@ def _source_pages(
     client: UpstreamClient,
     listeners: list[PageListener],
     metrics: Metrics,
+    memory_bytes: int | None,
 ) -> UpstreamPages:
     """The page state machine of one upstream, in its own namespace of the page cache (the
     default upstream keeps the keys of a cache written before several upstreams)."""
     store = pages if source.name == DEFAULT_SOURCE_NAME else pages.namespace(source.name)
     return UpstreamPages(
-        client.config, store, client, _all_of(listeners), metrics, name=source.name
+        client.config,
+        store,
+        client,
+        _all_of(listeners),
+        metrics,
+        name=source.name,
+        memory_bytes=memory_bytes,
     )
 
 
