@@ -251,7 +251,7 @@ async def test_rendered_pages_stay_within_the_configured_bytes(
     index = client.app[appkeys.INDEX]
     assert 0 < index._rendered.bytes <= budget * 4 // 10
     assert 0 < len(index._rendered) < 80  # the oldest went, the newest stayed
-    assert ("corp-m39", SimpleFormat.JSON) in index._rendered
+    assert ("corp-m39", SimpleFormat.JSON, None) in index._rendered  # (name, format, snapshot)
 
 
 # --- eviction: O(evicted) ----------------------------------------------------------------------
