@@ -7,6 +7,8 @@ its sha256 against the document."""
 from __future__ import annotations
 
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,17 @@ packages =
     return path
 
 
+def _until_listed(page_url: str, filename: str, seconds: float = 30.0) -> None:
+    """A file dropped into the packages folder is listed once the server's poll saw it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with urllib.request.urlopen(page_url, timeout=10) as resp:  # noqa: S310 - 127.0.0.1
+            if filename in resp.read().decode():
+                return
+        assert time.monotonic() < deadline, f"{filename} never listed"
+        time.sleep(0.2)
+
+
 def mirrored(mirror: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (mirror / "web" / "packages").rglob("*") if p.is_file()}
 
@@ -83,6 +96,7 @@ def test_bandersnatch_mirrors_a_public_and_a_private_project_and_then_what_chang
 
     # A new private release after the first sync: the next run sees its serial as newer.
     private.append(make_wheel(packages, "corp-lib", "2.0"))
+    _until_listed(proxy.index_url + "corp-lib/", private[-1].name)  # the poll: within ~2 s
     run([BANDERSNATCH, "--config", config, "mirror"], env, client_tmp, timeout=180)
     assert mirrored(mirror) == {p.name: p.read_bytes() for p in public + private}
     assert int((mirror / "status").read_text().strip()) > first_serial
