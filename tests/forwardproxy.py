@@ -21,10 +21,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
+
+from tests.procs import ManagedProcess
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 __all__ = ["ForwardProxy", "ProxiedRequest"]
 
@@ -38,7 +40,7 @@ class ProxiedRequest:
     target: str  # host:port/path for GET, host:port for CONNECT
 
 
-class ForwardProxy:
+class ForwardProxy(ManagedProcess):
     """``python -m proxy`` on 127.0.0.1, any free port; ``credentials="user:pass"`` demands
     Basic proxy authentication."""
 
@@ -131,15 +133,3 @@ class ForwardProxy:
                     f"no {method} ...{contains}... in the proxy's log:\n{self.log_text()}"
                 )
             time.sleep(0.1)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

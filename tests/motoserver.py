@@ -15,8 +15,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from types import TracebackType
-from typing import Self
+
+from tests.procs import ManagedProcess, stop_process
 
 __all__ = ["AWS_ENV", "MotoServer"]
 
@@ -35,7 +35,7 @@ def _free_port() -> int:
         return port
 
 
-class MotoServer:
+class MotoServer(ManagedProcess):
     def __init__(self, bucket: str = "proxyindex-test") -> None:
         self.bucket = bucket
         self.port = _free_port()
@@ -70,23 +70,5 @@ class MotoServer:
                 pass
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        stop_process(self._proc)
+        self._proc = None

@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.procs import stop_process
+
 __all__ = ["Nginx", "nginx_binary"]
 
 
@@ -111,14 +113,8 @@ class Nginx:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+        stop_process(self._proc)
+        self._proc = None
 
     def error_log(self) -> str:
         path = self.prefix / "error.log"

@@ -713,14 +713,7 @@ class PrivateStorage:
         count = 0
         while self._unwarmed and not self._stop.is_set():
             name = self._unwarmed.pop()
-            for entry in list(self._projects.get(name, {}).values()):
-                if self._stop.is_set():
-                    return count
-                try:
-                    self._info(entry)
-                except OSError:
-                    continue
-                count += 1
+            count += self._hash_entries(list(self._projects.get(name, {}).values()))
         return count
 
     def warm(self) -> int:
@@ -728,14 +721,23 @@ class PrivateStorage:
         self._unwarmed.clear()  # all of them, here
         count = 0
         for entries in list(self._projects.values()):
-            for entry in entries.values():
-                if self._stop.is_set():
-                    return count
-                try:
-                    self._info(entry)
-                except OSError:
-                    continue
-                count += 1
+            if self._stop.is_set():
+                break
+            count += self._hash_entries(list(entries.values()))
+        return count
+
+    def _hash_entries(self, entries: list[_Entry]) -> int:
+        """Hash the files not known yet (one shared job per file: see ``_info``); how many
+        were read. Stops early when the storage closes."""
+        count = 0
+        for entry in entries:
+            if self._stop.is_set():
+                break
+            try:
+                self._info(entry)
+            except OSError:
+                continue
+            count += 1
         return count
 
     # --- writing --------------------------------------------------------------------------
