@@ -24,9 +24,9 @@ from proxyindex.errors import (
     TooLarge,
 )
 from proxyindex.private import publish
-from proxyindex.private.audit import ANONYMOUS, Actor, Audit
 from proxyindex.private.publish import Received
 from proxyindex.web import appkeys
+from proxyindex.web.admin import request_audit
 
 __all__ = ["handle_upload"]
 
@@ -177,18 +177,6 @@ def _check_project_permission(request: web.Request, name: NormalizedName) -> Non
         identity.check_project(name)
 
 
-def _audit(request: web.Request) -> Audit:
-    """The request's actor: the authenticated user (and token id), or ``-`` when uploads
-    need no login; the address the socket saw (``X-Forwarded-For`` can be forged)."""
-    identity = request.get(appkeys.IDENTITY)
-    if identity is None:
-        actor = Actor(ANONYMOUS, request.remote or "")
-    else:
-        token = identity.token.id if identity.token is not None else None
-        actor = Actor(identity.user, request.remote or "", token)
-    return Audit(request.app[appkeys.AUDIT], actor)
-
-
 async def _file_upload(request: web.Request, received: Received) -> web.Response:
     dist = publish.check_upload(received)
     _check_project_permission(request, dist.name)
@@ -199,7 +187,7 @@ async def _file_upload(request: web.Request, received: Received) -> web.Response
         app[appkeys.CONFIG].private,
         received,
         dist,
-        _audit(request),
+        request_audit(request),
     )
     return web.Response(text=message + "\n")
 
@@ -208,7 +196,7 @@ async def _remove_pkg(request: web.Request, received: Received) -> web.Response:
     project, version = publish.removal_target(received)
     _check_project_permission(request, project)
     storage = request.app[appkeys.STORAGE]
-    message = await publish.remove_release(storage, project, version, _audit(request))
+    message = await publish.remove_release(storage, project, version, request_audit(request))
     return web.Response(text=message + "\n")
 
 
