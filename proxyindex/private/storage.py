@@ -240,9 +240,6 @@ class PrivateStorage:
         self._unwarmed: set[NormalizedName] = set()  # changed since: files maybe unhashed
         self._stop = threading.Event()
         self.generation = 0
-        # Bumped only when the set of project names changes (a new private project, the
-        # last file of one removed): the root list follows it, not every new version.
-        self.names_version = 0
         # Per project: bumped when its files change, so a change to one project leaves the
         # pages of every other alone (``_epoch``: when the private names log changed, which
         # may change any name's owner).
@@ -558,8 +555,6 @@ class PrivateStorage:
             if gone:
                 removed[project] = gone
         self._project_dirs = project_dirs
-        if projects.keys() != self._projects.keys():
-            self.names_version += 1
         self._projects = projects
         for project in touched:
             self._versions[project] = self._versions.get(project, 0) + 1
