@@ -41,6 +41,7 @@ from proxyindex.config import UpstreamSource
 from proxyindex.errors import UpstreamError
 from proxyindex.index.rootbody import RootBody, Stretch, gzip_body, plain_body
 from proxyindex.index.rootparts import (
+    SEGMENT,
     Entry,
     Part,
     Rendered,
@@ -194,8 +195,12 @@ class RootIndex:
         storage: PrivateStore,
         sources: Sequence[RootSource],
         serials: ProjectSerials | None = None,
+        *,
+        segment: int = SEGMENT,
     ) -> None:
+        """``segment``: upstream names per segment of a part (tests use small ones)."""
         self.directory = directory
+        self.segment = segment
         self.parts_dir = directory / "parts"
         self.serials = serials
         self.last_serial: int | None = None  # the highest serial the built root lists
@@ -370,6 +375,7 @@ class RootIndex:
                             if (source.pins is None or source.pins.pins(entry[0]))
                             and not earlier.lists(entry[0])
                         ),
+                        self.segment,
                     )
                     built = True
                     self.parts_built += 1

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -107,12 +108,12 @@ def _is_sorted(fh: IO[str]) -> bool:
     return True
 
 
-def _sorted_runs(fh: IO[str], workdir: Path) -> list[Path]:
-    """Sorted runs of ``_SORT_RUN`` lines each, written to ``workdir``."""
+def _sorted_runs(fh: IO[str], workdir: Path, size: int) -> list[Path]:
+    """Sorted runs of ``size`` lines each, written to ``workdir``."""
     runs: list[Path] = []
     while True:
         lines = [
-            line if line.endswith("\n") else line + "\n" for line in itertools.islice(fh, _SORT_RUN)
+            line if line.endswith("\n") else line + "\n" for line in itertools.islice(fh, size)
         ]
         if not lines:
             return runs
@@ -122,7 +123,7 @@ def _sorted_runs(fh: IO[str], workdir: Path) -> list[Path]:
         runs.append(run)
 
 
-def sorted_entries(fh: IO[str], workdir: Path) -> Iterator[Entry]:
+def sorted_entries(fh: IO[str], workdir: Path, run_size: int = _SORT_RUN) -> Iterator[Entry]:
     """The entries of a names file by name, once each (the first line of a name wins). PyPI's
     list comes sorted and is streamed; another is merge-sorted through runs in ``workdir``
     (so never held whole: 2M names)."""
@@ -132,7 +133,8 @@ def sorted_entries(fh: IO[str], workdir: Path) -> Iterator[Entry]:
         if not _is_sorted(fh):
             fh.seek(0)
             runs = [
-                stack.enter_context(run.open(encoding="utf-8")) for run in _sorted_runs(fh, workdir)
+                stack.enter_context(run.open(encoding="utf-8"))
+                for run in _sorted_runs(fh, workdir, run_size)
             ]
             lines = heapq.merge(*runs)
         else:
@@ -255,12 +257,13 @@ def _highest(entries: Iterable[Entry]) -> int | None:
     return max((s for _n, _d, s in entries if s is not None), default=None)
 
 
-def build_part(parts_dir: Path, slot: str, key: str, entries: Iterable[Entry]) -> Part:
-    """Render ``entries`` (sorted by name, once each) as the part ``key``; the part another
-    process finished first if there is one."""
-    building = parts_dir / f".building-{os.getpid()}-{slot}-{key}"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+def build_part(
+    parts_dir: Path, slot: str, key: str, entries: Iterable[Entry], segment: int = SEGMENT
+) -> Part:
+    """Render ``entries`` (sorted by name, once each) as the part ``key``, ``segment`` names
+    per segment; the part another process finished first if there is one."""
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".building-{slot}-{key}-", dir=parts_dir))
     outs = [(building / _filename(fmt, packed)).open("wb") for fmt, packed in _FILES]
     names_out = (building / "names.txt").open("wb")
     found: list[_Segment] = []
@@ -288,7 +291,7 @@ def build_part(parts_dir: Path, slot: str, key: str, entries: Iterable[Entry]) -
         batch: list[Entry] = []
         for entry in entries:
             batch.append(entry)
-            if len(batch) >= SEGMENT:
+            if len(batch) >= segment:
                 flush(batch)
                 batch = []
         if batch:
