@@ -305,7 +305,8 @@ def check(
     index: RootIndex,
     private: dict[str, int],
     sources: Sequence[tuple[Sequence[Line], tuple[str, ...] | None]],
-) -> None:
+) -> list[str]:
+    """The index's bodies equal the reference render; returns their ETags."""
     upstream, _built = index._make_parts((0,) * len(sources))
     index._upstream = upstream
     bodies = index._assemble(upstream)
@@ -318,6 +319,7 @@ def check(
         assert bodies.by_variant[(fmt, False)].serial == serial
         if fmt.is_json:
             json.loads(plain)
+    return [body.etag for body in bodies.by_variant.values()]
 
 
 _names = st.integers(0, 40).map(lambda i: f"n{i:02d}")
@@ -375,8 +377,11 @@ def test_two_workers_building_the_same_parts_at_once_both_get_them_whole(
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         made = list(pool.map(lambda index: index._make_parts((0,)), indexes))
     assert made[0][0].parts[0].directory == made[1][0].parts[0].directory
-    for index, store in zip(indexes, stores, strict=True):
+    etags = [
         check(index, store.serials, [(lines, None)])
+        for index, store in zip(indexes, stores, strict=True)
+    ]
+    assert etags[0] == etags[1] and len(set(etags[0])) == 4  # one per variant, every worker
     leftovers = [p.name for p in (tmp_path / "root" / "parts").iterdir()]
     assert leftovers.count(made[0][0].parts[0].directory.name) == 1
     assert not [

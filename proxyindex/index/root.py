@@ -49,7 +49,6 @@ from proxyindex.index.rootparts import (
     load_part,
     part_key,
     prune_parts,
-    read_line,
     sorted_entries,
     upstream_stretches,
 )
@@ -105,18 +104,6 @@ class RootSource:
     names_file: Path
     pins: UpstreamSource | None = None
     served: Callable[[], set[str]] | None = None  # blocking; names it served (no root list)
-
-    def names(self) -> Iterator[Entry]:
-        """Blocking: its names (with display name and serial when known), streamed from the
-        file when it has one, in the file's order."""
-        if self.names_file.exists():
-            with self.names_file.open(encoding="utf-8") as fh:
-                for line in fh:
-                    entry = read_line(line)
-                    if entry[0] and (self.pins is None or self.pins.pins(entry[0])):
-                        yield entry
-        elif self.served is not None:
-            yield from ((NormalizedName(n), None, None) for n in sorted(self.served()))
 
 
 class _Earlier:
@@ -205,6 +192,7 @@ class RootIndex:
         self.serials = serials
         self.last_serial: int | None = None  # the highest serial the built root lists
         self.parts_built = 0  # parts rendered by this process (rare: an upstream refresh)
+        self.rendered_now = 0  # upstream entries the last update rendered again
         self._storage = storage
         self._sources = tuple(sources)
         self._built: _Built | None = None
@@ -228,16 +216,6 @@ class RootIndex:
         for old in ("root.html", "root.json"):  # the whole-root files of earlier versions
             for each in (directory / old, directory / f"{old}.gz"):
                 each.unlink(missing_ok=True)
-
-    @property
-    def names_file(self) -> Path:
-        """The first upstream's names file (the only one with a single upstream)."""
-        return self._sources[0].names_file
-
-    @property
-    def rendered_entries(self) -> int:
-        """Upstream entries rendered again for the private names in use (tests count)."""
-        return self._rendered.entries if self._rendered is not None else 0
 
     async def close(self) -> None:
         for task in self._refresh.values():
@@ -317,7 +295,11 @@ class RootIndex:
             # The states the parts were made of (read from the open files): a names file
             # replaced since the stat above is seen by the next request.
             self._built = _Built(wanted.private_generation, upstream.states, upstream.served)
-            log.info("root list updated in %.3fs", time.monotonic() - started)
+            log.info(
+                "root list updated in %.3fs (%d upstream entries rendered again)",
+                time.monotonic() - started,
+                self.rendered_now,
+            )
             return bodies
 
     # --- the upstream parts (blocking) ------------------------------------------------------
@@ -413,10 +395,12 @@ class RootIndex:
         frozen = {where: frozenset(names) for where, names in excluded.items()}
         first = not private
         upstream_key = (tuple(p.key for p in upstream.parts), frozenset(frozen.items()), first)
+        self.rendered_now = 0
         if self._upstream_key != upstream_key or self._upstream_body is None:
             stretches, highest, self._rendered = upstream_stretches(
                 upstream.parts, frozen, first, self._rendered
             )
+            self.rendered_now = self._rendered.entries
             self._upstream_body = stretches, highest
             self._upstream_key = upstream_key
         stretches, highest = self._upstream_body
@@ -430,7 +414,10 @@ class RootIndex:
             )
             for fmt in _FORMATS
         }
-        digest = hashlib.sha256(repr(upstream_key).encode())
+        # The same in every worker process (no set order, no string hashes in it).
+        digest = hashlib.sha256("|".join(p.key for p in upstream.parts).encode())
+        shadowed = sorted(name for names in frozen.values() for name in names)
+        digest.update(f"|{first}|{','.join(shadowed)}|".encode())
         for fmt in _FORMATS:
             digest.update(heads[fmt])
         tag = digest.hexdigest()[:24]
