@@ -16,6 +16,7 @@ import importlib
 import json
 import random
 import shutil
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +43,8 @@ from proxyindex.simple import (
     render_root_header,
 )
 from proxyindex.web import appkeys
-from tests.conftest import MakeAppClient
+from tests.clients import run_twine_upload
+from tests.conftest import MakeAppClient, MakeProxy
 from tests.fakepypi import FakePyPI
 from tests.test_upload import form, upload
 from tests.wheelmaker import make_wheel
@@ -205,6 +207,41 @@ async def test_a_part_removed_by_another_worker_is_made_again(
     (tmp_path / "cache" / "root" / "parts").mkdir()
     assert listed((await root_doc(client))[0]) == names
     assert client.app[appkeys.ROOT].parts_built >= 2
+
+
+def _root(url: str) -> tuple[bytes, str]:
+    """The JSON root, gzip, on a new connection (so the kernel may hand it to any worker);
+    decompressed here, which checks the stream, its CRC and its length."""
+    request = urllib.request.Request(  # noqa: S310 - http://127.0.0.1
+        url + "/simple/", headers={"Accept": JSON, "Accept-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310
+        assert resp.headers["Content-Encoding"] == "gzip"
+        return gzip.decompress(resp.read()), resp.headers["ETag"]
+
+
+@pytest.mark.e2e
+def test_workers_share_the_root_parts_and_every_one_lists_an_upload(
+    make_proxy: MakeProxy, fake_pypi: FakePyPI, tmp_path: Path, client_tmp: Path
+) -> None:
+    fake_pypi.root_names = 5000
+    proxy = make_proxy(
+        server={"workers": 3},
+        auth={"anonymous_upload": True},
+        private={"reserved": ["acme-*"]},
+    )
+    for body, _etag in [_root(proxy.url) for _ in range(9)]:
+        names = listed(json.loads(body))
+        assert len(names) == len(set(names)) == 5000
+    wheel = make_wheel(tmp_path / "dist", "acme-tool", "1.0")
+    run_twine_upload(client_tmp / "up", proxy.upload_url, [wheel], "any", "any")
+    after = [_root(proxy.url) for _ in range(9)]
+    names = listed(json.loads(after[0][0]))
+    assert names[0] == "acme-tool" and len(names) == len(set(names)) == 5001
+    assert {body for body, _etag in after} == {after[0][0]}  # every worker, the same bytes
+    assert {etag for _body, etag in after} == {after[0][1]}  # and the same ETag
+    parts = tmp_path / "proxy0" / "cache" / "root" / "parts"
+    assert 1 <= len(list(parts.glob("p0-*"))) <= 2
 
 
 # --- the pieces against a from-scratch render ---------------------------------------------

@@ -183,6 +183,8 @@ async def root_page(request: web.Request) -> web.StreamResponse:
     the snapshot lists no files)."""
     _snapshot(request)
     fmt = _format(request)
+    # Another worker's upload is listed on the next request here too, as on project pages.
+    await request.app[appkeys.INDEX].catch_up()
     root = request.app[appkeys.ROOT]
     use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
     body, files = await root.opened(fmt, packed=use_gzip)
