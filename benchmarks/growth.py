@@ -509,7 +509,7 @@ def bench_root(ctx: Context, sizes: Sequence[int]) -> Curve:
         with ctx.upstream(root_names=n) as up, proxy(ctx, where, up.simple_url) as srv:
             mark = srv.log_mark()
             first = expect(ask(srv.port, "/simple/", headers), 200)
-            srv.wait_for_log(r"fetched \d+ upstream names", timeout=REQUEST_TIMEOUT, since=mark)
+            srv.wait_for_log(r"fetched \d+ names of upstream", timeout=REQUEST_TIMEOUT, since=mark)
             full = expect(ask(srv.port, "/simple/", headers), 200)  # waits for the build
             first_total = first.total + full.total
             unchanged = median_of(

@@ -6,7 +6,7 @@ import asyncio
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from aiohttp import hdrs, web
 from packaging.utils import NormalizedName
@@ -22,6 +22,7 @@ from proxyindex.upstream.clientprofile import CLIENT, profile_from_user_agent
 from proxyindex.upstream.downloads import CachedBlob
 from proxyindex.upstream.readiness import storage_problems
 from proxyindex.web import appkeys, delivery
+from proxyindex.web.pieces import PiecesResponse
 from proxyindex.web.responses import (
     IMMUTABLE,
     PRIVATE_IMMUTABLE,
@@ -182,21 +183,30 @@ async def root_page(request: web.Request) -> web.StreamResponse:
     the snapshot lists no files)."""
     _snapshot(request)
     fmt = _format(request)
+    # Another worker's upload is listed on the next request here too, as on project pages.
+    await request.app[appkeys.INDEX].catch_up()
     root = request.app[appkeys.ROOT]
-    path = await root.path(fmt)
     use_gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+    body, files = await root.opened(fmt, packed=use_gzip)
     headers: dict[str, str] = {
+        hdrs.ETAG: body.etag,
         hdrs.CACHE_CONTROL: _cache_control(request, 300, False),
         hdrs.VARY: _VARY,
     }
-    if root.last_serial is not None:
-        headers["X-PyPI-Last-Serial"] = str(root.last_serial)
-    return StoredFile(
-        path.with_name(path.name + ".gz") if use_gzip else path,
-        headers=headers,
-        content_type=fmt.content_type,
-        precompressed="gzip" if use_gzip else None,
-    )
+    if body.serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(body.serial)
+    if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), body.etag):
+        await asyncio.to_thread(_close_all, files)
+        return not_modified(headers)
+    headers[hdrs.CONTENT_TYPE] = fmt.content_type
+    if use_gzip:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return PiecesResponse(body, files, headers=headers)
+
+
+def _close_all(files: dict[Path, BinaryIO]) -> None:
+    for fh in files.values():
+        fh.close()
 
 
 def _file_name(request: web.Request, name: NormalizedName) -> str:
