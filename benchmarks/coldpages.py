@@ -16,10 +16,17 @@ gzip``, the body read and decoded in full):
 - with ``--baseline-ref REF``: the cold and warm requests also to a proxyindex at that commit,
   so a change is measured against its predecessor in the same minutes.
 
-Each repetition starts new servers (one per format, so the first request in each format is
-the cold one). Medians and the cold/direct ratio are printed. ``--profile`` instead runs the
-cold path in this process (parse, guard, render, gzip) under cProfile on the upstream's page,
-fetched once, and prints where the time goes.
+With fetch-ahead on (the default) a cold page also sets off the fetch of its dependencies'
+pages and ``.metadata``, which compete for the same CPU, as they do for a real client;
+``--no-prefetch`` measures the page alone. Each repetition starts new servers (one per
+format, so the first request in each format is the cold one). Medians and the cold/direct
+ratio are printed.
+
+On a busy machine wall-clock times measure the load as much as the code, so two in-process
+modes work on the upstream's pages fetched once: ``--cpu`` prints the thread CPU time of
+each step (parse, JSON rendering, HTML rendering, each with its ETag and gzip body), least of
+``--repeat`` rounds, for the working tree and ``--baseline-ref`` (each in its own
+interpreter); ``--profile`` runs the same under cProfile and prints where the time goes.
 
 Needs the network (the upstream's hosts only); the tests never do.
 """
@@ -135,17 +142,122 @@ async def bench(args: argparse.Namespace) -> str:
     names = ", ".join(
         f"{label} = {target.ref or 'working tree'}" for label, target in targets.items()
     )
+    prefetch = "off" if args.no_prefetch else "on"
     title = (
         f"**Cold pages, {upstream} — {when}, median of {args.repeat}, interleaved; {names}; "
+        f"fetch-ahead {prefetch}; "
         f"load average at start {load:.2f} (2 cores)**"
+    )
+    return f"{title}\n\n{harness.table(headers, rows)}"
+
+
+def fetch_pages(upstream: str, projects: list[str]) -> Path:
+    """The upstream's JSON page of each project, fetched once into a folder (with its time)."""
+    import urllib.request
+
+    folder = harness.WORK / "coldpages-pages"
+    folder.mkdir(parents=True, exist_ok=True)
+    for project in projects:
+        url = f"{upstream.rstrip('/')}/{project}/"
+        request = urllib.request.Request(url, headers={"Accept": FORMATS["json"]})  # noqa: S310
+        with urllib.request.urlopen(request) as resp:  # noqa: S310
+            (folder / f"{project}.json").write_bytes(resp.read())
+    return folder
+
+
+def cold_path_cpu(folder: Path, project: str, rounds: int) -> dict[str, float]:
+    """CPU seconds of this thread (least of ``rounds``: robust to other load on the machine)
+    for each step of a cold page as the server takes it: parse the upstream's JSON, then the
+    rendering a client asked for, with its ETag and gzip body (``RenderedPage.build``)."""
+    from packaging.utils import canonicalize_name
+
+    from proxyindex import simple
+    from proxyindex.index.projects import RenderedPage
+    from proxyindex.simple import SimpleFormat, parse_project, render_project
+
+    name = canonicalize_name(project)
+    body = bytearray((folder / f"{project}.json").read_bytes())
+    url = f"https://pypi.org/simple/{name}/"
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for memo in ("_wheel_version", "_parsed_version", "_wheel_name_ok"):  # cold caches
+            if hasattr(simple, memo):
+                getattr(simple, memo).cache_clear()
+        took = {}
+        started = time.thread_time()
+        page = parse_project(body, FORMATS["json"], url, name)
+        took["parse"] = time.thread_time() - started
+        for fmt in (SimpleFormat.JSON, SimpleFormat.HTML):
+            started = time.thread_time()
+            RenderedPage.build(render_project(page, fmt, "http://127.0.0.1:1"), False)
+            took[fmt.name.lower()] = time.thread_time() - started
+        for step, seconds in took.items():
+            best[step] = min(best.get(step, seconds), seconds)
+    best["files"] = len(page.files)
+    return best
+
+
+def cpu(args: argparse.Namespace) -> str:
+    """The cold path's CPU, in-process, for the working tree and ``--baseline-ref``, each in
+    its own interpreter, alternating."""
+    import json
+    import subprocess
+
+    projects = [p for p in args.projects.split(",") if p]
+    folder = fetch_pages(args.upstream, projects)
+    targets = {"new": harness.ProxyIndex("", [], None)}
+    if args.baseline_ref:
+        targets["base"] = harness.ProxyIndex("", [], args.baseline_ref)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for target in targets.values():
+        target.prepare()
+    for _round in range(args.repeat):  # alternating, so a change in load hits both alike
+        for label, target in targets.items():
+            env = {**os.environ, "PYTHONPATH": f"{target.src}{os.pathsep}{HERE}"}
+            code = (
+                "import json, sys, coldpages; from pathlib import Path; print(json.dumps({p: "
+                "coldpages.cold_path_cpu(Path(sys.argv[1]), p, 2) for p in sys.argv[2:]}))"
+            )
+            out = subprocess.run(
+                [harness.PYTHON, "-c", code, str(folder), *projects],
+                env=env,
+                cwd=folder,  # not the repository: "-c" puts the working folder first
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for project, got in json.loads(out).items():
+                held = results.setdefault(label, {}).setdefault(project, got)
+                for step, seconds in got.items():
+                    held[step] = min(held[step], seconds)
+    headers = ["page (files)"]
+    for label in targets:
+        headers += [f"{label}: parse", "+ JSON", "+ HTML"]
+    if "base" in targets:
+        headers += ["parse + JSON, new/base"]
+    rows = []
+    for project in projects:
+        new = results["new"][project]
+        row = [f"{project} ({int(new['files']):,})"]
+        for label in targets:
+            got = results[label][project]
+            row += [f"{got[step] * 1000:.0f} ms" for step in ("parse", "json", "html")]
+        if "base" in targets:
+            base = results["base"][project]
+            ratio = (new["parse"] + new["json"]) / (base["parse"] + base["json"])
+            row.append(f"{ratio:.2f}x")
+        rows.append(row)
+    names = ", ".join(f"{label} = {t.ref or 'working tree'}" for label, t in targets.items())
+    title = (
+        f"**The cold path's CPU in-process (thread CPU time, least of {args.repeat}), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {names}; "
+        f"load average {os.getloadavg()[0]:.2f} (2 cores)**"
     )
     return f"{title}\n\n{harness.table(headers, rows)}"
 
 
 def profile(args: argparse.Namespace) -> str:
     """The cold path of each page in this process, under cProfile."""
-    import urllib.request
-
     from packaging.utils import canonicalize_name
 
     from proxyindex.config import PolicyConfig
@@ -154,18 +266,16 @@ def profile(args: argparse.Namespace) -> str:
     from proxyindex.simple import SimpleFormat, parse_project, render_project
 
     guard = Guard(PolicyConfig())
-    upstream = args.upstream.rstrip("/")
+    projects = [p for p in args.projects.split(",") if p]
+    folder = fetch_pages(args.upstream, projects)
     profiler = cProfile.Profile()
     lines = []
-    for project in (p for p in args.projects.split(",") if p):
+    for project in projects:
         name = canonicalize_name(project)
-        url = f"{upstream}/{name}/"
-        request = urllib.request.Request(url, headers={"Accept": FORMATS["json"]})  # noqa: S310
-        with urllib.request.urlopen(request) as resp:  # noqa: S310
-            body, content_type = resp.read(), resp.headers["Content-Type"]
+        body = (folder / f"{project}.json").read_bytes()
         started = time.perf_counter()
         profiler.enable()
-        page = parse_project(body, content_type, url, name)
+        page = parse_project(body, FORMATS["json"], f"https://pypi.org/simple/{name}/", name)
         page = guard.outcome_now(page).page
         for fmt in (SimpleFormat.JSON, SimpleFormat.HTML):
             RenderedPage.build(render_project(page, fmt, "http://127.0.0.1:1"), False)
@@ -173,7 +283,6 @@ def profile(args: argparse.Namespace) -> str:
         took = time.perf_counter() - started
         lines.append(f"{project}: {len(page.files)} files, parse + guard + 2 renders: {took:.3f} s")
     out = Path(harness.WORK / "coldpages.prof")
-    out.parent.mkdir(parents=True, exist_ok=True)
     profiler.dump_stats(out)
     stats = pstats.Stats(str(out))
     stats.sort_stats("tottime").print_stats(25)
@@ -187,10 +296,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--projects", default=",".join(PROJECTS))
     p.add_argument("--baseline-ref", help="also measure proxyindex at this git commit/branch")
     p.add_argument("--profile", action="store_true", help="profile the cold path in-process")
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="the cold path's CPU in-process (--repeat rounds), against --baseline-ref too",
+    )
+    p.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="servers with upstream.prefetch = false: the page's own cost, without the "
+        "fetch-ahead of its dependencies competing for the CPU",
+    )
     args = p.parse_args(argv)
+    if args.no_prefetch:
+        os.environ["PROXYINDEX_UPSTREAM_PREFETCH"] = "false"  # the servers inherit it
     harness.WORK.mkdir(parents=True, exist_ok=True)
     if args.profile:
         print(profile(args))
+        return 0
+    if args.cpu:
+        print(cpu(args))
         return 0
     try:
         print(asyncio.run(bench(args)))
