@@ -27,8 +27,8 @@ INLINE_FILES = 100
 
 
 def _field_names(cls: type) -> tuple[str, ...]:
-    """The dataclass's field names in order, looked up once per class: ``fields()`` per
-    object was most of pickling a page (botocore's 4,990 files: 23 ms of 31 to store it)."""
+    """The dataclass's field names in order, looked up once per class, not with ``fields()``
+    per object: pickling botocore's page (4,990 files) 20 -> 16 ms of CPU, unpickling 24 -> 19."""
     names = _FIELD_NAMES.get(cls)
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(spec.name for spec in fields(cls))

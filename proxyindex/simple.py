@@ -619,7 +619,7 @@ def _fast_dist(raw: dict[str, Any], page_url: str, origin: Origin) -> DistFile |
     """A file entry whose values all have their plain types (ASCII strings, ints, bools:
     every file of a PyPI page), as :meth:`_JsonFiles.dist` makes it, with a third of its
     calls; None for anything else, which the checked reader then takes (and faults).
-    tests/test_parse_fuzz.py checks the two agree."""
+    tests/test_coldpath.py checks the two agree."""
     get = raw.get
     filename, url = get("filename"), get("url")
     if (

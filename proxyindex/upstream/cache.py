@@ -63,8 +63,8 @@ class PageCache:
         self._cache = open_cache(directory, sqlite_synchronous=0)
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pagecache")
         # Pages are written by a thread of their own: pickling and writing a PyPI-sized page
-        # takes 15-45 ms, and lookups (a ``.metadata`` request's first step) queued behind
-        # those writes on the two threads while a resolver's first pages came in.
+        # takes 15-45 ms, and lookups (a ``.metadata`` request's first step) must not wait
+        # behind those writes on the two threads while a resolver's first pages come in.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagecache-write")
         self._kind = "page"  # the key's first part: ("page", name)
         self._owner = True

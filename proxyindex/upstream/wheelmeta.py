@@ -95,8 +95,8 @@ class WheelMetadata:
         if data is None:  # ranges ignored or an unusual zip: the whole wheel, cached
             path = await self._downloader.start(dist).wait()
             data = await self._from_wheel(path, dist)
-        # The client has its answer now; the blob and the record follow (the record goes
-        # through the page cache's threads, which may be busy storing a big page).
+        # The client has its answer now; the blob (a file written and renamed) and its record
+        # (a sqlite write) follow in the background, off the path uv's parallel requests wait on.
         self._storing[key] = data
         self._tasks.spawn(self._keep(key, data, dist.filename))
         return data
