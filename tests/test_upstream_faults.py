@@ -54,6 +54,27 @@ NOT_A_PAGE: dict[str, tuple[str, bytes]] = {
             }
         ).encode(),
     ),
+    # A PyPI-sized page (parsed in a thread, its plain entries read on the fast path) with
+    # one entry deep in it of the wrong type: the whole page is refused, nothing of it kept.
+    "json-big-page-one-bad-file": (
+        JSON,
+        json.dumps(
+            {
+                "meta": {"api-version": "1.1", "_last-serial": 7},
+                "name": "demo-pkg",
+                "files": [
+                    {
+                        "filename": f"demo_pkg-{n}.0-py3-none-any.whl",
+                        "url": f"https://files.example/demo_pkg-{n}.0-py3-none-any.whl",
+                        "hashes": {"sha256": "ab" * 32},
+                        "size": "1024" if n == 2500 else 1024,
+                        "yanked": False,
+                    }
+                    for n in range(3000)
+                ],
+            }
+        ).encode(),
+    ),
     "json-without-meta-or-files": (JSON, b'{"message": "maintenance"}'),
     "json-not-json": (JSON, b"<html>oops</html>"),
     "json-future-major-version": (

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 _MEMORY_PAGES = 4096
 _GZIP_MIN = 1024
+# Bodies this large are compressed at level 1: botocore's 1.6 MB JSON page takes 19 ms of
+# CPU at level 1 and 42 at level 6 for 10% fewer bytes (594 vs 541 kB), on the cold path.
+_GZIP_FAST = 256 * 1024
 _HASH_WAIT = 10.0  # seconds a private page request waits for first hashes (pip gives up at 15)
 
 
@@ -62,7 +65,8 @@ class RenderedPage:
 
     @classmethod
     def build(cls, body: bytes, private: bool, serial: int | None = None) -> RenderedPage:
-        packed = gzip.compress(body, 6, mtime=0) if len(body) >= _GZIP_MIN else None
+        level = 1 if len(body) >= _GZIP_FAST else 6
+        packed = gzip.compress(body, level, mtime=0) if len(body) >= _GZIP_MIN else None
         return cls(body, body_etag(body), packed, private, serial)
 
 

@@ -62,6 +62,10 @@ class PageCache:
         # in a power cut, never its consistency; fsyncs made concurrent page writes queue.
         self._cache = open_cache(directory, sqlite_synchronous=0)
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pagecache")
+        # Pages are written by a thread of their own: pickling and writing a PyPI-sized page
+        # takes 15-45 ms, and lookups (a ``.metadata`` request's first step) must not wait
+        # behind those writes on the two threads while a resolver's first pages come in.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagecache-write")
         self._kind = "page"  # the key's first part: ("page", name)
         self._owner = True
         # The names with a page on disk, once listed by ``load_names``: asking for any other
@@ -85,6 +89,7 @@ class PageCache:
     def close(self) -> None:
         if not self._owner:
             return  # a namespace: the store it shares is closed by its owner
+        self._writer.shutdown(wait=True)
         self._threads.shutdown(wait=True)
         self._cache.close()
 
@@ -128,7 +133,8 @@ class PageCache:
             self._names.add(name)
         else:
             self._stored_while_listing.add(name)
-        await self._call(self._cache.set, (self._kind, name), entry)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._cache.set, (self._kind, name), entry)
 
     def _served_by(self, name: NormalizedName) -> str | None:
         value: Any = self._cache.get(("served-by", name))

@@ -51,6 +51,8 @@ class WheelMetadata:
         self._upstream = upstream
         self._downloader = downloader
         self._active: dict[str, asyncio.Task[bytes]] = {}
+        # Extracted and answered, being written to the cache: served from here meanwhile.
+        self._storing: dict[str, bytes] = {}
         self._tasks = Background()
 
     async def close(self) -> None:
@@ -60,6 +62,9 @@ class WheelMetadata:
         """The exact bytes of the wheel's ``*.dist-info/METADATA``; NotFound if the wheel has
         none (it is broken), UpstreamError if the upstream fails."""
         key = dist.sha256 or dist.url
+        storing = self._storing.get(key)
+        if storing is not None:
+            return storing
         task = self._active.get(key)
         if task is None:
             task = self._tasks.spawn(self._extract(dist, key))
@@ -90,13 +95,21 @@ class WheelMetadata:
         if data is None:  # ranges ignored or an unusual zip: the whole wheel, cached
             path = await self._downloader.start(dist).wait()
             data = await self._from_wheel(path, dist)
-        sha256 = hashlib.sha256(data).hexdigest()
+        # The client has its answer now; the blob (a file written and renamed) and its record
+        # (a sqlite write) follow in the background, off the path uv's parallel requests wait on.
+        self._storing[key] = data
+        self._tasks.spawn(self._keep(key, data, dist.filename))
+        return data
+
+    async def _keep(self, key: str, data: bytes, filename: str) -> None:
         try:
+            sha256 = hashlib.sha256(data).hexdigest()
             await asyncio.to_thread(self._store, data, sha256)
             await self._pages.remember_metadata(key, sha256)
         except Exception as exc:  # a full disk, sqlite: served anyway, extracted again later
-            log.warning("could not cache the metadata of %s: %s", dist.filename, exc)
-        return data
+            log.warning("could not cache the metadata of %s: %s", filename, exc)
+        finally:
+            self._storing.pop(key, None)
 
     async def _from_wheel(self, wheel: Path | BinaryIO, dist: DistFile) -> bytes:
         """From the whole wheel: its blob's path, or an open handle (closed here), which an
