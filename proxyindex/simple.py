@@ -136,7 +136,7 @@ def negotiate(accept: str | None, format_param: str | None = None) -> SimpleForm
 
 
 @lru_cache(maxsize=16384)
-def _parsed_version(text: str) -> Version | None:
+def parsed_version(text: str) -> Version | None:
     """``Version(text)``, or None if it is not one. Shared by filename parsing and the sort
     of a page's versions: a PyPI page has a wheel or more and an sdist per version, and
     each was parsed again (botocore, 4,990 files: version_of 32 ms of CPU cold, now ~12)."""
@@ -157,26 +157,29 @@ def _wheel_name_ok(name_part: str) -> bool:
     return True
 
 
-def _version_text(text: str) -> str | None:
-    version = _parsed_version(text)
-    return None if version is None else str(version)
-
-
 def version_of(filename: str) -> str | None:
     """The version a distribution filename carries, or None if it parses as neither kind.
 
     Exactly what ``parse_wheel_filename`` / ``parse_sdist_filename`` say of the version,
     without their per-file work that does not decide it (tags, the name's normalisation):
-    a wheel's name is checked once per name, each version parsed once (``_parsed_version``).
+    a wheel's name is checked once per name, each version parsed once (``parsed_version``).
     """
+    version = release_version(filename)
+    return None if version is None else str(version)
+
+
+def release_version(filename: str) -> Version | None:
+    """``version_of`` as a ``Version`` (the one cached per version string), for callers that
+    compare versions: converting to text and back cost fetch-ahead half its time on a
+    5,000-file page."""
     try:
         if filename.endswith(".whl"):
             parts = filename.split("-")
             if len(parts) == 6:  # a build tag: rare, parse it whole
-                return str(parse_wheel_filename(filename)[1])
+                return parse_wheel_filename(filename)[1]
             if len(parts) != 5 or not all(parts[2:]) or not _wheel_name_ok(parts[0]):
                 return None
-            return _version_text(parts[1])
+            return parsed_version(parts[1])
         if filename.endswith(".tar.gz"):
             stem = filename[:-7]
         elif filename.endswith(".zip"):
@@ -188,13 +191,13 @@ def version_of(filename: str) -> str | None:
         name_part, sep, version_part = stem.rpartition("-")
         if not sep or not name_part:
             return None
-        return _version_text(version_part)
+        return parsed_version(version_part)
     except (InvalidWheelFilename, InvalidVersion):
         return None
 
 
 def version_key(version: str) -> tuple[int, Version | str]:
-    parsed = _parsed_version(version)
+    parsed = parsed_version(version)
     return (0, version) if parsed is None else (1, parsed)
 
 
@@ -204,7 +207,7 @@ def sorted_versions(versions: Iterable[str]) -> list[str]:
     valid: list[tuple[Version, str]] = []
     invalid: list[str] = []
     for text in versions:
-        parsed = _parsed_version(text)
+        parsed = parsed_version(text)
         if parsed is None:
             invalid.append(text)
         else:

@@ -11,10 +11,15 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
+from packaging.tags import Tag, sys_tags
 from packaging.utils import NormalizedName
+from packaging.version import Version
 
 from proxyindex.models import DistFile, Origin, ProjectPage
+from proxyindex.upstream import prefetch
 from proxyindex.upstream.prefetch import choose_file, dependencies
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
@@ -57,6 +62,69 @@ def test_choose_file_skips_yanked_and_incompatible_python() -> None:
     chosen = choose_file(page, python=platform.python_version())
     assert chosen is not None and chosen.filename == "pkg-1.0-py3-none-any.whl"
     assert choose_file(_page("pkg-1.0-py3-none-any.whl"), SpecifierSet(">5")) is None
+
+
+def _choose_every_file(
+    page: ProjectPage, specifier: SpecifierSet | None, python: str, ranks: dict[Tag, int]
+) -> DistFile | None:
+    """The choice as first written: every file parsed whole, the best key kept. The fast one
+    must pick the same file."""
+    best: tuple[tuple[bool, Version, int], DistFile] | None = None
+    for dist in page.files:
+        candidate = prefetch._candidate(dist, python, ranks)
+        if candidate is None:
+            continue
+        version, rank = candidate
+        if specifier is not None and not specifier.contains(version, prereleases=True):
+            continue
+        key = (not version.is_prerelease, version, rank)
+        if best is None or key > best[0]:
+            best = (key, dist)
+    return best[1] if best else None
+
+
+_VERSIONS = st.sampled_from(
+    ["1.0", "1.0.0", "1.1", "2.0", "2.0rc1", "2.0.post1", "3.0a1", "0.9", "bad!"]
+)
+_TAGS = st.sampled_from(
+    ["py3-none-any", "cp311-cp311-manylinux_2_17_x86_64", "cp27-cp27m-win32", "py2.py3-none-any"]
+)
+_FILES = st.one_of(
+    st.builds(lambda v, t: f"pkg-{v}-{t}.whl", _VERSIONS, _TAGS),
+    st.builds(lambda v, ext: f"pkg-{v}{ext}", _VERSIONS, st.sampled_from([".tar.gz", ".zip"])),
+    st.sampled_from(["pkg-1.0.exe", "README.txt", "pkg-1.0-1-py3-none-any.whl"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    files=st.lists(
+        st.tuples(_FILES, st.booleans(), st.sampled_from([None, ">=3", ">=9", "<3"])), max_size=12
+    ),
+    spec=st.sampled_from([None, "<2", ">=2", "==1.0", ">5", "!=2.0"]),
+)
+def test_choosing_release_by_release_picks_what_parsing_every_file_picks(
+    files: list[tuple[str, bool, str | None]], spec: str | None
+) -> None:
+    page = ProjectPage(
+        NormalizedName("pkg"),
+        tuple(
+            DistFile(
+                filename=name,
+                location=f"https://u/{name}",
+                origin=Origin.UPSTREAM,
+                yanked="gone" if yanked else False,
+                requires_python=requires,
+            )
+            for name, yanked, requires in files
+        ),
+    )
+    specifier = SpecifierSet(spec) if spec else None
+    ranks = {tag: rank for rank, tag in enumerate(sys_tags())}
+    python = "3.11.7"
+    assert choose_file(page, specifier, python, ranks) == _choose_every_file(
+        page, specifier, python, ranks
+    )
 
 
 def test_dependencies_skip_extras_and_foreign_markers() -> None:
