@@ -22,7 +22,7 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from proxyindex import jsonapi
+from proxyindex import cpulane, jsonapi
 from proxyindex.errors import NotFound, Offline, PolicyHidden, UpstreamError
 from proxyindex.guard.decide import Decision
 from proxyindex.guard.rules import Snapshot, parse_version
@@ -176,7 +176,9 @@ class JsonPages:
     ) -> _Made:
         digests = await self._private_digests(page.files)
         if page.is_large:
-            body = await asyncio.to_thread(jsonapi.rewrite, doc, page, base_url, digests=digests)
+            body = await cpulane.run(
+                self.index.cpu, jsonapi.rewrite, doc, page, base_url, digests=digests
+            )
         else:
             body = jsonapi.rewrite(doc, page, base_url, digests=digests)
         serial = doc.get("last_serial")
@@ -218,7 +220,7 @@ class JsonPages:
                 digests=digests,
             )
 
-        body = await asyncio.to_thread(build) if page.is_large else build()
+        body = await cpulane.run(self.index.cpu, build) if page.is_large else build()
         return _Made(await _built(body, page, private), page.serial, ())
 
     async def _metadata(self, name: NormalizedName, release: jsonapi.Release) -> bytes | None:

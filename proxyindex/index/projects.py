@@ -18,7 +18,9 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
+from proxyindex import cpulane
 from proxyindex.config import Config
+from proxyindex.cpulane import CpuLane
 from proxyindex.errors import (
     NotFound,
     Offline,
@@ -120,8 +122,10 @@ class ProjectIndex:
         guard: Guard | None = None,
         serials: ProjectSerials | None = None,
         fill_sizes: Callable[[ProjectPage], ProjectPage] | None = None,
+        cpu: CpuLane | None = None,
     ) -> None:
         self.config = config
+        self.cpu = cpu  # the lane big pages are rendered in (``proxyindex.cpulane``)
         self.storage = storage
         self.upstream = upstream
         self.guard = guard if guard is not None else Guard(config.policy)
@@ -269,7 +273,7 @@ class ProjectIndex:
             rendered = cached.page
         elif resolved.page.is_large:
             # PyPI-sized pages (thousands of files): render, hash and gzip in a thread.
-            rendered = await asyncio.to_thread(self._build, resolved, fmt, snapshot)
+            rendered = await cpulane.run(self.cpu, self._build, resolved, fmt, snapshot)
         else:
             rendered = self._build(resolved, fmt, snapshot)
         until = resolved.upstream_until

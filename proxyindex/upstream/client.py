@@ -22,8 +22,9 @@ import aiohttp
 from packaging.utils import NormalizedName
 from yarl import URL
 
-from proxyindex import __version__
+from proxyindex import __version__, cpulane
 from proxyindex.config import UpstreamConfig
+from proxyindex.cpulane import CpuLane
 from proxyindex.errors import UpstreamTimeout, UpstreamUnavailable
 from proxyindex.metrics import Metrics
 from proxyindex.models import DistFile, ProjectPage
@@ -93,8 +94,10 @@ class UpstreamClient:
         credentials: Credentials | None = None,
         *,
         name: str | None = None,
+        cpu: CpuLane | None = None,
     ) -> None:
         self.config = config
+        self.cpu = cpu  # the lane big pages are parsed in (``proxyindex.cpulane``)
         self.base = URL(config.url)
         # The ``upstream`` label of its metrics: the configured name, else from the host.
         self.name = name or upstream_name(self.base)
@@ -187,7 +190,7 @@ class UpstreamClient:
             final_url = str(resp.url)
             serial = _serial(resp.headers.get("X-PyPI-Last-Serial"))
         if len(body) > _PARSE_INLINE_BYTES:  # PyPI's big pages are megabytes of JSON
-            page = await _parse_in_thread(body, content_type, final_url, name)
+            page = await _parse_in_thread(self.cpu, body, content_type, final_url, name)
         else:
             page = parse_project(body, content_type, final_url, name)
         if page.serial is None and serial is not None:  # HTML with no <!--SERIAL n-->
@@ -322,13 +325,13 @@ def _via(proxy: Proxy | None) -> str:
 
 
 async def _parse_in_thread(
-    body: bytearray, content_type: str, url: str, name: NormalizedName
+    lane: CpuLane | None, body: bytearray, content_type: str, url: str, name: NormalizedName
 ) -> ProjectPage:
     """Parse in a thread; if the caller is cancelled (a shutdown), the parse is told to stop
     at its next check, so the thread, which nothing can kill, ends within a moment."""
     stop = threading.Event()
     try:
-        return await asyncio.to_thread(parse_project, body, content_type, url, name, stop.is_set)
+        return await cpulane.run(lane, parse_project, body, content_type, url, name, stop.is_set)
     except asyncio.CancelledError:
         stop.set()
         raise

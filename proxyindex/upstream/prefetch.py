@@ -28,6 +28,8 @@ from packaging.utils import (
 )
 from packaging.version import Version
 
+from proxyindex import cpulane
+from proxyindex.cpulane import CpuLane
 from proxyindex.distname import release_of
 from proxyindex.errors import ProxyIndexError
 from proxyindex.lru import LRU
@@ -146,7 +148,9 @@ class Prefetcher:
         downloader: Downloader,
         max_file_size: int,
         wheel_metadata: WheelMetadataSource | None = None,
+        cpu: CpuLane | None = None,
     ) -> None:
+        self._cpu = cpu  # choosing a file of a big page is CPU (``proxyindex.cpulane``)
         self._page_of = page_of
         self._downloader = downloader
         # METADATA read out of a wheel whose upstream has no .metadata (upstream.wheelmeta).
@@ -185,7 +189,7 @@ class Prefetcher:
     ) -> None:
         tags = client.tags or None
         if page.is_large:  # thousands of filenames to parse: a thread
-            dist = await asyncio.to_thread(choose_file, page, specifier, client.python, tags)
+            dist = await cpulane.run(self._cpu, choose_file, page, specifier, client.python, tags)
         else:
             dist = choose_file(page, specifier, client.python, tags)
         if dist is None:

@@ -24,7 +24,9 @@ from urllib.parse import quote
 from packaging.utils import NormalizedName
 from yarl import URL
 
+from proxyindex import cpulane
 from proxyindex.config import UpstreamConfig
+from proxyindex.cpulane import CpuLane
 from proxyindex.diskstore import open_cache
 from proxyindex.errors import UpstreamError
 from proxyindex.upstream.background import Background
@@ -125,11 +127,11 @@ def parse_document(body: bytes) -> dict[str, Any] | None:
     return doc
 
 
-async def _parse(body: bytes | None) -> dict[str, Any] | None:
+async def _parse(body: bytes | None, lane: CpuLane | None) -> dict[str, Any] | None:
     if body is None:
         return None
     if len(body) > _PARSE_INLINE_BYTES:
-        return await asyncio.to_thread(parse_document, body)
+        return await cpulane.run(lane, parse_document, body)
     return parse_document(body)
 
 
@@ -165,7 +167,9 @@ class UpstreamJsonDocs:
             stored = await asyncio.to_thread(self._read_disk, key)
             if stored is not None and (held is None or stored.fetched_at > held[0].fetched_at):
                 size = len(stored.body or b"")
-                doc = JsonDoc(await _parse(stored.body), stored.fetched_at, stored.etag, size)
+                doc = JsonDoc(
+                    await _parse(stored.body, self.client.cpu), stored.fetched_at, stored.etag, size
+                )
                 held = (doc, self._retry_at(doc))
                 self._memory.put(key, held)
         return held
@@ -197,7 +201,9 @@ class UpstreamJsonDocs:
             if status == 304 and cached is not None:
                 doc = JsonDoc(cached.doc, now, cached.etag, cached.size)  # same body as on disk
             else:
-                parsed = await _parse(body) if "json" in content_type.lower() else None
+                parsed = (
+                    await _parse(body, self.client.cpu) if "json" in content_type.lower() else None
+                )
                 if body is not None and parsed is None:
                     log.warning("upstream %s is not a PyPI JSON document", mask_url(url))
                 size = len(body) if parsed is not None and body is not None else 0

@@ -18,6 +18,7 @@ from packaging.utils import NormalizedName
 from proxyindex import backends, ui
 from proxyindex.auth.authenticator import ADMIN, PUBLIC, Authenticator
 from proxyindex.config import DEFAULT_SOURCE_NAME, Config, UpstreamSource
+from proxyindex.cpulane import CpuLane
 from proxyindex.errors import (
     AuthRequired,
     AuthUnavailable,
@@ -239,7 +240,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         session = UpstreamClient.make_session(tls)
         stack.push_async_callback(session.close)
         metrics = app[appkeys.METRICS]
-        clients = await _clients(config, session, proxies, metrics)
+        cpu = CpuLane()
+        stack.callback(cpu.close)
+        clients = await _clients(config, session, proxies, metrics, cpu)
         # 40% of the memory budget for parsed upstream pages, shared by the upstreams.
         budget = config.server.memory_cache_size
         memory_bytes = budget * 4 // 10 // len(clients) if budget else None
@@ -268,7 +271,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             return await index.upstream_page_for_prefetch(name)
 
         prefetcher = Prefetcher(
-            page_for_prefetch, downloader, config.upstream.prefetch_max_size, wheel_metadata.get
+            page_for_prefetch,
+            downloader,
+            config.upstream.prefetch_max_size,
+            wheel_metadata.get,
+            cpu=cpu,
         )
         ui_listeners: list[PageListener] = app[appkeys.PAGE_LISTENERS]
         listeners.extend(ui_listeners)  # the web UI's counter, if any
@@ -287,6 +294,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             guard,
             serials=serials,
             fill_sizes=SizeFiller(blobs, pages),
+            cpu=cpu,
         )
         root_sources = [
             _root_source(source, client, pages, cache_dir) for source, client in clients
@@ -334,14 +342,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _clients(
-    config: Config, session: aiohttp.ClientSession, proxies: ProxyRoutes, metrics: Metrics
+    config: Config,
+    session: aiohttp.ClientSession,
+    proxies: ProxyRoutes,
+    metrics: Metrics,
+    cpu: CpuLane,
 ) -> list[tuple[UpstreamSource, UpstreamClient]]:
     """One client per upstream, in order, with its credentials (read now, in a thread:
     files; a missing one stops the start with the key's name)."""
     out = []
     for number, (source, settings) in enumerate(config.sources(), 1):
         credentials = await asyncio.to_thread(load_credentials, source, number, os.environ)
-        client = UpstreamClient(settings, session, proxies, metrics, credentials, name=source.name)
+        client = UpstreamClient(
+            settings, session, proxies, metrics, credentials, name=source.name, cpu=cpu
+        )
         out.append((source, client))
     return out
 

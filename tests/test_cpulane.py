@@ -1,0 +1,101 @@
+"""Big pages are parsed and rendered in one lane, in turn (``proxyindex.cpulane``): in the
+default thread pool a wave of them shared the interpreter with each other and with the event
+loop, so every page was late and the loop stalled (the module docstring has the figures)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from proxyindex import cpulane, models
+from proxyindex.upstream import client as upstream_client
+from tests.conftest import MakeAppClient
+from tests.fakepypi import FakePyPI
+
+
+class _Overlap:
+    """Records how many calls run at once and in which threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.threads: set[str] = set()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.threads.add(threading.current_thread().name)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+async def test_big_upstream_pages_are_parsed_one_at_a_time_in_the_cpu_lane(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"wave-{i}" for i in range(4)]
+    for name in names:
+        fake_pypi.add_wheel(name, "1.0")
+    overlap = _Overlap()
+    parse = upstream_client.parse_project
+
+    def slow_parse(*args: Any) -> Any:
+        overlap.enter()
+        try:
+            time.sleep(0.1)  # a big page's parse holds its thread this long
+            return parse(*args)
+        finally:
+            overlap.leave()
+
+    monkeypatch.setattr(upstream_client, "parse_project", slow_parse)
+    monkeypatch.setattr(upstream_client, "_PARSE_INLINE_BYTES", 0)  # every page counts as big
+    client = await make_app_client()
+    answers = await asyncio.gather(*(client.get(f"/simple/{name}/") for name in names))
+    assert [a.status for a in answers] == [200] * len(names)
+    for answer, name in zip(answers, names, strict=True):
+        assert f"{name.replace('-', '_')}-1.0-py3-none-any.whl" in await answer.text()
+    assert overlap.peak == 1, f"{overlap.peak} big pages parsed at once"
+    assert overlap.threads == {"proxyindex-cpu_0"}
+
+
+async def test_big_pages_are_rendered_in_the_cpu_lane(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_pypi.add_wheel("rendered", "1.0")
+    seen: list[str] = []
+    build = cpulane.CpuLane.run
+
+    async def watched(self: cpulane.CpuLane, func: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(func, "__name__", repr(func)))
+        return await build(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(cpulane.CpuLane, "run", watched)
+    monkeypatch.setattr(models, "INLINE_FILES", 0)  # every page counts as large
+    client = await make_app_client()
+    answer = await client.get("/simple/rendered/", headers={"Accept": "text/html"})
+    assert answer.status == 200
+    assert "_build" in seen
+
+
+async def test_a_step_still_queued_when_its_caller_is_cancelled_never_runs() -> None:
+    lane = cpulane.CpuLane()
+    ran: list[str] = []
+    started = threading.Event()
+    try:
+        first = asyncio.ensure_future(lane.run(lambda: (started.set(), time.sleep(0.2))))
+        await asyncio.to_thread(started.wait, 5)
+        queued = asyncio.ensure_future(lane.run(ran.append, "queued"))
+        await asyncio.sleep(0)
+        queued.cancel()
+        await first
+        await lane.run(ran.append, "after")
+        assert ran == ["after"]
+    finally:
+        lane.close()
