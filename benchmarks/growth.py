@@ -746,13 +746,27 @@ def _prewarm(packages: Path, meta: Path) -> PrivateStorage:
     return storage
 
 
+def tree_heap(pid: int) -> int:
+    """Anonymous memory (the heap: objects, malloc'd caches) in bytes, summed over ``pid``'s
+    process tree: RSS also counts mapped files, once per mapping (SQLite's mmap of a database
+    by each thread's connection counted the same file pages several times)."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Anonymous:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
 def bench_pages(ctx: Context, sizes: Sequence[int]) -> Curve:
     curve = Curve(
         "pages",
         "RSS after asking for N different private pages (HTML and JSON each)",
-        ["pages asked", "idle", "after", "growth", "per page"],
+        ["pages asked", "idle", "after", "growth", "per page", "heap growth (anonymous)"],
     )
     curve.fit("RSS growth", "0: bounded by configuration (bytes)")
+    curve.fit("heap growth", "0: bounded by configuration (bytes)")
     per_project = 10
     for n in sizes:
         where = ctx.fresh_dir(f"pages-{n}")
@@ -761,7 +775,7 @@ def bench_pages(ctx: Context, sizes: Sequence[int]) -> Curve:
         _prewarm(packages, where / "cache" / "private-meta").close()
         with ctx.upstream() as up, proxy(ctx, where, up.simple_url) as srv:
             wait_idle(srv.pid)
-            idle = tree_rss(srv.pid)
+            idle, idle_heap = tree_rss(srv.pid), tree_heap(srv.pid)
             conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=REQUEST_TIMEOUT)
             try:
                 for project in range(n):
@@ -776,7 +790,7 @@ def bench_pages(ctx: Context, sizes: Sequence[int]) -> Curve:
             finally:
                 conn.close()
             time.sleep(0.5)
-            after = tree_rss(srv.pid)
+            after, heap = tree_rss(srv.pid), tree_heap(srv.pid) - idle_heap
             curve.add(
                 n,
                 [
@@ -784,13 +798,15 @@ def bench_pages(ctx: Context, sizes: Sequence[int]) -> Curve:
                     mb(after),
                     f"+{mb(after - idle)}",
                     f"{(after - idle) / n / 1e3:,.1f} kB",
+                    f"{'+' if heap >= 0 else ''}{mb(heap)}",
                 ],
-                **{"RSS growth": max(after - idle, 1)},
+                **{"RSS growth": max(after - idle, 1), "heap growth": max(heap, 1)},
             )
     curve.notes.append(
         f"private projects of {per_project} stand-in files each (hashed beforehand), each page "
-        "asked once as HTML and once as JSON over one keep-alive connection; the caches hold "
-        "up to 4,096 parsed pages and 8,192 renderings whatever their size"
+        "asked once as HTML and once as JSON over one keep-alive connection; heap: the "
+        "Anonymous line of /proc/PID/smaps_rollup (RSS counts a file mapped by several "
+        "threads once per mapping)"
     )
     return curve
 

@@ -44,5 +44,15 @@ class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hint
         return unpickle(io.BytesIO(value))
 
 
+# SQLite's memory per connection, and diskcache opens one connection per thread (the server's
+# pool has 32): diskcache's defaults (a 64 MB mmap window and an 8,192-page cache, per
+# connection) let every thread that read the private file infos map the same database again,
+# counted in the process's RSS once per thread: +92 MB of the +120 MB RSS growth measured over
+# 16,000 private pages with a 32 MB memory budget was that file mapped four times over. Reads
+# go through the kernel's page cache instead (shared, and not the process's), with 1 MB of
+# SQLite page cache per connection for the B-tree's inner pages.
+_SQLITE_SETTINGS: dict[str, Any] = {"sqlite_mmap_size": 0, "sqlite_cache_size": 256}
+
+
 def open_cache(directory: Path, **settings: Any) -> diskcache.Cache:
-    return diskcache.Cache(str(directory), disk=_Disk, **settings)
+    return diskcache.Cache(str(directory), disk=_Disk, **{**_SQLITE_SETTINGS, **settings})

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from proxyindex.models import ProjectPage
 
-__all__ = ["FILE_OVERHEAD", "page_bytes"]
+__all__ = ["DECISION_BYTES", "FILE_OVERHEAD", "page_bytes"]
 
 FILE_OVERHEAD = 700  # bytes per DistFile beyond its filename and location
+DECISION_BYTES = 300  # one guard decision held by a rendering (a dict slot, a Decision, a reason)
 _PAGE_OVERHEAD = 1000
 
 

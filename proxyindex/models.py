@@ -132,9 +132,10 @@ class DistFile:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ProjectPage:
-    """A project's files and versions, whichever source they came from."""
+    """A project's files and versions, whichever source they came from. Renderings refer to
+    the page they were made from weakly (``madefrom``): the page caches own pages."""
 
     name: NormalizedName
     files: tuple[DistFile, ...]

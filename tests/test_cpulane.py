@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proxyindex import cpulane, models
+from proxyindex import cpulane, models, simple
 from proxyindex.upstream import client as upstream_client
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
@@ -44,7 +44,7 @@ async def test_big_upstream_pages_are_parsed_one_at_a_time_in_the_cpu_lane(
     for name in names:
         fake_pypi.add_wheel(name, "1.0")
     overlap = _Overlap()
-    parse = upstream_client.parse_project
+    parse = simple.parse_project
 
     def slow_parse(*args: Any) -> Any:
         overlap.enter()
@@ -89,7 +89,12 @@ async def test_a_step_still_queued_when_its_caller_is_cancelled_never_runs() -> 
     ran: list[str] = []
     started = threading.Event()
     try:
-        first = asyncio.ensure_future(lane.run(lambda: (started.set(), time.sleep(0.2))))
+
+        def busy() -> None:
+            started.set()
+            time.sleep(0.2)
+
+        first = asyncio.ensure_future(lane.run(busy))
         await asyncio.to_thread(started.wait, 5)
         queued = asyncio.ensure_future(lane.run(ran.append, "queued"))
         await asyncio.sleep(0)

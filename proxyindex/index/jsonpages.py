@@ -28,6 +28,7 @@ from proxyindex.guard.decide import Decision
 from proxyindex.guard.rules import Snapshot, parse_version
 from proxyindex.index.projects import ProjectIndex, RenderedPage
 from proxyindex.lru import LRU
+from proxyindex.madefrom import MadeFrom
 from proxyindex.models import INLINE_FILES, DistFile, Origin, ProjectPage
 from proxyindex.policy import Owner
 from proxyindex.simple import version_of
@@ -55,15 +56,12 @@ class JsonAnswer:
 class _Made:
     answer: RenderedPage
     serial: int | None
-    sources: tuple[object, ...]  # the objects it was made from, compared by identity
+    # Page objects compare by identity (weakly held: the page caches own pages); the
+    # upstream document and the guard's decisions by value (equal decisions: the same files).
+    sources: MadeFrom
 
     def made_from(self, sources: tuple[object, ...]) -> bool:
-        # Page objects compare by identity (held, so it stays meaningful); the guard's
-        # decisions by value (equal decisions: the same files shown).
-        return len(sources) == len(self.sources) and all(
-            a is b or (isinstance(a, Mapping) and a == b)
-            for a, b in zip(sources, self.sources, strict=True)
-        )
+        return self.sources.matches(sources)
 
 
 _Key = tuple[NormalizedName, str | None, str, str | None]  # (project, version, base URL, snapshot)
@@ -162,7 +160,7 @@ class JsonPages:
                 made = await self._synthesised(
                     resolved.page, version, base_url, private, resolved.decisions
                 )
-            made = _Made(made.answer, made.serial, sources)
+            made = _Made(made.answer, made.serial, MadeFrom(sources))
             self._made.put(key, made)
         max_age = self.index.client_max_age(resolved.private, resolved.upstream_until)
         return JsonAnswer(made.answer, max_age, made.serial)
@@ -186,7 +184,7 @@ class JsonPages:
             serial = page.serial
         elif page.serial is not None and page.has_private_files:
             serial = max(serial, page.serial)  # a merged name: its private serial may be higher
-        return _Made(await _built(body, page, private), serial, ())
+        return _Made(await _built(body, page, private), serial, MadeFrom(()))
 
     async def _synthesised(
         self,
@@ -221,7 +219,7 @@ class JsonPages:
             )
 
         body = await cpulane.run(self.index.cpu, build) if page.is_large else build()
-        return _Made(await _built(body, page, private), page.serial, ())
+        return _Made(await _built(body, page, private), page.serial, MadeFrom(()))
 
     async def _metadata(self, name: NormalizedName, release: jsonapi.Release) -> bytes | None:
         """The METADATA of the release's best wheel: private storage, the upstream's

@@ -33,7 +33,8 @@ from proxyindex.guard.decide import Decision, Verdict
 from proxyindex.guard.live import Guard
 from proxyindex.guard.rules import Snapshot
 from proxyindex.lru import LRU
-from proxyindex.memsize import page_bytes
+from proxyindex.madefrom import MadeFrom
+from proxyindex.memsize import DECISION_BYTES, page_bytes
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.policy import Owner, merge_pages, not_found_reason, owner_of
 from proxyindex.private.serials import ProjectSerials
@@ -74,24 +75,23 @@ class RenderedPage:
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    """The page objects a rendering was made from; held, so identity stays meaningful."""
+    """The page objects a rendering is made from (a rendering remembers them weakly, as
+    ``MadeFrom``: holding them kept pages alive outside the memory budget)."""
 
     private: ProjectPage | None
     upstream: ProjectPage | None
     policy: Mapping[str, Decision] | None = None  # the guard's: equal ones, same files shown
 
-    def same(self, other: _Token) -> bool:
-        return (
-            self.private is other.private
-            and self.upstream is other.upstream
-            and self.policy == other.policy
-        )
+    @property
+    def sources(self) -> tuple[object, ...]:
+        return (self.private, self.upstream, self.policy or None)
 
 
 @dataclass(frozen=True, slots=True)
 class _Rendering:
     page: RenderedPage
-    token: _Token
+    made_from: MadeFrom
+    decisions: int  # how many of the guard's decisions it holds (by value, in made_from)
     version: tuple[int, int]  # of the project in private storage when rendered
     upstream_until: float | None
     valid_until: float  # when the upstream data behind it expires, or a release ages in
@@ -269,7 +269,8 @@ class ProjectIndex:
             return cached.page, self.client_max_age(cached.page.private, cached.upstream_until)
         version, rules = self.storage.version(name), self.guard.generation
         resolved = await self.page(name, snapshot)
-        if cached is not None and cached.token.same(resolved.token) and not resolved.incomplete:
+        sources = resolved.token.sources
+        if cached is not None and cached.made_from.matches(sources) and not resolved.incomplete:
             rendered = cached.page
         elif resolved.page.is_large:
             # PyPI-sized pages (thousands of files): render, hash and gzip in a thread.
@@ -285,7 +286,15 @@ class ProjectIndex:
             valid_until = until
         self._rendered.put(
             (name, fmt, snapshot),
-            _Rendering(rendered, resolved.token, version, until, valid_until, rules),
+            _Rendering(
+                rendered,
+                MadeFrom(sources),
+                len(resolved.token.policy or ()),
+                version,
+                until,
+                valid_until,
+                rules,
+            ),
         )
         return rendered, self.client_max_age(rendered.private, until)
 
@@ -379,8 +388,9 @@ def _refuse(filename: str, decision: Decision | None) -> None:
 
 
 def _rendering_bytes(rendering: _Rendering) -> int:
+    """Its bodies and what it holds besides (the pages it was made from are not held)."""
     page = rendering.page
-    return 300 + len(page.body) + len(page.gzip_body or b"")
+    return 400 + len(page.body) + len(page.gzip_body or b"") + DECISION_BYTES * rendering.decisions
 
 
 def _filename_index(page: ProjectPage) -> dict[str, DistFile]:

@@ -1,6 +1,6 @@
 """What the web UI shows, gathered from the objects on the app; pure functions where possible.
 
-Nothing here changes state: the pages only look. Blocking work (walking the cache folder,
+Nothing here changes state: the pages only look. Blocking work (reading the blob index,
 hashing new private files, rendering a long description) runs in threads.
 """
 
@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from packaging.utils import NormalizedName
@@ -24,7 +22,7 @@ from yarl import URL
 from proxyindex.distname import release_of
 from proxyindex.models import DistFile, ProjectPage
 from proxyindex.ui.stats import Minute
-from proxyindex.upstream.cache import BlobStore, PageCache, PageEntry, is_sha256
+from proxyindex.upstream.cache import BlobStore, PageCache
 
 __all__ = [
     "CacheUsage",
@@ -190,59 +188,20 @@ class CacheUsage:
     measured_at: float
 
 
-_LARGEST_SCAN = 5000  # pages read to attribute cached files to projects
-
-
-def _blob_sizes(blobs: BlobStore) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for dirpath, _dirs, names in os.walk(blobs.root):
-        if Path(dirpath) == blobs.temp_dir:
-            continue
-        for name in names:
-            if is_sha256(name):
-                try:
-                    sizes[name] = (Path(dirpath) / name).stat().st_size
-                except FileNotFoundError:
-                    continue  # evicted meanwhile
-    return sizes
-
-
 def cache_usage(blobs: BlobStore, pages: PageCache, top: int = 10) -> CacheUsage:
-    """Blocking: walk the file cache and read the cached pages to see what takes the room.
+    """Blocking: the cache's totals and largest projects, read from the blob index (a few
+    rows, at any size: the folder is never walked, except once to index a folder written
+    before the index existed), and the number of cached pages.
 
     The page store is read through its diskcache directly (in this thread, its own sqlite
     connection): the UI only looks, and PageCache has no listing API of its own.
     """
-    sizes = _blob_sizes(blobs)
+    blobs.ensure_indexed()
+    index = blobs.index
+    largest = [(p.name, p.bytes, p.files) for p in index.largest_projects(top)]
     store: Any = pages._cache  # read-only: the page store has no listing API
-    names: list[str] = []
-    url_blobs: dict[str, str] = {}
-    for key in store.iterkeys():
-        if isinstance(key, tuple) and len(key) == 2:
-            if key[0] == "page":
-                names.append(key[1])
-            elif key[0] == "url" and len(url_blobs) < 100_000:
-                value = store.get(key)
-                if isinstance(value, str):
-                    url_blobs[key[1]] = value
-    per_project: list[tuple[str, int, int]] = []
-    for name in names[:_LARGEST_SCAN]:
-        try:
-            entry = store.get(("page", name))
-        except Exception:  # noqa: S112 - an entry pickled by an older version: skip it
-            continue
-        if not isinstance(entry, PageEntry) or entry.page is None:
-            continue
-        total = count = 0
-        for dist in entry.page.files:
-            sha = dist.sha256 or url_blobs.get(dist.url)
-            if sha is not None and sha in sizes:
-                total += sizes[sha]
-                count += 1
-        if count:
-            per_project.append((name, total, count))
-    per_project.sort(key=lambda row: (-row[1], row[0]))
-    return CacheUsage(sum(sizes.values()), len(sizes), len(names), per_project[:top], time.time())
+    names = sum(1 for key in store.iterkeys() if isinstance(key, tuple) and key[:1] == ("page",))
+    return CacheUsage(index.total(), index.count(), names, largest, time.time())
 
 
 def human_size(size: float) -> str:

@@ -31,7 +31,7 @@ _CSP = (
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 _MAX_LISTED = 1000  # projects on one list page; a search narrows it
-_USAGE_TTL = 30.0  # seconds a cache measurement is reused (it walks the cache folder)
+_USAGE_TTL = 30.0  # seconds a cache measurement is reused (it lists the cached pages)
 
 
 class UsageMemo:

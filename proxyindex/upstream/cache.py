@@ -202,12 +202,20 @@ class BlobStore:
         self.root = root
         self.temp_dir = root / "tmp"
         self.lock_file = root.parent / "downloads.lock"  # shared by worker processes
+        new = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
         self._index = BlobIndex(root.parent / "blob-index.sqlite")
+        if new and not self._index.built:
+            self._index.rebuild(())  # a folder created just now: nothing to walk, ever
 
     def close(self) -> None:
         self._index.close()
+
+    @property
+    def index(self) -> BlobIndex:
+        """The size and recency index (totals and per-project usage, without a walk)."""
+        return self._index
 
     def path(self, sha256: str) -> Path:
         if not is_sha256(sha256):
@@ -250,15 +258,19 @@ class BlobStore:
                         found.append((st.st_atime, st.st_size, path))
         return found
 
-    def shrink(self, max_size: int) -> int:
-        """Delete least recently used blobs until the total is 90% of ``max_size`` (if it was
-        over); returns the total left. Blocking: reads the index (a walk of the folder only
-        if the index was missing), then one unlink per evicted blob."""
+    def ensure_indexed(self) -> None:
+        """Index a folder written before the index existed (blocking: a walk, once)."""
         if not self._index.built:
             started = time.monotonic()
             found = self._blobs()
             self._index.rebuild((path.name, size, atime) for atime, size, path in found)
             log.info("indexed %d cached files in %.1fs", len(found), time.monotonic() - started)
+
+    def shrink(self, max_size: int) -> int:
+        """Delete least recently used blobs until the total is 90% of ``max_size`` (if it was
+        over); returns the total left. Blocking: reads the index (a walk of the folder only
+        if the index was missing), then one unlink per evicted blob."""
+        self.ensure_indexed()
         total = self._index.total()
         if total <= max_size:
             return total
@@ -281,11 +293,13 @@ class BlobStore:
         log.info("cache over %d bytes: evicted down to %d", max_size, total)
         return total
 
-    def commit(self, temp: Path, sha256: str) -> Path:
+    def commit(self, temp: Path, sha256: str, project: str | None = None) -> Path:
+        """Move ``temp`` into place as blob ``sha256``, counted for ``project`` (the one it
+        was downloaded for) in the index."""
         dest = self.path(sha256)
         # Indexed first: a crash in between leaves a row without a blob, never a blob
         # eviction cannot see.
-        self._index.add(sha256, temp.stat().st_size)
+        self._index.add(sha256, temp.stat().st_size, project)
         try:
             fsutil.commit_replace(temp, dest, durable=False)  # a lost blob is fetched again
         except BaseException:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from proxyindex import fsutil
+from proxyindex.distname import release_of
 from proxyindex.errors import (
     CacheFull,
     IntegrityError,
@@ -588,7 +589,9 @@ class Downloader:
         if download.uncached:
             return None
         assert download.temp is not None
-        blob = await asyncio.to_thread(self._blobs.commit, download.temp, actual)
+        released = release_of(dist.filename)  # the project it counts for (the UI's cache page)
+        project = released.name if released is not None else None
+        blob = await asyncio.to_thread(self._blobs.commit, download.temp, actual, project)
         self._added(download.written)
         if dist.sha256 is None:
             try:

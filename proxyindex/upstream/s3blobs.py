@@ -80,14 +80,14 @@ class S3BlobStore(BlobStore):
             temp.unlink(missing_ok=True)
         return super().open(sha256)
 
-    def commit(self, temp: Path, sha256: str) -> Path:
+    def commit(self, temp: Path, sha256: str, project: str | None = None) -> Path:
         """Put the verified file in the bucket (once: a create), then in the local cache."""
         try:
             self.bucket.create(blob_key(sha256), temp)
             self._ok()
         except StorageUnavailable as exc:
             self._failed(exc)
-        return super().commit(temp, sha256)
+        return super().commit(temp, sha256, project)
 
     def presigned_url(self, sha256: str, expires: timedelta) -> str | None:
         """A URL the bucket serves the blob from, if the bucket has it (known once seen:

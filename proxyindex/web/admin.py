@@ -181,7 +181,7 @@ async def remove(request: web.Request) -> web.StreamResponse:
 
 
 async def cache_stats(request: web.Request) -> web.StreamResponse:
-    """GET /-/admin/cache/stats: what the cache holds (a walk of the file cache)."""
+    """GET /-/admin/cache/stats: what the cache holds (read from the blob index)."""
     app = request.app
     usage = await asyncio.to_thread(data.cache_usage, app[appkeys.BLOBS], app[appkeys.PAGES])
     storage = app[appkeys.STORAGE]
