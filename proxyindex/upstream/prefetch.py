@@ -35,6 +35,7 @@ from proxyindex.models import DistFile, ProjectPage
 from proxyindex.upstream.background import Background
 from proxyindex.upstream.clientprofile import CLIENT, ClientProfile
 from proxyindex.upstream.downloads import Downloader
+from proxyindex.upstream.slots import BiggestFirst
 
 __all__ = ["Prefetcher", "choose_file", "dependencies"]
 
@@ -49,7 +50,8 @@ _CONCURRENCY = 32  # guesses in flight at once; uv itself runs up to 50 requests
 # Files fetched ahead at once. Unbounded, a cold pip install of ~40 projects started ~40 wheel
 # transfers during resolution, which then shared the link with the pages and metadata the
 # client was waiting for; a few at a time keeps the link for the client while still finishing
-# before pip's sequential download phase asks for them.
+# before pip's sequential download phase asks for them. The biggest file waiting goes first
+# (upstream.slots): the install ends when its biggest file has arrived.
 _FILE_CONCURRENCY = 4
 
 
@@ -137,7 +139,7 @@ class Prefetcher:
         self._wheel_metadata = wheel_metadata
         self._max_file_size = max_file_size
         self._limit = asyncio.Semaphore(_CONCURRENCY)
-        self._files = asyncio.Semaphore(_FILE_CONCURRENCY)
+        self._files = BiggestFirst(_FILE_CONCURRENCY)
         self._seen: LRU[tuple[NormalizedName, str, ClientProfile], bool] = LRU(_SEEN_MAX)
         self._tasks = Background()
 
@@ -202,7 +204,12 @@ class Prefetcher:
     async def _fetch_file(self, dist: DistFile) -> None:
         """Download ``dist`` once a file slot is free; a client asking for it meanwhile starts
         (or joins) the download at once, never waiting for a slot."""
-        async with self._files:
+        async with self._files.slot(dist.size or 0):
+            # Reached through several dependents, asked for by its client, or evicted since
+            # it was fetched: waiting for a slot already was the cost; the slot goes on.
+            if self._downloader.started_before(dist):
+                return
+            log.debug("fetching %s ahead", dist.filename)
             try:  # a file cached meanwhile (by a client, another worker) ends at once
                 await self._downloader.start(dist, ahead=True).wait()
             except ProxyIndexError as exc:
