@@ -1,4 +1,4 @@
-"""Fetch-ahead takes the biggest files first (issue 12, fake-upstream goals).
+"""Fetch-ahead takes the biggest files first, and more at once for uv (issue 12, fake upstream).
 
 An installer waits for its last file, and the biggest takes longest: fetched ahead in the
 order the metadata arrived, the 17 MB numpy wheel of the benchmark was still downloading
@@ -95,3 +95,23 @@ async def test_files_fetched_ahead_wait_for_a_slot_biggest_first(
     left = sorted((n for n in sizes if n not in started_at_once), key=sizes.__getitem__)
     assert set(asked[3:7]) == set(left[1:])  # the four biggest of those left waiting
     assert asked[7] == left[0]  # the smallest last
+
+
+async def test_uv_installs_get_more_files_fetched_ahead_at_once_than_pip(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    """uv downloads every resolved file at once when it has resolved: four files fetched
+    ahead at a time left most of them to its own requests, a round trip each, after
+    resolution. For uv, up to sixteen at once; pip keeps four (its own requests are one by
+    one, and share the link with what is fetched ahead)."""
+    deps = [f"dep{i}" for i in range(10)]
+    for dep in deps:
+        fake_pypi.add_wheel(dep, "1.0")
+    fake_pypi.add_wheel("top", "1.0", requires_dist=deps)
+    fake_pypi.file_delay = 1.0
+    client = await make_app_client()
+    installer = {"name": "uv", "version": "0.13", "subcommand": ["pip", "install"]}
+    agent = linehaul("uv", installer=installer)
+    assert (await client.get("/simple/top/", headers={"User-Agent": agent})).status == 200
+    await _until(lambda: sum(p.endswith(".whl") for p in fake_pypi.paths()) == len(deps) + 1)
+    assert fake_pypi.files_peak > 4  # all eleven, unless the metadata trickled in slowly
