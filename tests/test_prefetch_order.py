@@ -115,3 +115,29 @@ async def test_uv_installs_get_more_files_fetched_ahead_at_once_than_pip(
     assert (await client.get("/simple/top/", headers={"User-Agent": agent})).status == 200
     await _until(lambda: sum(p.endswith(".whl") for p in fake_pypi.paths()) == len(deps) + 1)
     assert fake_pypi.files_peak > 4  # all eleven, unless the metadata trickled in slowly
+
+
+async def test_a_file_its_client_downloaded_is_not_fetched_ahead_again_after_eviction(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    """A client (``uv lock``: no files fetched ahead for it) downloads ``lib``'s wheel, which
+    the cache (smaller than the wheel) evicts once sent. A pip install of ``app`` then brings
+    ``lib`` into fetch-ahead: its wheel must not be downloaded again, unasked, only for the
+    cache to evict it again."""
+    wheel = fake_pypi.add_wheel("lib", "1.0", modules={"lib_data": repr(os.urandom(40_000))})
+    fake_pypi.add_wheel("app", "1.0", requires_dist=["lib"])
+    client = await make_app_client(storage={"cache_max_size": 1000})
+    installer = {"name": "uv", "version": "0.13", "subcommand": ["lock"]}
+    uv_lock = {"User-Agent": linehaul("uv", installer=installer)}
+    assert (await client.get("/simple/lib/", headers=uv_lock)).status == 200
+    resp = await client.get(f"/packages/lib/{wheel.name}")
+    assert resp.status == 200 and await resp.read() == wheel.read_bytes()
+    assert (await client.get("/simple/app/", headers={"User-Agent": linehaul("pip")})).status == 200
+
+    def asked(filename: str) -> int:
+        return sum(p.endswith("/" + filename) for p in fake_pypi.paths())
+
+    await _until(lambda: asked("app-1.0-py3-none-any.whl") == 1)  # fetched ahead: app's own
+    await _until(lambda: asked("lib-1.0-py3-none-any.whl.metadata") >= 1)
+    await asyncio.sleep(1.0)  # lib's slot has come up by now
+    assert asked(wheel.name) == 1
