@@ -1093,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--targets",
         help="comma list instead of the default set: upstream,"
-        "proxyindex,nginx,devpi,proxpi,pypiserver",
+        "proxyindex,nginx,devpi,proxpi,pypiserver; proxyindex@REF adds that commit",
     )
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--latency-ms", type=float, default=50.0)
@@ -1177,7 +1177,17 @@ def main(argv: list[str] | None = None) -> int:
         "proxpi": lambda: Proxpi(upstream.base),
         "pypiserver": lambda: Pypiserver(upstream.base),
     }
-    targets = [makers[w]() for w in wanted]
+
+    def make(w: str) -> Target:
+        # proxyindex@REF: that commit beside the working tree in the same run (an A/B whose
+        # repetitions interleave, so the machine's load hits both alike).
+        if w.startswith("proxyindex@"):
+            return ProxyIndex(upstream.base, shlex.split(args.proxyindex_args), w.split("@", 1)[1])
+        if w not in makers:
+            p.error(f"unknown target {w!r}")
+        return makers[w]()
+
+    targets = [make(w) for w in wanted]
     results: dict[str, dict[str, list[float | None]]] = {}
     failed: dict[str, str] = {}
     notes: dict[str, list[str]] = {}

@@ -70,6 +70,9 @@ class CachedBlob:
 
     path: Path
     file: BinaryIO
+    # Its fstat, taken in the same thread hop as the open: the response needs no second hop
+    # to learn size and mtime (each hop costs a cached file's request ~0.3 ms on a busy host).
+    stat: os.stat_result | None = None
 
 
 class Download:
@@ -337,6 +340,8 @@ class Downloader:
         self._metrics = metrics if metrics is not None else Metrics()
         # Keys of downloads the prefetcher started, True until a client first asks for one.
         self._ahead: LRU[str, bool] = LRU(_AHEAD_REMEMBERED)
+        # Keys of every download started in this process (see :meth:`started_before`).
+        self._started: LRU[str, bool] = LRU(_AHEAD_REMEMBERED)
         self._pages = pages
         self._max_cache_size = max_cache_size  # 0: no limit
         self._cache_size: int | None = None  # known after the first shrink check
@@ -381,8 +386,24 @@ class Downloader:
         sha256 = dist.sha256 or await self._pages.blob_for_url(dist.url)
         if not sha256:
             return None
-        fh = await asyncio.to_thread(self._blobs.open, sha256)
-        return None if fh is None else CachedBlob(self._blobs.path(sha256), fh)
+        opened = await asyncio.to_thread(self._open_blob, sha256)
+        return None if opened is None else CachedBlob(self._blobs.path(sha256), *opened)
+
+    def _open_blob(self, sha256: str) -> tuple[BinaryIO, os.stat_result] | None:
+        fh = self._blobs.open(sha256)
+        if fh is None:
+            return None
+        try:
+            return fh, os.fstat(fh.fileno())
+        except OSError:
+            fh.close()
+            raise
+
+    def started_before(self, dist: DistFile) -> bool:
+        """Whether a download of ``dist`` was started in this process (running, done or
+        failed; the last 10,000 remembered). Fetch-ahead skips those: a client that asked for
+        the file has it, and one evicted since is not worth fetching again unasked."""
+        return self._started.get(_key(dist)) is not None
 
     def running(self, dist: DistFile) -> Download | None:
         """The download of ``dist`` in progress in this process, if any."""
@@ -394,6 +415,7 @@ class Downloader:
         key = _key(dist)
         download = self._active.get(key)
         if download is None:
+            self._started.put(key, True)
             if ahead:  # started by the prefetcher, not joined after a client started it
                 self._ahead.put(key, True)
             download = Download(dist)

@@ -89,12 +89,15 @@ class StoredFile(web.FileResponse):
         path: Path,
         *,
         file: BinaryIO | None = None,
+        stat: os.stat_result | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str = OCTET_STREAM,
         precompressed: str | None = None,
     ) -> None:
         """``file``: ``path`` already opened, sent from that handle (which the response
-        closes) and never reopened by name: a cache blob may be evicted meanwhile."""
+        closes) and never reopened by name: a cache blob may be evicted meanwhile.
+        ``stat``: that handle's fstat, when the caller took it: the response is then
+        prepared without a thread hop (aiohttp takes one to stat and open)."""
         merged = CIMultiDict(headers or {})
         merged[hdrs.CONTENT_TYPE] = content_type
         if precompressed:
@@ -102,6 +105,7 @@ class StoredFile(web.FileResponse):
         super().__init__(path, headers=merged)
         self._stored_path = path
         self._file = file
+        self._file_stat = stat if file is not None else None
 
     def _stat(self) -> os.stat_result:
         return os.fstat(self._file.fileno()) if self._file else self._stored_path.stat()
@@ -116,26 +120,48 @@ class StoredFile(web.FileResponse):
             return super()._make_response(request, accept_encoding)
         self._file = None
         st = os.fstat(fobj.fileno())
+        result = self._condition(request, st)
+        if result is not _FileResponseResult.SEND_FILE:
+            fobj.close()
+            return result, None, st, None
+        return result, cast("BufferedReader", fobj), st, None
+
+    def _condition(self, request: web.BaseRequest, st: os.stat_result) -> _FileResponseResult:
+        """What the conditional headers make of a file with this stat (pure)."""
         etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
         if_match, if_none_match = request.if_match, request.if_none_match
         unmodified_since, modified_since = request.if_unmodified_since, request.if_modified_since
-        result = _FileResponseResult.SEND_FILE
         if (if_match is not None and not self._etag_match(etag, if_match, weak=False)) or (
             if_match is None
             and unmodified_since is not None
             and st.st_mtime > unmodified_since.timestamp()
         ):
-            result = _FileResponseResult.PRE_CONDITION_FAILED
-        elif (if_none_match is not None and self._etag_match(etag, if_none_match, weak=True)) or (
+            return _FileResponseResult.PRE_CONDITION_FAILED
+        if (if_none_match is not None and self._etag_match(etag, if_none_match, weak=True)) or (
             if_none_match is None
             and modified_since is not None
             and st.st_mtime <= modified_since.timestamp()
         ):
-            result = _FileResponseResult.NOT_MODIFIED
-        if result is not _FileResponseResult.SEND_FILE:
-            fobj.close()
-            return result, None, st, None
-        return result, cast("BufferedReader", fobj), st, None
+            return _FileResponseResult.NOT_MODIFIED
+        return _FileResponseResult.SEND_FILE
+
+    async def _prepare_known(
+        self, request: web.BaseRequest, fobj: BinaryIO, st: os.stat_result
+    ) -> AbstractStreamWriter | None:
+        """aiohttp's ``prepare`` for a handle opened and stat'ed already: the same answers,
+        without its thread hop; the handle is closed in a thread afterwards, as aiohttp does."""
+        try:
+            result = self._condition(request, st)
+            if result is _FileResponseResult.PRE_CONDITION_FAILED:
+                return await self._precondition_failed(request)
+            if result is _FileResponseResult.NOT_MODIFIED:
+                etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+                return await self._not_modified(request, etag, st.st_mtime)
+            return await self._prepare_open_file(request, cast("BufferedReader", fobj), st, None)
+        finally:
+            # Not awaited: the connection goes on to its next request meanwhile. The
+            # executor's queue holds the call until it has run.
+            asyncio.get_running_loop().run_in_executor(None, fobj.close)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         headers = CIMultiDict(request.headers)
@@ -151,6 +177,10 @@ class StoredFile(web.FileResponse):
             if st is None or if_range.strip() != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':
                 headers.popall(hdrs.RANGE, None)
             headers.popall(hdrs.IF_RANGE, None)
+        fobj, st = self._file, self._file_stat
+        if fobj is not None and st is not None:
+            self._file = None
+            return await self._prepare_known(request.clone(headers=headers), fobj, st)
         return await super().prepare(request.clone(headers=headers))
 
 

@@ -246,7 +246,7 @@ async def _upstream_file(request: web.Request, dist: DistFile) -> web.StreamResp
         # X-Cache says whether the cache had it (``proxyindex prefetch`` counts on it).
         headers["X-Cache"] = "HIT" if isinstance(found, CachedBlob) else "MISS"
         if isinstance(found, CachedBlob):
-            return StoredFile(found.path, file=found.file, headers=headers)
+            return StoredFile(found.path, file=found.file, stat=found.stat, headers=headers)
         if request.method == hdrs.METH_GET and hdrs.RANGE not in request.headers:
             with found.hold() as cursor:  # entered before any await: see Download.hold
                 response = FollowedDownload(found, cursor, headers)
