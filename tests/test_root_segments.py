@@ -9,6 +9,7 @@ entries rendered again, and hold the pieces against a from-scratch render.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import gzip
@@ -454,3 +455,45 @@ def test_crc32_of_a_concatenation_from_the_crcs_of_its_parts(a: bytes, b: bytes)
 
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     assert crc32_of_suffix(zlib.crc32(a + b), zlib.crc32(a), len(b)) == zlib.crc32(b)
+
+
+async def test_without_sendfile_the_root_pieces_and_a_cached_file_are_read_at_their_offsets(
+    make_app_client: MakeAppClient,
+    fake_pypi: FakePyPI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TLS and some platforms have no sendfile: the same bytes must go out through pread."""
+    fake_pypi.root_names = 3000
+    wheel = fake_pypi.add_wheel("plain-pkg", "1.0")
+    make_wheel(tmp_path / "packages", "corp-lib", "1.0")
+    client = await make_app_client(auth=ANON)
+    with_sendfile, _ = await root_doc(client)
+    page = await client.get("/simple/plain-pkg/", headers={"Accept": JSON})
+    url = (await page.json())["files"][0]["url"]
+    assert (await (await client.get(url)).read()) == wheel.read_bytes()  # now cached
+
+    loop = asyncio.get_running_loop()
+
+    async def no_sendfile(
+        self: Any,
+        transport: Any,
+        file: Any,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        """As asyncio behaves over TLS: no zero-copy; its own fallback only if asked for."""
+        if not fallback:
+            raise asyncio.SendfileNotAvailableError("no sendfile here")
+        sent: int = await loop._sendfile_fallback(transport, file, offset, count)  # type: ignore[attr-defined]
+        return sent
+
+    monkeypatch.setattr(type(loop), "sendfile", no_sendfile)
+    without, _ = await root_doc(client)
+    assert without == with_sendfile and "corp-lib" in listed(without)
+    packed = await client.get("/simple/", headers={"Accept": JSON, "Accept-Encoding": "gzip"})
+    assert json.loads(await packed.read()) == with_sendfile  # aiohttp inflates it
+    cached = await client.get(url)
+    assert cached.status == 200 and await cached.read() == wheel.read_bytes()

@@ -8,7 +8,6 @@ only its own part.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -17,10 +16,9 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from proxyindex.index.rootbody import RootBody
+from proxyindex.web.responses import send_range
 
 __all__ = ["PiecesResponse"]
-
-_PREAD_CHUNK = 256 * 1024
 
 
 class PiecesResponse(web.StreamResponse):
@@ -54,31 +52,8 @@ class PiecesResponse(web.StreamResponse):
                     await self.write(piece)
                 else:
                     path, offset, length = piece
-                    await _send_range(request, self, self._files[path], offset, length)
+                    await send_range(request, self, self._files[path], offset, length)
             await self.write_eof()
             return writer
         finally:
             await asyncio.to_thread(self._close_files)
-
-
-async def _send_range(
-    request: web.BaseRequest, response: web.StreamResponse, fh: BinaryIO, offset: int, count: int
-) -> None:
-    """Bytes ``offset..offset+count`` of ``fh`` zero-copy; where sendfile is not available
-    (TLS, no ``os.sendfile``) read at their offsets (pread) in a thread."""
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("client went away")
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.sendfile(transport, fh, offset, count, fallback=False)
-    except asyncio.SendfileNotAvailableError:
-        end = offset + count
-        while offset < end:
-            chunk = await asyncio.to_thread(
-                os.pread, fh.fileno(), min(end - offset, _PREAD_CHUNK), offset
-            )
-            if not chunk:
-                raise ConnectionResetError("a piece of the body is shorter than said") from None
-            await response.write(chunk)
-            offset += len(chunk)

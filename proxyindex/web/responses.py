@@ -26,6 +26,7 @@ __all__ = [
     "etag_matches",
     "not_modified",
     "range_applies",
+    "send_range",
 ]
 
 IMMUTABLE = "public, max-age=31536000, immutable"  # files never change (F-06)
@@ -223,24 +224,29 @@ class FollowedDownload(web.StreamResponse):
 async def _sendfile(
     request: web.BaseRequest, response: web.StreamResponse, part: FileRange
 ) -> None:
-    """Send the rest of a finished download zero-copy, as aiohttp's FileResponse does.
+    """Send the rest of a finished download zero-copy, as aiohttp's FileResponse does."""
+    await send_range(request, response, part.file, part.offset, part.count)
 
-    The file handle is shared by every reader of the download, so where sendfile is not
-    available (TLS, no ``os.sendfile``) the bytes are read at their offsets (pread), never
-    through the handle's position as asyncio's own fallback would.
-    """
+
+async def send_range(
+    request: web.BaseRequest, response: web.StreamResponse, fh: BinaryIO, offset: int, count: int
+) -> None:
+    """Bytes ``offset..offset+count`` of ``fh`` zero-copy. A handle may be shared (every
+    reader of a download, every root answer of a part), so where sendfile is not available
+    (TLS, no ``os.sendfile``) the bytes are read at their offsets (pread), never through the
+    handle's position as asyncio's own fallback would."""
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("client went away")
     loop = asyncio.get_running_loop()
     try:
-        await loop.sendfile(transport, part.file, part.offset, part.count, fallback=False)
+        await loop.sendfile(transport, fh, offset, count, fallback=False)
     except asyncio.SendfileNotAvailableError:
-        offset, end = part.offset, part.offset + part.count
+        end = offset + count
         while offset < end:
             size = min(end - offset, _PREAD_CHUNK)
-            chunk = await asyncio.to_thread(os.pread, part.file.fileno(), size, offset)
+            chunk = await asyncio.to_thread(os.pread, fh.fileno(), size, offset)
             if not chunk:
-                raise ConnectionResetError("the file is shorter than its download") from None
+                raise ConnectionResetError("the file is shorter than said") from None
             await response.write(chunk)
             offset += len(chunk)
