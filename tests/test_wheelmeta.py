@@ -7,7 +7,9 @@ zip's end, then the member), else with one full download when the upstream ignor
 
 from __future__ import annotations
 
+import base64
 import io
+import random
 import re
 import struct
 import sys
@@ -319,3 +321,25 @@ def test_poetry_lock_reads_metadata_files_of_an_upstream_without_them(
     assert ".whl.metadata" in proxy.log_text()
     gets = _upstream_wheel_gets(fake_pypi)
     assert all(g is not None for g in gets), gets  # never a whole wheel to lock
+
+
+async def test_metadata_lying_in_the_first_suffix_range_takes_one_range(
+    make_app_client: MakeAppClient, fake_pypi: FakePyPI
+) -> None:
+    """The .dist-info is written last, next to the directory: the suffix range read for the
+    directory holds METADATA too (a small wheel: the whole file), so one round trip, not two."""
+    fake_pypi.no_core_metadata = True
+    noise = base64.b64encode(random.Random(7).randbytes(150_000)).decode()  # incompressible
+    modules = {"mid_pkg/data.py": f"X = '{noise}'\n"}
+    wheel = fake_pypi.add_wheel("mid-pkg", "1.0", requires_dist=["dep-one"], modules=modules)
+    assert wheel.stat().st_size > 2 * lazywheel.TAIL_SIZE  # not in the range whole
+    with zipfile.ZipFile(wheel) as zf:
+        metadata = next(i for i in zf.infolist() if i.filename.endswith(".dist-info/METADATA"))
+        assert wheel.stat().st_size - metadata.header_offset < lazywheel.TAIL_SIZE
+    client = await make_app_client(upstream=NO_PREFETCH)
+    await _page(client, "mid-pkg", JSON)
+    resp = await client.get(f"/packages/mid-pkg/{wheel.name}.metadata")
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == wheel_metadata(wheel)
+    gets = _wheel_gets(fake_pypi, wheel)
+    assert gets == [f"bytes=-{lazywheel.TAIL_SIZE}"], gets

@@ -148,7 +148,13 @@ class WheelMetadata:
                 return None
             member = lazywheel.find_metadata(lazywheel.parse_directory(directory))
             end = min(total, member.header_offset + member.compressed_size + _LOCAL_SLACK)
-            chunk = await self._range(client, url, member.header_offset, end - 1)
+            if member.header_offset >= tail_start:
+                # Already read: build backends write the .dist-info last, just before the
+                # directory, so a wheel's METADATA is usually in the suffix range (and a wheel
+                # under 64 kB is in it whole): one round trip to the files host, not two.
+                chunk: bytes | None = tail[member.header_offset - tail_start : end - tail_start]
+            else:
+                chunk = await self._range(client, url, member.header_offset, end - 1)
             if chunk is None:
                 return None
             return lazywheel.inflate(member, lazywheel.member_data(member, chunk))
