@@ -12,8 +12,9 @@ ten botocore-sized parses started together (32 threads → one lane):
   pool (the first step of a ``.metadata`` or cached-file answer) waited as long → 18-31 ms.
 Two threads measured in between (first page 160-240 ms, loop lag p95 43-47 ms): the GIL runs
 one at a time anyway, and the second only takes turns with the loop. Small pages never come
-here: they are parsed and rendered inline (``INLINE_FILES``, ``_PARSE_INLINE_BYTES``), so a
-big page delays only other big pages, never a small one's answer.
+here: they are parsed and rendered inline (``INLINE_FILES``, ``_PARSE_INLINE_BYTES``). Among
+those that do, the smallest goes first (``proxyindex.slots``): in turn, first come first
+served, flask's page waited ~70 ms behind numpy's and pandas' in a cold ``uv lock``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-__all__ = ["CpuLane", "run"]
+from proxyindex.slots import SmallestFirst
+
+__all__ = ["FILE_COST", "CpuLane", "run"]
+
+# The cost of a step, in bytes of the upstream page it works on; a step over a parsed page
+# counts this much per file (PyPI's JSON: ~300-400 bytes per file).
+FILE_COST = 300
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -36,20 +43,26 @@ class CpuLane:
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxyindex-cpu")
+        self._turn = SmallestFirst(1)
 
-    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``func`` in the lane, with the caller's context (as ``asyncio.to_thread``). A caller
-        cancelled while its step is still queued takes the step out of the queue."""
+    async def run(self, cost: int, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``func`` in the lane when its turn comes (``cost``: smallest first), with the
+        caller's context (as ``asyncio.to_thread``). A caller cancelled while it waits for its
+        turn leaves the queue; a step already running ends in its thread (nothing stops a
+        thread), and the one thread keeps the next from overlapping it."""
         call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        async with self._turn.slot(cost):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def run(lane: CpuLane | None, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+async def run(
+    lane: CpuLane | None, cost: int, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
     """In ``lane``; without one (a component built alone, as in unit tests), in a thread of the
     default pool as before."""
     if lane is None:
         return await asyncio.to_thread(func, *args, **kwargs)
-    return await lane.run(func, *args, **kwargs)
+    return await lane.run(cost, func, *args, **kwargs)

@@ -72,9 +72,11 @@ async def test_big_pages_are_rendered_in_the_cpu_lane(
     seen: list[str] = []
     build = cpulane.CpuLane.run
 
-    async def watched(self: cpulane.CpuLane, func: Any, *args: Any, **kwargs: Any) -> Any:
+    async def watched(
+        self: cpulane.CpuLane, cost: int, func: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         seen.append(getattr(func, "__name__", repr(func)))
-        return await build(self, func, *args, **kwargs)
+        return await build(self, cost, func, *args, **kwargs)
 
     monkeypatch.setattr(cpulane.CpuLane, "run", watched)
     monkeypatch.setattr(models, "INLINE_FILES", 0)  # every page counts as large
@@ -94,13 +96,41 @@ async def test_a_step_still_queued_when_its_caller_is_cancelled_never_runs() -> 
             started.set()
             time.sleep(0.2)
 
-        first = asyncio.ensure_future(lane.run(busy))
+        first = asyncio.ensure_future(lane.run(1, busy))
         await asyncio.to_thread(started.wait, 5)
-        queued = asyncio.ensure_future(lane.run(ran.append, "queued"))
+        queued = asyncio.ensure_future(lane.run(1, ran.append, "queued"))
         await asyncio.sleep(0)
         queued.cancel()
         await first
-        await lane.run(ran.append, "after")
+        await lane.run(1, ran.append, "after")
         assert ran == ["after"]
+    finally:
+        lane.close()
+
+
+async def test_the_smallest_waiting_step_goes_next_and_one_runs_at_a_time() -> None:
+    lane = cpulane.CpuLane()
+    order: list[str] = []
+    started = threading.Event()
+    overlap = _Overlap()
+
+    def step(label: str, hold: float = 0.0) -> None:
+        overlap.enter()
+        try:
+            started.set()
+            time.sleep(hold)
+            order.append(label)
+        finally:
+            overlap.leave()
+
+    try:
+        first = asyncio.ensure_future(lane.run(5_000, step, "first", 0.2))
+        await asyncio.to_thread(started.wait, 5)
+        big = asyncio.ensure_future(lane.run(2_000_000, step, "numpy"))
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(lane.run(40_000, step, "flask"))
+        await asyncio.gather(first, big, small)
+        assert order == ["first", "flask", "numpy"]
+        assert overlap.peak == 1
     finally:
         lane.close()

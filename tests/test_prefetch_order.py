@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 
-from proxyindex.upstream.slots import BiggestFirst
+from proxyindex.slots import BiggestFirst
 from tests.conftest import MakeAppClient
 from tests.fakepypi import FakePyPI
 from tests.test_prefetch_clients import linehaul

@@ -175,7 +175,13 @@ class JsonPages:
         digests = await self._private_digests(page.files)
         if page.is_large:
             body = await cpulane.run(
-                self.index.cpu, jsonapi.rewrite, doc, page, base_url, digests=digests
+                self.index.cpu,
+                len(page.files) * cpulane.FILE_COST,
+                jsonapi.rewrite,
+                doc,
+                page,
+                base_url,
+                digests=digests,
             )
         else:
             body = jsonapi.rewrite(doc, page, base_url, digests=digests)
@@ -218,7 +224,11 @@ class JsonPages:
                 digests=digests,
             )
 
-        body = await cpulane.run(self.index.cpu, build) if page.is_large else build()
+        body = (
+            await cpulane.run(self.index.cpu, len(page.files) * cpulane.FILE_COST, build)
+            if page.is_large
+            else build()
+        )
         return _Made(await _built(body, page, private), page.serial, MadeFrom(()))
 
     async def _metadata(self, name: NormalizedName, release: jsonapi.Release) -> bytes | None:

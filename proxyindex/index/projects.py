@@ -274,7 +274,14 @@ class ProjectIndex:
             rendered = cached.page
         elif resolved.page.is_large:
             # PyPI-sized pages (thousands of files): render, hash and gzip in a thread.
-            rendered = await cpulane.run(self.cpu, self._build, resolved, fmt, snapshot)
+            rendered = await cpulane.run(
+                self.cpu,
+                len(resolved.page.files) * cpulane.FILE_COST,
+                self._build,
+                resolved,
+                fmt,
+                snapshot,
+            )
         else:
             rendered = self._build(resolved, fmt, snapshot)
         until = resolved.upstream_until

@@ -331,7 +331,9 @@ async def _parse_in_thread(
     at its next check, so the thread, which nothing can kill, ends within a moment."""
     stop = threading.Event()
     try:
-        return await cpulane.run(lane, parse_project, body, content_type, url, name, stop.is_set)
+        return await cpulane.run(
+            lane, len(body), parse_project, body, content_type, url, name, stop.is_set
+        )
     except asyncio.CancelledError:
         stop.set()
         raise

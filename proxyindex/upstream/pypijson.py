@@ -131,7 +131,7 @@ async def _parse(body: bytes | None, lane: CpuLane | None) -> dict[str, Any] | N
     if body is None:
         return None
     if len(body) > _PARSE_INLINE_BYTES:
-        return await cpulane.run(lane, parse_document, body)
+        return await cpulane.run(lane, len(body), parse_document, body)
     return parse_document(body)
 
 
