@@ -230,7 +230,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         storage = await asyncio.to_thread(backends.private_storage, config, bucket)
         stack.push_async_callback(asyncio.to_thread, storage.close)
         await asyncio.to_thread(storage.rescan)
-        pages = await asyncio.to_thread(PageCache, cache_dir / "pages")
+        cpu = CpuLane()
+        stack.callback(cpu.close)
+        pages = await asyncio.to_thread(PageCache, cache_dir / "pages", cpu)
         stack.push_async_callback(asyncio.to_thread, pages.close)
         blobs = await asyncio.to_thread(backends.blob_store, config, bucket)
         stack.push_async_callback(asyncio.to_thread, blobs.close)
@@ -240,8 +242,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         session = UpstreamClient.make_session(tls)
         stack.push_async_callback(session.close)
         metrics = app[appkeys.METRICS]
-        cpu = CpuLane()
-        stack.callback(cpu.close)
         clients = await _clients(config, session, proxies, metrics, cpu)
         # 40% of the memory budget for parsed upstream pages, shared by the upstreams.
         budget = config.server.memory_cache_size
