@@ -70,7 +70,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from measure import load, process_tree, stop_process, tree_rss  # noqa: E402
+from measure import cpu_seconds, load, process_tree, stop_process, tree_rss  # noqa: E402
 
 from proxyindex.private.storage import PrivateStorage  # noqa: E402
 from proxyindex.upstream.cache import BlobStore  # noqa: E402
@@ -332,17 +332,6 @@ def median_get(
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid``'s process tree."""
-    total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = Path(f"/proc/{p}/stat").read_bytes()
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_idle(pid: int, *, busy: float = 0.25, quiet: int = 3, timeout: float = 900.0) -> float:

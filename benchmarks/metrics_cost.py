@@ -23,8 +23,6 @@ Then, on the 2-worker server, after the load (every route and label seen), the t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from measure import check_local, load, process_tree  # noqa: E402
+from measure import check_local, cpu_seconds, load  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from tests.fakepypi import FakePyPI  # noqa: E402
@@ -79,18 +77,6 @@ def _server(
         yield server
     finally:
         server.stop()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid``'s process tree (the server and its workers): the
-    work per request, which other load on the machine changes far less than req/s."""
-    total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = Path(f"/proc/{p}/stat").read_bytes()
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _get(url: str) -> bytes:
@@ -170,9 +156,9 @@ def main() -> None:
             for n, (label, workers, source) in enumerate(variants):
                 folder = tmp / f"run{rep}-{n}"
                 with _server(folder, fake.simple_url, workers, source) as server:
-                    cpu = _cpu_seconds(server.pid)
+                    cpu = cpu_seconds(server.pid)
                     result = load(server.url + _PAGE, {}, args.connections, args.duration)
-                    cpu = _cpu_seconds(server.pid) - cpu
+                    cpu = cpu_seconds(server.pid) - cpu
                     if result.errors:
                         raise SystemExit(f"{label}: {result.errors} errors")
                     rates[label].append(result.req_s)

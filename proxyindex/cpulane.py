@@ -1,5 +1,6 @@
 """One thread, in turn, for the CPU-bound steps of big pages: parsing an upstream page,
-rendering and compressing a page, making a JSON API document, choosing fetch-ahead's file.
+rendering and compressing a page, making a JSON API document, choosing fetch-ahead's file; and,
+after those, writing pages to the disk cache (``upstream.cache.PageCache``).
 
 Why one thread and not the default pool: these steps hold the GIL for tens to hundreds of
 milliseconds each (a botocore page, 5,000 files: ~75 ms to parse and render). In the default
